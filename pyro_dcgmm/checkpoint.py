@@ -1,0 +1,87 @@
+"""Checkpoints: tensors and plain data only, written atomically, loaded with ``weights_only=True``.
+
+A checkpoint is a dictionary with the keys
+
+- ``format`` (``"pyro_dcgmm.checkpoint"``) and ``version`` (:data:`CHECKPOINT_VERSION`),
+- ``model_config``: the resolved :class:`~pyro_dcgmm.config.ModelConfig` as plain data,
+- ``run_config``: the resolved :class:`~pyro_dcgmm.config.RunConfig` as plain data (or ``None``),
+- ``state_dict``: the stack's parameters and annealing widths,
+- ``training``: optimiser state, annealing schedules, RNG state, epoch, step and history.
+
+Nothing is unpickled: constraints and modules are rebuilt from the config.
+"""
+
+from __future__ import annotations
+
+import pickle
+import zipfile
+from pathlib import Path
+
+import torch
+
+from pyro_dcgmm.config import ModelConfig, from_dict, to_dict
+from pyro_dcgmm.errors import CheckpointError
+from pyro_dcgmm.files import atomic_write
+from pyro_dcgmm.stack import Stack
+
+CHECKPOINT_FORMAT = "pyro_dcgmm.checkpoint"
+CHECKPOINT_VERSION = 1
+
+
+def save_checkpoint(path: str | Path, stack: Stack, training: dict | None = None, run_config=None) -> None:
+    """Write ``stack`` (and optional training state) to ``path`` atomically."""
+    state = {
+        "format": CHECKPOINT_FORMAT,
+        "version": CHECKPOINT_VERSION,
+        "model_config": to_dict(stack.config),
+        "run_config": to_dict(run_config) if run_config is not None else None,
+        "state_dict": {
+            k: v.detach().cpu() if torch.is_tensor(v) else v for k, v in stack.state_dict().items()
+        },
+        "training": training,
+    }
+    atomic_write(path, lambda handle: torch.save(state, handle))
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
+    """Read and check a checkpoint written by :func:`save_checkpoint`."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {str(path)!r} does not exist")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError) as error:
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} is truncated, corrupt or not a pyro_dcgmm checkpoint "
+            f"({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''})"
+        ) from None
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{str(path)!r} is not a pyro_dcgmm checkpoint")
+    if state.get("version") != CHECKPOINT_VERSION:
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} has format version {state.get('version')!r}; this "
+            f"pyro_dcgmm reads version {CHECKPOINT_VERSION}"
+        )
+    return state
+
+
+def stack_from_checkpoint(path_or_state, map_location: str | torch.device = "cpu") -> Stack:
+    """Rebuild a stack from its config and load its parameters."""
+    state = path_or_state if isinstance(path_or_state, dict) else load_checkpoint(path_or_state, map_location)
+    stack = Stack.from_config(from_dict(ModelConfig, state["model_config"], "model_config"))
+    load_state_into(stack, state)
+    return stack
+
+
+def load_state_into(stack: Stack, state: dict) -> None:
+    """Load a checkpoint's parameters into ``stack``, which must have the same architecture."""
+    saved = from_dict(ModelConfig, state["model_config"], "model_config")
+    if saved != stack.config:
+        raise CheckpointError(
+            "the checkpoint was written by a different architecture: checkpoint "
+            f"{to_dict(saved)} vs model {to_dict(stack.config)}"
+        )
+    try:
+        stack.load_state_dict(state["state_dict"])
+    except RuntimeError as error:
+        raise CheckpointError(f"the checkpoint's parameters do not fit the model: {error}") from None

@@ -1,0 +1,25 @@
+"""Exceptions raised by :mod:`pyro_dcgmm`.
+
+Every error a user can cause derives from :class:`ValueError`, so ``except ValueError`` catches
+bad input of any kind, while the subclasses let callers tell the source apart.
+"""
+
+
+class ConfigError(ValueError):
+    """A configuration (TOML file, dictionary or keyword arguments) is invalid."""
+
+
+class ArchitectureError(ValueError):
+    """A layer stack cannot be built for the given input shape."""
+
+
+class DataError(ValueError):
+    """Input data (arrays, IDX files, downloads) are malformed or out of range."""
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is missing, truncated or does not match the model."""
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training produced a NaN or infinite loss."""

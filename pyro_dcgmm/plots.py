@@ -1,0 +1,93 @@
+"""Figures: component prototypes and training curves (matplotlib, written without a display)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from pyro_dcgmm.gmm import GMM  # noqa: E402
+
+
+def image_grid(images: np.ndarray, columns: int | None = None, padding: int = 1) -> np.ndarray:
+    """Tile images (N, C, H, W) into one (rows*(H+p), cols*(W+p), C) mosaic, padded with NaN."""
+    n, channels, height, width = images.shape
+    columns = columns or int(np.ceil(np.sqrt(n)))
+    rows = int(np.ceil(n / columns))
+    grid = np.full(
+        (rows * (height + padding) - padding, columns * (width + padding) - padding, channels),
+        np.nan,
+    )
+    for i, image in enumerate(images):
+        r, c = divmod(i, columns)
+        top, left = r * (height + padding), c * (width + padding)
+        grid[top : top + height, left : left + width] = image.transpose(1, 2, 0)
+    return grid
+
+
+def prototypes(gmm: GMM) -> tuple[np.ndarray, np.ndarray]:
+    """Means as image patches (K, C, ph, pw) and their mixing weights (K,), heaviest first.
+
+    For a per-position layer the centre position's mixture is shown.
+    """
+    means = gmm.means.detach().cpu()
+    weights = torch.softmax(gmm.mixing_logits.detach().cpu(), -1)
+    if not gmm.config.shared:
+        h, w = means.shape[0] // 2, means.shape[1] // 2
+        means, weights = means[h, w], weights[h, w]
+    order = torch.argsort(weights, descending=True)
+    patches = means[order].view(gmm.components, gmm.input_shape[0], *gmm.patch)
+    return patches.numpy(), weights[order].numpy()
+
+
+def plot_prototypes(gmm: GMM, path: str | Path, title: str = "") -> None:
+    """Save a grid of ``gmm``'s component means (first channel if not 1 or 3), heaviest first."""
+    patches, weights = prototypes(gmm)
+    if patches.shape[1] not in (1, 3):
+        patches = patches[:, :1]
+    grid = image_grid(patches)
+    figure, axis = plt.subplots(figsize=(6, 6))
+    image = grid[..., 0] if grid.shape[-1] == 1 else np.clip(grid, 0, 1)
+    axis.imshow(image, cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
+    axis.set_axis_off()
+    axis.set_title(title or f"{gmm.components} prototypes (max weight {weights[0]:.3f})")
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def read_log(path: str | Path) -> list[dict]:
+    """Records of a ``log.jsonl`` written by :func:`pyro_dcgmm.train.train`."""
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+def plot_training_curve(records: list[dict], path: str | Path) -> None:
+    """Per-layer training loss over steps and held-out log-likelihood per epoch."""
+    steps = [r for r in records if "layer_loss" in r]
+    epochs = [r for r in records if r.get("event") == "epoch"]
+    figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    if steps:
+        losses = np.array([r["layer_loss"] for r in steps])
+        for j in range(losses.shape[1]):
+            left.plot([r["step"] for r in steps], losses[:, j], label=f"GMM {j}")
+        left.set_yscale("symlog")
+    left.set_xlabel("step")
+    left.set_ylabel("training loss (nats per sample)")
+    left.legend()
+    validation = [r for r in epochs if "validation_log_likelihood" in r]
+    if validation:
+        values = np.array([r["validation_log_likelihood"] for r in validation])
+        for j in range(values.shape[1]):
+            right.plot([r["epoch"] for r in validation], values[:, j], marker="o", label=f"GMM {j}")
+        right.legend()
+    right.set_xlabel("epoch")
+    right.set_ylabel("held-out log-likelihood (nats per sample)")
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)

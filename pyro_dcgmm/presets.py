@@ -1,0 +1,90 @@
+"""The paper's architectures A-G and a small one for 8x8 digits, as :class:`ModelConfig` objects.
+
+Layer strings below read ``F<patch>/<stride>`` (Fold), ``G<K>`` (GMM), ``P<kernel>/<stride>``
+(MaxPool), ``R`` (Readout); ``Ffull`` folds whatever remains into one patch, which is how the
+architectures adapt to inputs other than 28x28.  As in the reference's configuration files every
+GMM layer is shared (convolutional), starts with precision 10 below a ceiling of 20, and upper
+layers wait (stay frozen) for 10% of training per level, so the layers below settle first.
+
+===== =========================================================
+A     Ffull - G25 - R
+B     F8/2 - G49 - Ffull - G36 - R
+C     F8/1 - G25 - P2/2 - Ffull - G36 - R
+D     F3/1 - G25 - P2/2 - F4/1 - G25 - P2/2 - Ffull - G25 - R
+E     F3/1 - G25 - F4/2 - G25 - Ffull - G25 - R
+F     F3/1 - G25 - F4/2 - G25 - F4/2 - G25 - Ffull - G25 - R
+G     F3/1 - G25 - P2/2 - F3/1 - G25 - P2/2 - F3/1 - G25 - P2/2 - Ffull - G25 - R
+digits F4/2 - G25 - Ffull - G25 - R  (for 8x8 inputs)
+===== =========================================================
+"""
+
+from __future__ import annotations
+
+import difflib
+
+from pyro_dcgmm.config import FoldConfig, GMMConfig, MaxPoolConfig, ModelConfig, ReadoutConfig
+from pyro_dcgmm.errors import ConfigError
+
+ARCHITECTURES = {
+    "A": "Ffull G25 R",
+    "B": "F8/2 G49 Ffull G36 R",
+    "C": "F8/1 G25 P2/2 Ffull G36 R",
+    "D": "F3/1 G25 P2/2 F4/1 G25 P2/2 Ffull G25 R",
+    "E": "F3/1 G25 F4/2 G25 Ffull G25 R",
+    "F": "F3/1 G25 F4/2 G25 F4/2 G25 Ffull G25 R",
+    "G": "F3/1 G25 P2/2 F3/1 G25 P2/2 F3/1 G25 P2/2 Ffull G25 R",
+    "digits": "F4/2 G25 Ffull G25 R",
+}
+WAIT_PER_LEVEL = 0.1
+
+
+def names() -> list[str]:
+    """Names of all presets."""
+    return list(ARCHITECTURES)
+
+
+def parse_architecture(text: str, num_classes: int = 10, **gmm_options) -> tuple:
+    """Layer configs from a string such as ``"F3/1 G25 P2/2 Ffull G25 R"``.
+
+    ``gmm_options`` are passed to every GMM layer (e.g. ``shared=False``).
+    """
+    layers = []
+    level = 0
+    for token in text.split():
+        kind, spec = token[0], token[1:]
+        if kind == "F":
+            if spec == "full":
+                layers.append(FoldConfig(patch=None, stride=1))
+            else:
+                patch, stride = spec.split("/")
+                layers.append(FoldConfig(patch=int(patch), stride=int(stride)))
+        elif kind == "P":
+            kernel, stride = spec.split("/")
+            layers.append(MaxPoolConfig(kernel=int(kernel), stride=int(stride)))
+        elif kind == "G":
+            options = {"wait": min(WAIT_PER_LEVEL * level, 0.5), **gmm_options}
+            layers.append(GMMConfig(components=int(spec), **options))
+            level += 1
+        elif kind == "R":
+            layers.append(ReadoutConfig(num_classes=num_classes))
+        else:
+            raise ConfigError(f"unknown layer token {token!r} in architecture {text!r}")
+    return tuple(layers)
+
+
+def get(
+    name: str,
+    input_shape: tuple[int, int, int] = (1, 28, 28),
+    num_classes: int = 10,
+    **gmm_options,
+) -> ModelConfig:
+    """The preset ``name`` for inputs of ``input_shape`` (C, H, W).
+
+    :param gmm_options: overrides for every GMM layer, e.g. ``shared=False`` or ``components=49``.
+    """
+    if name not in ARCHITECTURES:
+        match = difflib.get_close_matches(name, names(), n=1)
+        hint = f"; did you mean {match[0]!r}?" if match else ""
+        raise ConfigError(f"unknown preset {name!r}; valid presets are {', '.join(names())}{hint}")
+    layers = parse_architecture(ARCHITECTURES[name], num_classes, **gmm_options)
+    return ModelConfig(preset=name, input_shape=tuple(input_shape), layers=layers)

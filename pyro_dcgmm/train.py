@@ -1,0 +1,281 @@
+"""Training a stack by SVI with ``TraceEnum_ELBO``.
+
+The guide is empty: every discrete site is enumerated and every parameter is a point estimate, so
+the ELBO is the exact negative log-likelihood (annealed while annealing runs), and SVI is maximum
+likelihood.  Following Pyro's ``ELBOModule`` idiom, the loss is
+``TraceEnum_ELBO(max_plate_nesting=3).differentiable_loss(stack.model, stack.guide, ...)`` and the
+parameters are the stack's own (module-local) ``torch`` parameters, stepped by a ``torch.optim``
+optimiser.  That keeps per-layer learning rates, layer freezing (``wait``) and checkpointing in
+plain PyTorch, and several models per process independent.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pyro
+import torch
+from pyro.infer import TraceEnum_ELBO
+from tqdm.auto import tqdm
+
+from pyro_dcgmm.annealing import AnnealingSchedule
+from pyro_dcgmm.checkpoint import load_checkpoint, load_state_into, save_checkpoint
+from pyro_dcgmm.config import TrainConfig
+from pyro_dcgmm.errors import CheckpointError, DataError, NonFiniteLossError
+from pyro_dcgmm.files import atomic_write
+from pyro_dcgmm.gmm import GMM
+from pyro_dcgmm.stack import MAX_PLATE_NESTING, Stack
+from pyro_dcgmm.validation import as_images, as_labels
+
+CHECKPOINT_NAME = "checkpoint.pt"
+LOG_NAME = "log.jsonl"
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` returns.
+
+    :ivar history: one record per epoch: mean training loss per GMM layer (nats per sample),
+        held-out log-likelihood per GMM layer, neighbourhood widths, wall time.
+    :ivar steps: optimiser steps taken in total.
+    :ivar seconds: wall time of this call.
+    """
+
+    history: list[dict] = field(default_factory=list)
+    steps: int = 0
+    seconds: float = 0.0
+
+
+def resolve_device(name: str) -> torch.device:
+    """``"auto"`` is CUDA when available, else CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise DataError("device 'cuda' was requested but CUDA is not available; use 'cpu' or 'auto'")
+    return torch.device(name)
+
+
+def make_optimizer(stack: Stack, config: TrainConfig) -> torch.optim.Optimizer:
+    """One parameter group per (layer, parameter kind) with its learning-rate factor.
+
+    For plain SGD the rate of a shared GMM layer is divided by its number of positions: the loss
+    sums over positions, the paper's averages.
+    """
+    groups = []
+    for layer in stack.layers:
+        if not hasattr(layer, "parameter_groups"):
+            continue
+        positions = 1
+        if config.optimizer == "sgd" and isinstance(layer, GMM) and layer.config.shared:
+            positions = layer.output_shape[1] * layer.output_shape[2]
+        for params, scale in layer.parameter_groups():
+            groups.append({"params": params, "lr": config.lr * scale / positions})
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum)
+    return torch.optim.Adam(groups, lr=config.lr)
+
+
+def evaluate(stack: Stack, images: torch.Tensor, batch_size: int = 1000) -> list[float]:
+    """Mean exact log-likelihood per sample (nats) at every GMM layer, bottom first."""
+    return [
+        float(stack.log_prob(images, layer, batch_size).mean()) for layer in range(len(stack.gmm_indices))
+    ]
+
+
+def dequantize(x: torch.Tensor, levels: int, generator: torch.Generator) -> torch.Tensor:
+    """Uniform dequantisation of data on the grid ``k / (levels - 1)``: ``(k + u) / levels``."""
+    noise = torch.rand(x.shape, generator=generator).to(x.device, x.dtype)
+    return (x * (levels - 1) + noise) / levels
+
+
+def _truncate_log(path: Path, step: int) -> None:
+    """Drop log records written after ``step`` (by a run that died after its last checkpoint)."""
+    if not path.exists():
+        return
+    kept = [
+        line
+        for line in path.read_text().splitlines()
+        if line.strip() and json.loads(line).get("step", 0) <= step
+    ]
+    atomic_write(path, lambda handle: handle.write("".join(f"{line}\n" for line in kept).encode()))
+
+
+def train(
+    stack: Stack,
+    images,
+    labels=None,
+    *,
+    config: TrainConfig | None = None,
+    validation=None,
+    out_dir: str | Path | None = None,
+    resume: str | Path | None = None,
+    dequantize_levels: int | None = None,
+    run_config=None,
+) -> TrainResult:
+    """Train ``stack`` on ``images`` by SVI with ``TraceEnum_ELBO`` and an empty guide.
+
+    :param Stack stack: the model; its parameters are updated in place.
+    :param images: training images (N, C, H, W) in the stack's data range.
+    :param labels: class indices (N,) for a Readout, or ``None``.
+    :param TrainConfig config: optimiser, batch size, epochs, seed, device, logging.
+    :param validation: held-out images, evaluated after every epoch.
+    :param out_dir: where ``checkpoint.pt`` (rewritten after every epoch), ``epoch-XXXX.pt`` (with
+        ``config.keep_epoch_checkpoints``) and ``log.jsonl`` go; ``None`` writes nothing.
+    :param resume: a checkpoint to continue from (same architecture and data); the run then
+        reproduces the uninterrupted one.
+    :param int dequantize_levels: add uniform noise to every batch of data quantised to this many
+        levels (256 for 8-bit images); ``None`` trains on the data as they are.
+    :param run_config: the full :class:`~pyro_dcgmm.config.RunConfig`, stored in checkpoints.
+    """
+    start_time = time.perf_counter()
+    config = config if config is not None else TrainConfig()
+    images = as_images(images, stack.input_shape, stack.data_range, "images")
+    if images.shape[0] < 2:
+        raise DataError(f"images holds {images.shape[0]} sample; training needs at least 2")
+    readout = stack.readout
+    labels = as_labels(labels, images.shape[0], readout.num_classes if readout else None)
+    if validation is not None:
+        validation = as_images(validation, stack.input_shape, stack.data_range, "validation")
+    device = resolve_device(config.device)
+    stack.to(device)
+    dtype = next(stack.parameters()).dtype
+    images = images.to(device, dtype)
+    labels = labels.to(device) if labels is not None else None
+    gmms = stack.gmm_layers
+    optimizer = make_optimizer(stack, config)
+    schedules = [
+        AnnealingSchedule(
+            gmm.neighbourhood_width,
+            gmm.config.width_floor,
+            gmm.config.width_decay,
+            gmm.config.plateau_window,
+            gmm.config.plateau_tolerance,
+        )
+        for gmm in gmms
+    ]
+    generator = torch.Generator().manual_seed(config.seed)
+    elbo = TraceEnum_ELBO(max_plate_nesting=MAX_PLATE_NESTING)
+    num_data, batch_size = images.shape[0], min(config.batch_size, images.shape[0])
+    steps_per_epoch = math.ceil(num_data / batch_size)
+    total_steps = config.epochs * steps_per_epoch
+    if config.max_steps is not None:
+        total_steps = min(total_steps, config.max_steps)
+    out_dir = Path(out_dir) if out_dir is not None else None
+    log_path = None
+    if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        log_path = out_dir / LOG_NAME
+    epoch, step, history = 0, 0, []
+    if resume is not None:
+        state = load_checkpoint(resume, map_location=device)
+        load_state_into(stack, state)
+        training = state["training"]
+        if training is None:
+            raise CheckpointError(f"checkpoint {str(resume)!r} holds no training state to resume")
+        optimizer.load_state_dict(training["optimizer"])
+        for schedule, schedule_state in zip(schedules, training["schedules"], strict=False):
+            schedule.load_state_dict(schedule_state)
+        generator.set_state(training["generator"])
+        epoch, step, history = training["epoch"], training["step"], list(training["history"])
+        if log_path is not None:
+            _truncate_log(log_path, step)
+    frozen = {
+        id(p): layer.config.wait
+        for layer in stack.layers
+        if getattr(layer.config, "wait", 0.0) > 0.0
+        for p in layer.parameters()
+    }
+    layer_names = [f"L{i}" for i in stack.gmm_indices]
+    with contextlib.ExitStack() as context:
+        bar = context.enter_context(
+            tqdm(total=total_steps, initial=step, disable=not config.progress, unit="step")
+        )
+        log_file = context.enter_context(open(log_path, "a")) if log_path is not None else None
+        context.enter_context(pyro.validation_enabled(config.validate))
+        while step < total_steps:
+            order = torch.randperm(num_data, generator=generator)
+            epoch_losses = torch.zeros(len(gmms), dtype=torch.float64)
+            epoch_steps = 0
+            for start in range(0, num_data, batch_size):
+                if step >= total_steps:
+                    break
+                index = order[start : start + batch_size].to(device)
+                batch = images[index]
+                if dequantize_levels is not None:
+                    batch = dequantize(batch, dequantize_levels, generator)
+                batch_labels = labels[index] if labels is not None else None
+                loss = (
+                    elbo.differentiable_loss(
+                        stack.model, stack.guide, batch, labels=batch_labels, num_data=num_data
+                    )
+                    / num_data
+                )
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                progress = step / total_steps
+                for group in optimizer.param_groups:
+                    for p in group["params"]:
+                        if frozen.get(id(p), 0.0) > progress:
+                            p.grad = None
+                layer_losses = torch.stack([g.last_loss.mean() for g in gmms]).tolist()
+                if not math.isfinite(loss.item()) or not all(map(math.isfinite, layer_losses)):
+                    bad = [
+                        name
+                        for name, value in zip(layer_names, layer_losses, strict=False)
+                        if not math.isfinite(value)
+                    ] or ["readout"]
+                    raise NonFiniteLossError(
+                        f"non-finite loss at step {step} (epoch {epoch}) in layer(s) "
+                        f"{', '.join(bad)}; lower the learning rate or raise precision_floor"
+                    )
+                optimizer.step()
+                for gmm, schedule, value in zip(gmms, schedules, layer_losses, strict=False):
+                    if gmm.config.wait <= progress and schedule.update(value):
+                        gmm.neighbourhood_width = schedule.width
+                epoch_losses += torch.tensor(layer_losses, dtype=torch.float64)
+                epoch_steps += 1
+                step += 1
+                bar.update(1)
+                if step % config.log_every == 0:
+                    bar.set_postfix({n: f"{v:.4g}" for n, v in zip(layer_names, layer_losses, strict=False)})
+                    if log_file is not None:
+                        record = {
+                            "step": step,
+                            "epoch": epoch,
+                            "loss": loss.item(),
+                            "layer_loss": layer_losses,
+                            "width": [g.neighbourhood_width for g in gmms],
+                        }
+                        log_file.write(json.dumps(record) + "\n")
+                        log_file.flush()
+            epoch += 1
+            record = {
+                "step": step,
+                "epoch": epoch,
+                "train_loss": (epoch_losses / max(epoch_steps, 1)).tolist(),
+                "width": [g.neighbourhood_width for g in gmms],
+                "seconds": time.perf_counter() - start_time,
+            }
+            if validation is not None:
+                record["validation_log_likelihood"] = evaluate(stack, validation, config.eval_batch_size)
+            history.append(record)
+            if out_dir is not None:
+                training = {
+                    "optimizer": optimizer.state_dict(),
+                    "schedules": [s.state_dict() for s in schedules],
+                    "generator": generator.get_state(),
+                    "epoch": epoch,
+                    "step": step,
+                    "history": history,
+                }
+                if config.keep_epoch_checkpoints:
+                    save_checkpoint(out_dir / f"epoch-{epoch:04d}.pt", stack, training, run_config)
+                save_checkpoint(out_dir / CHECKPOINT_NAME, stack, training, run_config)
+                log_file.write(json.dumps({"event": "epoch", **record}) + "\n")
+                log_file.flush()
+    return TrainResult(history, step, time.perf_counter() - start_time)

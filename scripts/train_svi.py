@@ -1,0 +1,190 @@
+"""Train a DCGMM by SVI with TraceEnum_ELBO and report held-out log-likelihoods per layer.
+
+Examples::
+
+    python scripts/train_svi.py --config configs/digits.toml --out runs/digits
+    python scripts/train_svi.py --preset E --dataset fashion-mnist --epochs 3 --device auto --out runs/x
+    python scripts/train_svi.py --resume runs/x/checkpoint.pt --epochs 5 --out runs/x
+
+Writes into ``--out``: ``checkpoint.pt`` after every epoch (state_dict + resolved config + training
+state; loads with ``torch.load(weights_only=True)``), ``log.jsonl``, ``config.json`` (the resolved
+configuration), ``summary.json``, ``prototypes.png`` (first GMM layer) and ``training_curve.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import sys
+from pathlib import Path
+
+import torch
+
+from pyro_dcgmm import Stack, presets
+from pyro_dcgmm.checkpoint import load_checkpoint
+from pyro_dcgmm.config import DataConfig, ModelConfig, RunConfig, from_dict, load_config, to_dict
+from pyro_dcgmm.data import load_dataset, split_validation
+from pyro_dcgmm.files import atomic_write
+from pyro_dcgmm.plots import plot_prototypes, plot_training_curve, read_log
+from pyro_dcgmm.train import LOG_NAME, evaluate, train
+
+TRAIN_FLAGS = {
+    "epochs": "epochs",
+    "batch_size": "batch_size",
+    "lr": "lr",
+    "optimizer": "optimizer",
+    "seed": "seed",
+    "device": "device",
+    "max_steps": "max_steps",
+}
+DATA_FLAGS = {"dataset": "dataset", "root": "root", "classes": "classes", "train_limit": "train_limit"}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], allow_abbrev=False)
+    parser.add_argument("--config", type=Path, help="TOML run configuration")
+    parser.add_argument("--preset", choices=presets.names(), help="architecture preset")
+    parser.add_argument("--per-position", action="store_true", help="one mixture per position")
+    parser.add_argument("--dataset", choices=["digits", "fashion-mnist", "mnist"])
+    parser.add_argument("--root", help="folder with the data set's IDX files")
+    parser.add_argument("--download", action="store_true", help="download MNIST if missing")
+    parser.add_argument("--classes", type=int, nargs="+", help="train on these labels only")
+    parser.add_argument("--train-limit", type=int, help="use at most this many training images")
+    parser.add_argument("--dequantize", action="store_true", help="uniform dequantisation")
+    parser.add_argument("-n", "--epochs", type=int)
+    parser.add_argument("-b", "--batch-size", type=int)
+    parser.add_argument("--lr", type=float)
+    parser.add_argument("--optimizer", choices=["adam", "sgd"])
+    parser.add_argument("--seed", type=int)
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--max-steps", type=int)
+    parser.add_argument("--out", type=Path, required=True, help="output folder")
+    parser.add_argument("--resume", type=Path, help="checkpoint to continue from")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return parser.parse_args(argv)
+
+
+def resolve_config(args: argparse.Namespace) -> RunConfig:
+    """The run configuration: resumed checkpoint or TOML file, then command-line overrides."""
+    if args.resume is not None:
+        saved = load_checkpoint(args.resume)["run_config"]
+        config = from_dict(RunConfig, saved or {}, "checkpoint run_config")
+    elif args.config is not None:
+        config = load_config(args.config)
+    else:
+        config = RunConfig()
+    training = {f: getattr(args, a) for a, f in TRAIN_FLAGS.items() if getattr(args, a) is not None}
+    if args.no_progress:
+        training["progress"] = False
+    data = {f: getattr(args, a) for a, f in DATA_FLAGS.items() if getattr(args, a) is not None}
+    if "classes" in data:
+        data["classes"] = tuple(data["classes"])
+    if args.download:
+        data["download"] = True
+    if args.dequantize:
+        data["dequantize"] = True
+    model = config.model
+    if args.preset is not None:
+        model = ModelConfig(preset=args.preset, data_range=model.data_range)
+    return RunConfig(
+        model=model,
+        training=dataclasses.replace(config.training, **training),
+        data=dataclasses.replace(config.data, **data),
+    )
+
+
+def resolve_model(config: ModelConfig, data: DataConfig, input_shape, per_position: bool):
+    """Fill in the layers (from the preset) and the input shape (from the data)."""
+    if config.layers:
+        return dataclasses.replace(config, input_shape=config.input_shape or input_shape)
+    name = config.preset or ("digits" if data.dataset == "digits" else "E")
+    options = {"shared": False} if per_position else {}
+    preset = presets.get(name, config.input_shape or input_shape, **options)
+    return dataclasses.replace(preset, data_range=config.data_range)
+
+
+def format_table(rows: list[list[str]]) -> str:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(c.rjust(w) for c, w in zip(r, widths)) for r in rows)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    config = resolve_config(args)
+    dataset = load_dataset(config.data)
+    train_x, train_y = dataset.train_images, dataset.train_labels
+    if config.data.train_limit is not None:
+        train_x, train_y = train_x[: config.data.train_limit], train_y[: config.data.train_limit]
+    train_x, train_y, val_x, _ = split_validation(
+        train_x, train_y, config.data.validation_fraction, config.training.seed
+    )
+    model_config = resolve_model(config.model, config.data, dataset.input_shape, args.per_position)
+    config = dataclasses.replace(config, model=model_config)
+    torch.manual_seed(config.training.seed)
+    stack = Stack.from_config(model_config)
+    readout = stack.readout
+    labels = train_y if readout is not None else None
+    if readout is not None and int(train_y.max()) >= readout.num_classes:
+        raise SystemExit(f"labels go up to {int(train_y.max())} but the readout has {readout.num_classes}")
+    args.out.mkdir(parents=True, exist_ok=True)
+    before = evaluate(stack, dataset.test_images) if args.resume is None else None
+    result = train(
+        stack,
+        train_x,
+        labels,
+        config=config.training,
+        validation=val_x if val_x.shape[0] else None,
+        out_dir=args.out,
+        resume=args.resume,
+        dequantize_levels=dataset.levels if config.data.dequantize else None,
+        run_config=config,
+    )
+    stack.cpu()
+    after = evaluate(stack, dataset.test_images)
+    samples = result.steps * config.training.batch_size
+    summary = {
+        "dataset": dataset.name,
+        "model": to_dict(model_config),
+        "training": to_dict(config.training),
+        "test_log_likelihood_before": before,
+        "test_log_likelihood_after": after,
+        "steps": result.steps,
+        "train_seconds": result.seconds,
+        "train_samples_per_second": samples / result.seconds if result.seconds else None,
+        "widths": [g.neighbourhood_width for g in stack.gmm_layers],
+    }
+    if readout is not None:
+        predicted = stack.predict_proba(dataset.test_images).argmax(1)
+        summary["test_accuracy"] = float((predicted == dataset.test_labels).float().mean())
+    atomic_write(args.out / "summary.json", lambda h: h.write(json.dumps(summary, indent=2).encode()))
+    atomic_write(args.out / "config.json", lambda h: h.write(json.dumps(to_dict(config), indent=2).encode()))
+    plot_prototypes(stack.gmm_layers[0], args.out / "prototypes.png")
+    plot_training_curve(read_log(args.out / LOG_NAME), args.out / "training_curve.png")
+    rows = [["GMM layer", "index", "K", "test LL before", "test LL after", "width"]]
+    for j, index in enumerate(stack.gmm_indices):
+        rows.append(
+            [
+                str(j),
+                str(index),
+                str(stack.layers[index].components),
+                f"{before[j]:.2f}" if before else "-",
+                f"{after[j]:.2f}",
+                f"{stack.layers[index].neighbourhood_width:.3g}",
+            ]
+        )
+    print(format_table(rows))
+    print(
+        f"{result.steps} steps in {result.seconds:.1f} s "
+        f"({summary['train_samples_per_second']:.0f} samples/s); log-likelihoods in nats per image"
+    )
+    if "test_accuracy" in summary:
+        print(f"readout test accuracy: {summary['test_accuracy']:.4f}")
+    print(f"wrote {args.out}")
+    return summary
+
+
+if __name__ == "__main__":
+    sys.exit(main() and 0)
