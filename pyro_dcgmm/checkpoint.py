@@ -50,7 +50,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise CheckpointError(f"checkpoint {str(path)!r} does not exist")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError) as error:
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as error:
         raise CheckpointError(
             f"checkpoint {str(path)!r} is truncated, corrupt or not a pyro_dcgmm checkpoint "
             f"({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''})"

@@ -146,7 +146,9 @@ class TrainConfig:
     :param momentum: SGD momentum.
     :param seed: seeds parameter initialisation, shuffling and dequantisation noise.
     :param device: ``"auto"`` (CUDA when available), ``"cpu"`` or ``"cuda"``.
-    :param max_steps: stop after this many optimiser steps (``None``: run all epochs).
+    :param max_steps: stop after this many optimiser steps (``None``: run all epochs).  Schedules
+        (``wait``) stay planned over ``epochs``, so a run stopped this way and resumed from its
+        checkpoint ends exactly where an uninterrupted run does.
     :param log_every: steps between JSON-lines log records and progress-bar updates.
     :param eval_batch_size: batch size for held-out evaluation.
     :param validate: keep Pyro's distribution argument validation on (slower).
@@ -240,7 +242,7 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
     elif origin is tuple:
         if isinstance(value, (list, tuple)) and (args[-1] is Ellipsis or len(value) == len(args)):
             item_types = [args[0]] * len(value) if args[-1] is Ellipsis else list(args)
-            return tuple(_coerce(v, t, where) for v, t in zip(value, item_types, strict=False))
+            return tuple(_coerce(v, t, where) for v, t in zip(value, item_types, strict=True))
     elif annotation is bool:
         if isinstance(value, bool):
             return value

@@ -24,6 +24,7 @@ of :mod:`pyro_dcgmm.annealing`.  Enumerating ``z`` gives ``logsumexp_k S_k``, a 
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import pyro
@@ -222,7 +223,7 @@ class GMM(Layer):
         log_mixing = self.log_mixing()  # (K,) or (H', W', K)
         self.last_loss = -table.detach().logsumexp(-1).sum((1, 2))  # (N,)
         _, out_h, out_w = self.output_shape
-        with pyro.plate(self.site("h"), out_h, dim=-2), pyro.plate(self.site("w"), out_w, dim=-1):
+        with self._position_plate("h", out_h, -2), self._position_plate("w", out_w, -1):
             z = pyro.sample(
                 self.site("z"),
                 dist.Categorical(logits=log_mixing),
@@ -230,6 +231,11 @@ class GMM(Layer):
             )  # (K, 1, 1, 1) when enumerated
             pyro.factor(self.site("obs"), Vindex(table - log_mixing)[..., z])  # (K, N, H', W')
         return torch.softmax(scores.detach(), dim=1)
+
+    def _position_plate(self, name: str, size: int, dim: int):
+        """Plate over one spatial axis; a single position needs none (and Pyro's
+        ``compute_marginals`` mishandles plates of size one)."""
+        return pyro.plate(self.site(name), size, dim=dim) if size > 1 else contextlib.nullcontext()
 
     @local_params
     def forward(self, x: torch.Tensor, annealed: bool = True) -> torch.Tensor:

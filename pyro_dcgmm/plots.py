@@ -8,11 +8,11 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
 
-from pyro_dcgmm.gmm import GMM  # noqa: E402
+from pyro_dcgmm.gmm import GMM
 
 
 def image_grid(images: np.ndarray, columns: int | None = None, padding: int = 1) -> np.ndarray:
@@ -77,9 +77,9 @@ def plot_training_curve(records: list[dict], path: str | Path) -> None:
         for j in range(losses.shape[1]):
             left.plot([r["step"] for r in steps], losses[:, j], label=f"GMM {j}")
         left.set_yscale("symlog")
+        left.legend()
     left.set_xlabel("step")
     left.set_ylabel("training loss (nats per sample)")
-    left.legend()
     validation = [r for r in epochs if "validation_log_likelihood" in r]
     if validation:
         values = np.array([r["validation_log_likelihood"] for r in validation])

@@ -124,8 +124,9 @@ def train(
     :param labels: class indices (N,) for a Readout, or ``None``.
     :param TrainConfig config: optimiser, batch size, epochs, seed, device, logging.
     :param validation: held-out images, evaluated after every epoch.
-    :param out_dir: where ``checkpoint.pt`` (rewritten after every epoch), ``epoch-XXXX.pt`` (with
-        ``config.keep_epoch_checkpoints``) and ``log.jsonl`` go; ``None`` writes nothing.
+    :param out_dir: where ``checkpoint.pt`` (rewritten after every epoch and when ``max_steps``
+        stops a run mid-epoch), ``epoch-XXXX.pt`` (with ``config.keep_epoch_checkpoints``) and
+        ``log.jsonl`` go; ``None`` writes nothing.
     :param resume: a checkpoint to continue from (same architecture and data); the run then
         reproduces the uninterrupted one.
     :param int dequantize_levels: add uniform noise to every batch of data quantised to this many
@@ -161,16 +162,16 @@ def train(
     generator = torch.Generator().manual_seed(config.seed)
     elbo = TraceEnum_ELBO(max_plate_nesting=MAX_PLATE_NESTING)
     num_data, batch_size = images.shape[0], min(config.batch_size, images.shape[0])
-    steps_per_epoch = math.ceil(num_data / batch_size)
-    total_steps = config.epochs * steps_per_epoch
-    if config.max_steps is not None:
-        total_steps = min(total_steps, config.max_steps)
+    planned_steps = config.epochs * math.ceil(num_data / batch_size)
+    stop_step = planned_steps if config.max_steps is None else min(planned_steps, config.max_steps)
     out_dir = Path(out_dir) if out_dir is not None else None
     log_path = None
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
         log_path = out_dir / LOG_NAME
     epoch, step, history = 0, 0, []
+    order, offset = None, 0  # this epoch's permutation and how much of it is done
+    epoch_losses, epoch_steps = torch.zeros(len(gmms), dtype=torch.float64), 0
     if resume is not None:
         state = load_checkpoint(resume, map_location=device)
         load_state_into(stack, state)
@@ -178,10 +179,12 @@ def train(
         if training is None:
             raise CheckpointError(f"checkpoint {str(resume)!r} holds no training state to resume")
         optimizer.load_state_dict(training["optimizer"])
-        for schedule, schedule_state in zip(schedules, training["schedules"], strict=False):
+        for schedule, schedule_state in zip(schedules, training["schedules"], strict=True):
             schedule.load_state_dict(schedule_state)
         generator.set_state(training["generator"])
         epoch, step, history = training["epoch"], training["step"], list(training["history"])
+        order, offset = training["order"], training["offset"]
+        epoch_losses, epoch_steps = training["epoch_losses"].double(), training["epoch_steps"]
         if log_path is not None:
             _truncate_log(log_path, step)
     frozen = {
@@ -193,18 +196,17 @@ def train(
     layer_names = [f"L{i}" for i in stack.gmm_indices]
     with contextlib.ExitStack() as context:
         bar = context.enter_context(
-            tqdm(total=total_steps, initial=step, disable=not config.progress, unit="step")
+            tqdm(total=stop_step, initial=step, disable=not config.progress, unit="step")
         )
         log_file = context.enter_context(open(log_path, "a")) if log_path is not None else None
         context.enter_context(pyro.validation_enabled(config.validate))
-        while step < total_steps:
-            order = torch.randperm(num_data, generator=generator)
-            epoch_losses = torch.zeros(len(gmms), dtype=torch.float64)
-            epoch_steps = 0
-            for start in range(0, num_data, batch_size):
-                if step >= total_steps:
-                    break
-                index = order[start : start + batch_size].to(device)
+        while step < stop_step:
+            if order is None:
+                order, offset = torch.randperm(num_data, generator=generator), 0
+                epoch_losses, epoch_steps = torch.zeros(len(gmms), dtype=torch.float64), 0
+            while offset < num_data and step < stop_step:
+                index = order[offset : offset + batch_size].to(device)
+                offset += batch_size
                 batch = images[index]
                 if dequantize_levels is not None:
                     batch = dequantize(batch, dequantize_levels, generator)
@@ -217,7 +219,7 @@ def train(
                 )
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
-                progress = step / total_steps
+                progress = step / planned_steps
                 for group in optimizer.param_groups:
                     for p in group["params"]:
                         if frozen.get(id(p), 0.0) > progress:
@@ -226,7 +228,7 @@ def train(
                 if not math.isfinite(loss.item()) or not all(map(math.isfinite, layer_losses)):
                     bad = [
                         name
-                        for name, value in zip(layer_names, layer_losses, strict=False)
+                        for name, value in zip(layer_names, layer_losses, strict=True)
                         if not math.isfinite(value)
                     ] or ["readout"]
                     raise NonFiniteLossError(
@@ -234,7 +236,7 @@ def train(
                         f"{', '.join(bad)}; lower the learning rate or raise precision_floor"
                     )
                 optimizer.step()
-                for gmm, schedule, value in zip(gmms, schedules, layer_losses, strict=False):
+                for gmm, schedule, value in zip(gmms, schedules, layer_losses, strict=True):
                     if gmm.config.wait <= progress and schedule.update(value):
                         gmm.neighbourhood_width = schedule.width
                 epoch_losses += torch.tensor(layer_losses, dtype=torch.float64)
@@ -242,7 +244,7 @@ def train(
                 step += 1
                 bar.update(1)
                 if step % config.log_every == 0:
-                    bar.set_postfix({n: f"{v:.4g}" for n, v in zip(layer_names, layer_losses, strict=False)})
+                    bar.set_postfix({n: f"{v:.4g}" for n, v in zip(layer_names, layer_losses, strict=True)})
                     if log_file is not None:
                         record = {
                             "step": step,
@@ -253,17 +255,22 @@ def train(
                         }
                         log_file.write(json.dumps(record) + "\n")
                         log_file.flush()
-            epoch += 1
-            record = {
-                "step": step,
-                "epoch": epoch,
-                "train_loss": (epoch_losses / max(epoch_steps, 1)).tolist(),
-                "width": [g.neighbourhood_width for g in gmms],
-                "seconds": time.perf_counter() - start_time,
-            }
-            if validation is not None:
-                record["validation_log_likelihood"] = evaluate(stack, validation, config.eval_batch_size)
-            history.append(record)
+            if offset >= num_data:
+                epoch += 1
+                order = None
+                record = {
+                    "step": step,
+                    "epoch": epoch,
+                    "train_loss": (epoch_losses / max(epoch_steps, 1)).tolist(),
+                    "width": [g.neighbourhood_width for g in gmms],
+                    "seconds": time.perf_counter() - start_time,
+                }
+                if validation is not None:
+                    record["validation_log_likelihood"] = evaluate(stack, validation, config.eval_batch_size)
+                history.append(record)
+                if log_file is not None:
+                    log_file.write(json.dumps({"event": "epoch", **record}) + "\n")
+                    log_file.flush()
             if out_dir is not None:
                 training = {
                     "optimizer": optimizer.state_dict(),
@@ -272,10 +279,12 @@ def train(
                     "epoch": epoch,
                     "step": step,
                     "history": history,
+                    "order": order,
+                    "offset": offset,
+                    "epoch_losses": epoch_losses,
+                    "epoch_steps": epoch_steps,
                 }
-                if config.keep_epoch_checkpoints:
+                if config.keep_epoch_checkpoints and order is None:
                     save_checkpoint(out_dir / f"epoch-{epoch:04d}.pt", stack, training, run_config)
                 save_checkpoint(out_dir / CHECKPOINT_NAME, stack, training, run_config)
-                log_file.write(json.dumps({"event": "epoch", **record}) + "\n")
-                log_file.flush()
     return TrainResult(history, step, time.perf_counter() - start_time)

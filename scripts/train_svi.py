@@ -107,7 +107,7 @@ def resolve_model(config: ModelConfig, data: DataConfig, input_shape, per_positi
 
 def format_table(rows: list[list[str]]) -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(c.rjust(w) for c, w in zip(r, widths)) for r in rows)
+    return "\n".join("  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)) for r in rows)
 
 
 def main(argv: list[str] | None = None) -> dict:

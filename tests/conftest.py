@@ -1,0 +1,19 @@
+import pyro
+import pytest
+import torch
+
+
+@pytest.fixture(autouse=True)
+def _fresh_pyro_state():
+    pyro.clear_param_store()
+    pyro.enable_validation(True)
+    torch.manual_seed(0)
+    yield
+    pyro.clear_param_store()
+
+
+@pytest.fixture
+def images64():
+    """Seven random 8x8 single-channel images in [0, 1], float64."""
+    generator = torch.Generator().manual_seed(1)
+    return torch.rand(7, 1, 8, 8, generator=generator, dtype=torch.float64)

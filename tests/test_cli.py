@@ -1,0 +1,81 @@
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+import train_svi
+
+from pyro_dcgmm.checkpoint import stack_from_checkpoint
+from pyro_dcgmm.data import FASHION_MNIST_ROOT
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_train_svi_on_digits_writes_everything(tmp_path, capsys):
+    out = tmp_path / "run"
+    summary = train_svi.main(
+        ["--config", str(ROOT / "configs/digits.toml"), "--epochs", "2", "--out", str(out), "--no-progress"]
+    )
+    for name in [
+        "checkpoint.pt",
+        "log.jsonl",
+        "summary.json",
+        "config.json",
+        "prototypes.png",
+        "training_curve.png",
+    ]:
+        assert (out / name).is_file(), name
+    assert json.loads((out / "summary.json").read_text())["steps"] == summary["steps"] == 2 * 13
+    assert summary["test_log_likelihood_after"][0] > summary["test_log_likelihood_before"][0]
+    state = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert state["run_config"]["training"]["epochs"] == 2
+    stack = stack_from_checkpoint(out / "checkpoint.pt")
+    assert stack.input_shape == (1, 8, 8)
+    printed = capsys.readouterr().out
+    assert "test LL after" in printed and "samples/s" in printed
+
+
+def test_train_svi_resume_continues(tmp_path):
+    out = tmp_path / "run"
+    base = ["--preset", "digits", "--dataset", "digits", "--out", str(out), "--no-progress"]
+    train_svi.main([*base, "--epochs", "1"])
+    summary = train_svi.main(
+        ["--resume", str(out / "checkpoint.pt"), "--epochs", "2", "--out", str(out), "--no-progress"]
+    )
+    assert summary["steps"] == 2 * 13
+    assert summary["test_log_likelihood_before"] is None
+
+
+def test_unknown_flag_is_an_error():
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "scripts/train_svi.py"), "--epochz", "1", "--out", "x"],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 2 and "unrecognized arguments: --epochz" in result.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not FASHION_MNIST_ROOT.is_dir(), reason="dataset-fashion-mnist not installed")
+def test_preset_e_one_epoch_on_fashion_mnist(tmp_path):
+    summary = train_svi.main(
+        [
+            "--preset",
+            "E",
+            "--dataset",
+            "fashion-mnist",
+            "--epochs",
+            "1",
+            "--device",
+            "cpu",
+            "--out",
+            str(tmp_path),
+            "--no-progress",
+        ]
+    )
+    before, after = summary["test_log_likelihood_before"], summary["test_log_likelihood_after"]
+    assert after[0] > before[0]

@@ -1,0 +1,88 @@
+import pytest
+
+from pyro_dcgmm import GMM, Stack
+from pyro_dcgmm.config import (
+    GMMConfig,
+    ModelConfig,
+    RunConfig,
+    TrainConfig,
+    from_dict,
+    load_config,
+    to_dict,
+)
+from pyro_dcgmm.errors import ConfigError
+
+CONFIG = """
+[model]
+input_shape = [1, 8, 8]
+
+[[model.layers]]
+type = "fold"
+patch = [4, 4]
+stride = 2
+
+[[model.layers]]
+type = "gmm"
+components = 9
+shared = false
+
+[training]
+epochs = 2
+lr = 0.05
+
+[data]
+dataset = "digits"
+classes = [1, 2, 3]
+"""
+
+
+def test_toml_round_trip(tmp_path):
+    path = tmp_path / "run.toml"
+    path.write_text(CONFIG)
+    config = load_config(path)
+    assert config.training == TrainConfig(epochs=2, lr=0.05)
+    assert config.data.classes == (1, 2, 3)
+    assert config.model.layers[1] == GMMConfig(components=9, shared=False)
+    stack = Stack.from_config(config.model)
+    assert stack.layers[1].output_shape == (9, 3, 3)
+    assert from_dict(RunConfig, to_dict(config)) == config
+
+
+def test_shipped_digits_config_builds():
+    config = load_config("configs/digits.toml")
+    assert Stack.from_config(config.model).output_shape == (10, 1, 1)
+
+
+@pytest.mark.parametrize(
+    "text,match",
+    [
+        ("[training]\nepocs = 3\n", r"unknown key 'epocs'; did you mean 'epochs'\?"),
+        ("[trainig]\nepochs = 3\n", r"unknown key 'trainig'; did you mean 'training'\?"),
+        ("[training]\nepochs = 'three'\n", r"training.epochs: expected int"),
+        ("[training]\noptimizer = 'adamw'\n", r"expected one of 'adam', 'sgd'"),
+        ("[[model.layers]]\ntype = 'gmm'\ncomponent = 3\n", r"layers\[0\]: unknown key 'component'"),
+        ("[[model.layers]]\ntype = 'gmn'\n", r"unknown layer type 'gmn'.*did you mean 'gmm'"),
+        ("[model]\ninput_shape = [1, 8]\n", r"model.input_shape: expected a list of 3 ints"),
+        ("[training\n", r"not valid TOML"),
+    ],
+)
+def test_bad_config_fails_naming_the_key(tmp_path, text, match):
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=match):
+        load_config(path)
+
+
+def test_missing_config_file(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "nope.toml")
+
+
+def test_unknown_layer_keyword_fails():
+    with pytest.raises(ConfigError, match="unknown key 'precison_floor'; did you mean 'precision_floor'"):
+        GMM(4, precison_floor=0.1)
+
+
+def test_model_config_needs_layers():
+    with pytest.raises(ValueError, match="no layers"):
+        Stack.from_config(ModelConfig(input_shape=(1, 8, 8)))

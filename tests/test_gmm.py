@@ -1,0 +1,102 @@
+import math
+
+import pytest
+import torch
+from torch.distributions import Normal
+
+from pyro_dcgmm import GMM, Fold, Stack
+from pyro_dcgmm.errors import ArchitectureError
+
+
+def patches_of(x, patch, stride):
+    """Patch vectors (N, H', W', D) in (C, ph, pw) order, built with explicit loops."""
+    n, c, h, w = x.shape
+    out_h, out_w = (h - patch[0]) // stride[0] + 1, (w - patch[1]) // stride[1] + 1
+    result = torch.empty(n, out_h, out_w, c * patch[0] * patch[1], dtype=x.dtype)
+    for i in range(out_h):
+        for j in range(out_w):
+            top, left = i * stride[0], j * stride[1]
+            result[:, i, j] = x[:, :, top : top + patch[0], left : left + patch[1]].reshape(n, -1)
+    return result
+
+
+def reference_table(gmm, patches):
+    """log N(patch | mu_k, prec_k) (N, K, H', W') through torch.distributions.Normal."""
+    means, precision = gmm.means.detach(), gmm.precision.detach()
+    scale = precision.rsqrt()
+    if gmm.config.shared:
+        value = Normal(means, scale).log_prob(patches[..., None, :]).sum(-1)  # (N, H', W', K)
+    else:
+        value = Normal(means, scale).log_prob(patches[..., None, :]).sum(-1)  # per position
+    return value.permute(0, 3, 1, 2)
+
+
+@pytest.mark.parametrize("shared", [True, False])
+@pytest.mark.parametrize("patch,stride", [((3, 3), (1, 1)), ((2, 3), (2, 1)), ((1, 1), (1, 1))])
+def test_table_equals_normal_log_prob(shared, patch, stride):
+    x = torch.rand(5, 2, 7, 9, dtype=torch.float64)
+    stack = Stack([Fold(patch, stride), GMM(6, shared=shared)], (2, 7, 9)).double()
+    gmm = stack.layers[1]
+    with torch.no_grad():
+        gmm.means.uniform_(-0.2, 1.2)
+        gmm.precision = torch.rand(gmm.means.shape, dtype=torch.float64) * 15 + 0.5
+    table = gmm.log_prob_table(x)
+    expected = reference_table(gmm, patches_of(x, patch, stride))
+    assert table.shape == expected.shape
+    torch.testing.assert_close(table, expected, rtol=1e-10, atol=1e-9)
+
+
+@pytest.mark.parametrize("shared", [True, False])
+def test_log_prob_and_responsibilities_match_mixture(shared):
+    x = torch.rand(4, 1, 6, 6, dtype=torch.float64)
+    stack = Stack([Fold(3, 1), GMM(5, shared=shared)], (1, 6, 6)).double()
+    gmm = stack.layers[1]
+    with torch.no_grad():
+        gmm.mixing_logits.normal_()
+    patches = patches_of(x, (3, 3), (1, 1))
+    log_n = reference_table(gmm, patches).permute(0, 2, 3, 1)  # (N, H, W, K)
+    log_pi = torch.log_softmax(gmm.mixing_logits.detach(), -1)
+    joint = log_n + log_pi
+    torch.testing.assert_close(gmm.log_prob(x), joint.logsumexp(-1).sum((1, 2)))
+    torch.testing.assert_close(stack.responsibilities(x, 0), torch.softmax(joint, -1))
+
+
+@pytest.mark.parametrize("shared", [True, False])
+def test_absorbed_fold_equals_materialised_patches(shared):
+    x = torch.rand(3, 2, 9, 8, dtype=torch.float64)
+    torch.manual_seed(3)
+    absorbed = Stack([Fold(3, 2), GMM(4, shared=shared)], (2, 9, 8)).double()
+    fold = Fold(3, 2)
+    fold.build((2, 9, 8))
+    patches = fold.transform(x)  # (N, D, H', W')
+    torch.manual_seed(3)
+    flat = Stack([GMM(4, shared=shared)], patches.shape[1:]).double()
+    flat.layers[0].load_state_dict(absorbed.layers[1].state_dict())
+    torch.testing.assert_close(absorbed.layers[1].log_scores(x), flat.layers[0].log_scores(patches))
+
+
+def test_precision_stays_within_bounds():
+    gmm = GMM(4, precision_floor=0.5, precision_ceiling=3.0, precision_init=1.0)
+    gmm.build((1, 4, 4))
+    with torch.no_grad():
+        gmm.precision_unconstrained.fill_(1e6)
+    assert float(gmm.precision.max()) <= 3.0
+    with torch.no_grad():
+        gmm.precision_unconstrained.fill_(-1e6)
+    assert float(gmm.precision.min()) >= 0.5
+    assert math.isfinite(float(gmm.log_prob(torch.rand(2, 1, 4, 4)).sum()))
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"components": 0},
+        {"precision_floor": 0.0},
+        {"precision_init": 30.0},
+        {"width_decay": 1.5},
+        {"wait": 1.0},
+    ],
+)
+def test_invalid_gmm_options_raise(options):
+    with pytest.raises(ArchitectureError):
+        GMM(**{"components": 4, **options})

@@ -1,0 +1,160 @@
+import json
+
+import pytest
+import torch
+
+from pyro_dcgmm import GMM, Fold, Readout, Stack, presets
+from pyro_dcgmm.checkpoint import load_checkpoint, save_checkpoint, stack_from_checkpoint
+from pyro_dcgmm.config import TrainConfig
+from pyro_dcgmm.data import load_digits
+from pyro_dcgmm.errors import CheckpointError, DataError, NonFiniteLossError
+from pyro_dcgmm.train import evaluate, make_optimizer, train
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_digits()
+
+
+def small_stack(seed=0, **gmm_options):
+    torch.manual_seed(seed)
+    options = {"plateau_window": 5, **gmm_options}
+    layers = [Fold(4, 2), GMM(16, **options), Fold(None), GMM(9, wait=0.2, **options), Readout(10)]
+    return Stack(layers, (1, 8, 8))
+
+
+def quick(**overrides):
+    return TrainConfig(
+        **{"epochs": 2, "batch_size": 64, "lr": 0.03, "progress": False, "device": "cpu", **overrides}
+    )
+
+
+def test_short_digits_run_raises_held_out_log_likelihood(digits):
+    stack = small_stack()
+    before = evaluate(stack, digits.test_images)
+    result = train(stack, digits.train_images, digits.train_labels, config=quick(epochs=20))
+    after = evaluate(stack, digits.test_images)
+    assert after[0] > before[0] + 80.0  # nats per image, first layer (-176 -> about -20)
+    assert after[1] > before[1] + 20.0
+    assert result.steps == 20 * 23
+    accuracy = (stack.predict_proba(digits.test_images).argmax(1) == digits.test_labels).float().mean()
+    assert accuracy > 0.5  # chance is 0.1
+
+
+def test_same_seed_gives_identical_parameters(digits):
+    first, second = small_stack(seed=3), small_stack(seed=3)
+    train(first, digits.train_images, digits.train_labels, config=quick(seed=5))
+    train(second, digits.train_images, digits.train_labels, config=quick(seed=5))
+    for (name, a), b in zip(first.state_dict().items(), second.state_dict().values(), strict=True):
+        assert torch.equal(a, b) if torch.is_tensor(a) else a == b, name
+    different = small_stack(seed=3)
+    train(different, digits.train_images, digits.train_labels, config=quick(seed=6))
+    assert not torch.equal(different.layers[1].means, first.layers[1].means)
+
+
+def test_checkpoint_round_trip_gives_identical_outputs(tmp_path, digits):
+    stack = small_stack()
+    train(stack, digits.train_images, digits.train_labels, config=quick(epochs=1), out_dir=tmp_path)
+    raw = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    assert raw["format"] == "pyro_dcgmm.checkpoint" and "state_dict" in raw
+    restored = stack_from_checkpoint(tmp_path / "checkpoint.pt")
+    x = digits.test_images[:50]
+    for j in range(2):
+        assert torch.equal(stack.log_prob(x, j), restored.log_prob(x, j))
+        assert torch.equal(stack.responsibilities(x, j), restored.responsibilities(x, j))
+    assert torch.equal(stack.predict_proba(x), restored.predict_proba(x))
+    assert [g.neighbourhood_width for g in restored.gmm_layers] == [
+        g.neighbourhood_width for g in stack.gmm_layers
+    ]
+
+
+def test_resume_reproduces_uninterrupted_run(tmp_path, digits):
+    straight = small_stack()
+    train(straight, digits.train_images, digits.train_labels, config=quick(epochs=4))
+    interrupted = small_stack()
+    train(
+        interrupted,
+        digits.train_images,
+        digits.train_labels,
+        config=quick(epochs=4, max_steps=35),  # stops inside the second epoch
+        out_dir=tmp_path,
+    )
+    resumed = small_stack(seed=99)  # different init: everything must come from the checkpoint
+    result = train(
+        resumed,
+        digits.train_images,
+        digits.train_labels,
+        config=quick(epochs=4),
+        out_dir=tmp_path,
+        resume=tmp_path / "checkpoint.pt",
+    )
+    for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values(), strict=True):
+        assert torch.equal(a, b) if torch.is_tensor(a) else a == b, name
+    assert [h["epoch"] for h in result.history] == [1, 2, 3, 4]
+    steps = [json.loads(line)["step"] for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert steps == sorted(steps)
+
+
+def test_resume_from_other_architecture_fails(tmp_path, digits):
+    stack = small_stack()
+    train(stack, digits.train_images, digits.train_labels, config=quick(epochs=1), out_dir=tmp_path)
+    other = Stack.from_config(presets.get("digits", (1, 8, 8)))
+    with pytest.raises(CheckpointError, match="different architecture"):
+        train(
+            other, digits.train_images, digits.train_labels, config=quick(), resume=tmp_path / "checkpoint.pt"
+        )
+
+
+def test_wait_freezes_upper_layers(digits):
+    stack = small_stack()
+    top_before = stack.layers[3].means.detach().clone()
+    bottom_before = stack.layers[1].means.detach().clone()
+    train(stack, digits.train_images, None, config=quick(epochs=5, max_steps=20))  # 20 of 115 < 0.2
+    assert torch.equal(stack.layers[3].means, top_before)
+    assert not torch.equal(stack.layers[1].means, bottom_before)
+
+
+def test_sgd_scales_shared_layer_rate_by_positions():
+    stack = small_stack()
+    optimizer = make_optimizer(stack, TrainConfig(optimizer="sgd", lr=0.5))
+    rates = [group["lr"] for group in optimizer.param_groups]
+    assert rates[0] == pytest.approx(0.5 / 9)  # first GMM: 3x3 positions, means
+    assert rates[3] == pytest.approx(0.5)  # second GMM: one position
+
+
+def test_sgd_training_runs(digits):
+    stack = small_stack()
+    before = evaluate(stack, digits.test_images)
+    train(stack, digits.train_images, None, config=quick(optimizer="sgd", lr=0.05, epochs=3))
+    assert evaluate(stack, digits.test_images)[0] > before[0]
+
+
+@pytest.mark.filterwarnings("ignore:Encountered NaN")
+def test_non_finite_loss_stops_training_before_writing(tmp_path, digits):
+    stack = small_stack()
+    with torch.no_grad():
+        stack.layers[3].means[0, 0] = float("nan")
+    with pytest.raises(NonFiniteLossError, match=r"step 0.*L3"):
+        train(stack, digits.train_images, None, config=quick(), out_dir=tmp_path)
+    assert not (tmp_path / "checkpoint.pt").exists()
+
+
+def test_training_rejects_bad_data(digits):
+    stack = small_stack()
+    with pytest.raises(DataError, match="at least 2"):
+        train(stack, digits.train_images[:1], None, config=quick())
+    with pytest.raises(DataError, match="labels has shape"):
+        train(stack, digits.train_images, digits.train_labels[:-1], config=quick())
+    with pytest.raises(DataError, match=r"lie in \[0, 9\]"):
+        train(stack, digits.train_images, digits.train_labels + 5, config=quick())
+
+
+def test_truncated_checkpoint_fails_clearly(tmp_path):
+    stack = small_stack()
+    save_checkpoint(tmp_path / "c.pt", stack)
+    data = (tmp_path / "c.pt").read_bytes()
+    (tmp_path / "t.pt").write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="truncated"):
+        load_checkpoint(tmp_path / "t.pt")
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_checkpoint(tmp_path / "missing.pt")
