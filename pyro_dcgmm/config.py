@@ -144,6 +144,9 @@ class TrainConfig:
     :param lr: learning rate.  For SGD the rate of a shared GMM layer is divided by its number of
         positions, which reproduces the paper's per-position mean loss.
     :param momentum: SGD momentum.
+    :param objective: ``"closed_form"`` trains the model with every component marginalised in a
+        closed-form factor, ``"enumerated"`` with Pyro enumerating the component sites; both give
+        ``TraceEnum_ELBO`` identical losses and gradients, the closed form is faster.
     :param seed: seeds parameter initialisation, shuffling and dequantisation noise.
     :param device: ``"auto"`` (CUDA when available), ``"cpu"`` or ``"cuda"``.
     :param max_steps: stop after this many optimiser steps (``None``: run all epochs).  Schedules
@@ -161,6 +164,7 @@ class TrainConfig:
     optimizer: Literal["adam", "sgd"] = "adam"
     lr: float = 0.01
     momentum: float = 0.0
+    objective: Literal["closed_form", "enumerated"] = "closed_form"
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     max_steps: int | None = None

@@ -208,29 +208,58 @@ class GMM(Layer):
         """Per-sample log-likelihood (N,): the sum over positions of ``log p(patch)``."""
         return self.log_scores(x).logsumexp(dim=1).sum((1, 2))
 
-    def model(self, x: torch.Tensor, *, labels=None, annealed: bool = True) -> torch.Tensor:
-        """Sites ``z`` (enumerated component) and ``obs`` (factor); must run inside a data plate.
+    def annealed_log_scores(self, x: torch.Tensor, annealed: bool = True):
+        """Log-scores (N, K, H', W') and the table the objective uses, (N, H', W', K).
+
+        The table is the log-score table smoothed by the torus neighbourhood while annealing runs
+        (and ``annealed`` is true), the log-score table itself otherwise.
+        """
+        scores = self.log_scores(x)  # (N, K, H', W')
+        table = scores.permute(0, 2, 3, 1)  # (N, H', W', K)
+        if annealed and not self.annealing_finished:
+            table = table @ self.neighbourhood(table.dtype, table.device).T  # (N, H', W', K)
+        return scores, table
+
+    def model(
+        self, x: torch.Tensor, *, labels=None, annealed: bool = True, enumerated: bool = True
+    ) -> torch.Tensor:
+        """This layer's sites; must run inside a data plate.
+
+        With ``enumerated=True`` the sites are ``z`` (component, enumerated in parallel) and
+        ``obs`` (factor ``Vindex(table - log pi)[..., z]``).  With ``enumerated=False`` the
+        component is marginalised in closed form: one factor ``obs = logsumexp_k table`` per
+        position and no ``z`` site.  Both give ``TraceEnum_ELBO`` the same loss and gradients (the
+        closed form is faster); queries such as ``compute_marginals`` and ``infer_discrete`` need
+        the enumerated site.
 
         :param torch.Tensor x: layer input (N, C, H, W).
         :param bool annealed: use the neighbourhood-smoothed table while annealing is unfinished;
             ``False`` always gives the exact mixture.
         :returns: detached responsibilities (N, K, H', W').
         """
-        scores = self.log_scores(x)  # (N, K, H', W')
-        table = scores.permute(0, 2, 3, 1)  # (N, H', W', K)
-        if annealed and not self.annealing_finished:
-            table = table @ self.neighbourhood(table.dtype, table.device).T  # (N, H', W', K)
-        log_mixing = self.log_mixing()  # (K,) or (H', W', K)
-        self.last_loss = -table.detach().logsumexp(-1).sum((1, 2))  # (N,)
+        scores, table = self.annealed_log_scores(x, annealed)
         _, out_h, out_w = self.output_shape
         with self._position_plate("h", out_h, -2), self._position_plate("w", out_w, -1):
-            z = pyro.sample(
-                self.site("z"),
-                dist.Categorical(logits=log_mixing),
-                infer={"enumerate": "parallel"},
-            )  # (K, 1, 1, 1) when enumerated
-            pyro.factor(self.site("obs"), Vindex(table - log_mixing)[..., z])  # (K, N, H', W')
+            if enumerated:
+                log_mixing = self.log_mixing()  # (K,) or (H', W', K)
+                self.last_loss = -table.detach().logsumexp(-1).sum((1, 2))  # (N,)
+                z = pyro.sample(
+                    self.site("z"),
+                    dist.Categorical(logits=log_mixing),
+                    infer={"enumerate": "parallel"},
+                )  # (K, 1, 1, 1) when enumerated
+                pyro.factor(self.site("obs"), Vindex(table - log_mixing)[..., z])  # (K, N, H', W')
+            else:
+                log_likelihood = table.logsumexp(-1)  # (N, H', W')
+                self.last_loss = -log_likelihood.detach().sum((1, 2))  # (N,)
+                pyro.factor(self.site("obs"), log_likelihood)
         return torch.softmax(scores.detach(), dim=1)
+
+    def loss(self, x: torch.Tensor, *, labels=None, annealed: bool = True):
+        """Hand-written (no Pyro) negative objective summed over the batch, and the detached
+        responsibilities: the same value as this layer's part of the ELBO."""
+        scores, table = self.annealed_log_scores(x, annealed)
+        return torch.softmax(scores.detach(), dim=1), -table.logsumexp(-1).sum()
 
     def _position_plate(self, name: str, size: int, dim: int):
         """Plate over one spatial axis; a single position needs none (and Pyro's
@@ -238,10 +267,10 @@ class GMM(Layer):
         return pyro.plate(self.site(name), size, dim=dim) if size > 1 else contextlib.nullcontext()
 
     @local_params
-    def forward(self, x: torch.Tensor, annealed: bool = True) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, annealed: bool = True, enumerated: bool = True) -> torch.Tensor:
         """Stand-alone Pyro model of this layer on inputs ``x`` of shape (N, C, H, W)."""
         with pyro.plate("data", x.shape[0], dim=-3):
-            return self.model(x, annealed=annealed)
+            return self.model(x, annealed=annealed, enumerated=enumerated)
 
     def parameter_groups(self) -> list[tuple[list[torch.nn.Parameter], float]]:
         """(parameters, learning-rate factor) pairs for the optimiser."""

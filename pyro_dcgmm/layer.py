@@ -69,12 +69,19 @@ class Layer(PyroModule):
         """Deterministic upward pass: ``(N, C, H, W)`` to ``(N, C', H', W')``."""
         raise NotImplementedError
 
-    def model(self, x: torch.Tensor, *, labels=None, annealed: bool = True) -> torch.Tensor:
+    def model(
+        self, x: torch.Tensor, *, labels=None, annealed: bool = True, enumerated: bool = True
+    ) -> torch.Tensor:
         """This layer's part of the stack's Pyro program; returns what the layer passes upward.
 
         Layers without random variables just transform their input.
         """
         return self.transform(x)
+
+    def loss(self, x: torch.Tensor, *, labels=None, annealed: bool = True):
+        """Hand-written (no Pyro) version of :meth:`model`: the layer's output and its negative
+        log-likelihood summed over the batch (``None`` for layers without one)."""
+        return self.transform(x), None
 
     def site(self, name: str) -> str:
         """Name of a Pyro site of this layer, prefixed by its place in a stack."""

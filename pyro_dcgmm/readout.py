@@ -46,7 +46,9 @@ class Readout(Layer):
         """Class probabilities as a (N, num_classes, 1, 1) map."""
         return torch.softmax(self.logits(x), dim=-1)[:, :, None, None]
 
-    def model(self, x: torch.Tensor, *, labels=None, annealed: bool = True) -> torch.Tensor:
+    def model(
+        self, x: torch.Tensor, *, labels=None, annealed: bool = True, enumerated: bool = True
+    ) -> torch.Tensor:
         """Observe ``labels`` (N,) as site ``y`` when given; must run inside the data plate."""
         logits = self.logits(x)  # (N, num_classes)
         if labels is not None:
@@ -56,6 +58,13 @@ class Readout(Layer):
                 obs=labels[:, None, None],
             )  # (N, 1, 1)
         return torch.softmax(logits.detach(), dim=-1)[:, :, None, None]
+
+    def loss(self, x: torch.Tensor, *, labels=None, annealed: bool = True):
+        logits = self.logits(x)  # (N, num_classes)
+        probs = torch.softmax(logits.detach(), dim=-1)[:, :, None, None]
+        if labels is None:
+            return probs, None
+        return probs, torch.nn.functional.cross_entropy(logits, labels, reduction="sum")
 
     def parameter_groups(self) -> list[tuple[list[torch.nn.Parameter], float]]:
         return [([self.weight, self.bias], 1.0)]

@@ -148,6 +148,7 @@ class Stack(PyroModule):
         labels: torch.Tensor | None = None,
         num_data: int | None = None,
         annealed: bool = True,
+        enumerated: bool = True,
     ) -> torch.Tensor:
         """The stack's Pyro model.
 
@@ -156,6 +157,8 @@ class Stack(PyroModule):
         :param int num_data: size of the full data set when ``x`` is a mini-batch; the data plate
             then scales every log-likelihood term by ``num_data / N``.
         :param bool annealed: use the annealed (smoothed) GMM factors while annealing runs.
+        :param bool enumerated: give every GMM layer its enumerated component site (``True``) or
+            marginalise it in closed form (``False``; same ELBO and gradients, faster to train).
         :returns: the output of the top layer.
         """
         n = x.shape[0]
@@ -166,8 +169,28 @@ class Stack(PyroModule):
         with plate:
             h = x
             for i in self._stages:
-                h = self.layers[i].model(h, labels=labels, annealed=annealed)
+                h = self.layers[i].model(h, labels=labels, annealed=annealed, enumerated=enumerated)
         return h
+
+    def loss(
+        self,
+        x: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        num_data: int | None = None,
+        annealed: bool = True,
+    ) -> torch.Tensor:
+        """The negative ELBO of :meth:`forward` written by hand in torch, without Pyro.
+
+        Equal to ``TraceEnum_ELBO().differentiable_loss(stack.model, stack.guide, ...)`` (tested);
+        kept as the baseline that ``scripts/bench.py`` measures Pyro's overhead against.
+        """
+        total = x.new_zeros(())
+        h = x
+        for i in self._stages:
+            h, layer_loss = self.layers[i].loss(h, labels=labels, annealed=annealed)
+            if layer_loss is not None:
+                total = total + layer_loss
+        return total if num_data is None else total * (num_data / x.shape[0])
 
     def model(self, *args, **kwargs) -> torch.Tensor:
         """Alias of calling the stack: the Pyro model."""
@@ -221,6 +244,26 @@ class Stack(PyroModule):
         index = self.gmm_index(layer)
         gmm = self.layers[index]
         return self._query(x, lambda c: gmm.log_prob(self.upward(c, index)), batch_size)
+
+    def layer_log_probs(self, x, batch_size: int = 1024) -> torch.Tensor:
+        """Per-sample log-likelihood at every GMM layer in one upward pass: (N, number of GMM layers).
+
+        Column ``j`` equals ``log_prob(x, layer=j)``.
+        """
+
+        def all_layers(chunk: torch.Tensor) -> torch.Tensor:
+            columns, h = [], chunk
+            for i in self._stages:
+                layer = self.layers[i]
+                if isinstance(layer, GMM):
+                    scores = layer.log_scores(h)  # (N, K, H', W')
+                    columns.append(scores.logsumexp(dim=1).sum((1, 2)))
+                    h = torch.softmax(scores, dim=1)
+                else:
+                    h = layer.transform(h)
+            return torch.stack(columns, dim=1)
+
+        return self._query(x, all_layers, batch_size)
 
     def predict_proba(self, x, batch_size: int = 1024) -> torch.Tensor:
         """Class probabilities (N, num_classes) from the Readout."""

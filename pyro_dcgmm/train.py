@@ -82,9 +82,7 @@ def make_optimizer(stack: Stack, config: TrainConfig) -> torch.optim.Optimizer:
 
 def evaluate(stack: Stack, images: torch.Tensor, batch_size: int = 1000) -> list[float]:
     """Mean exact log-likelihood per sample (nats) at every GMM layer, bottom first."""
-    return [
-        float(stack.log_prob(images, layer, batch_size).mean()) for layer in range(len(stack.gmm_indices))
-    ]
+    return stack.layer_log_probs(images, batch_size).mean(0).tolist()
 
 
 def dequantize(x: torch.Tensor, levels: int, generator: torch.Generator) -> torch.Tensor:
@@ -213,7 +211,12 @@ def train(
                 batch_labels = labels[index] if labels is not None else None
                 loss = (
                     elbo.differentiable_loss(
-                        stack.model, stack.guide, batch, labels=batch_labels, num_data=num_data
+                        stack.model,
+                        stack.guide,
+                        batch,
+                        labels=batch_labels,
+                        num_data=num_data,
+                        enumerated=config.objective == "enumerated",
                     )
                     / num_data
                 )

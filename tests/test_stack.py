@@ -56,6 +56,27 @@ def test_elbo_equals_logsumexp_three_layers(images64, width):
     torch.testing.assert_close(scaled, expected * 10, rtol=1e-12, atol=0)
 
 
+def test_closed_form_objective_equals_enumerated(images64):
+    stack = three_layer_stack(width=1.2)
+    labels = torch.tensor([0, 1, 2, 3, 4, 0, 1])
+    stack = Stack([*stack.layers, Readout(5)], (1, 8, 8)).double()
+    elbo = TraceEnum_ELBO(max_plate_nesting=3)
+    params = list(stack.parameters())
+    losses, gradients = [], []
+    for enumerated in (True, False):
+        loss = elbo.differentiable_loss(
+            stack.model, stack.guide, images64, labels=labels, num_data=20, enumerated=enumerated
+        )
+        losses.append(loss)
+        gradients.append(torch.autograd.grad(loss, params))
+    hand_written = stack.loss(images64, labels=labels, num_data=20)
+    torch.testing.assert_close(losses[0], losses[1], rtol=1e-12, atol=0)
+    torch.testing.assert_close(losses[0], hand_written, rtol=1e-12, atol=0)
+    for a, b, c in zip(*gradients, torch.autograd.grad(hand_written, params), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(a, c, rtol=1e-10, atol=1e-12)
+
+
 def test_gradients_stay_within_each_layer(images64):
     stack = three_layer_stack(width=1.0)
     elbo = TraceEnum_ELBO(max_plate_nesting=3)
@@ -121,8 +142,10 @@ def test_presets_build_and_run_on_28x28(name):
     loss = TraceEnum_ELBO(max_plate_nesting=3).differentiable_loss(stack.model, stack.guide, x, labels=labels)
     loss.backward()
     assert torch.isfinite(loss)
+    all_layers = stack.layer_log_probs(x)
+    assert all_layers.shape == (3, len(stack.gmm_indices))
     for j in range(len(stack.gmm_indices)):
-        assert stack.log_prob(x, j).shape == (3,)
+        torch.testing.assert_close(stack.log_prob(x, j), all_layers[:, j])
     top = stack.responsibilities(x)
     assert top.shape == (3, 1, 1, stack.gmm_layers[-1].components)
     torch.testing.assert_close(top.sum(-1), torch.ones(3, 1, 1))
