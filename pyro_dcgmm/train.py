@@ -20,7 +20,9 @@ from pathlib import Path
 
 import pyro
 import torch
+import torch.distributed as dist
 from pyro.infer import TraceEnum_ELBO
+from pyro.infer.traceenum_elbo import _compute_dice_elbo
 from tqdm.auto import tqdm
 
 from pyro_dcgmm.annealing import AnnealingSchedule
@@ -49,6 +51,28 @@ class TrainResult:
     history: list[dict] = field(default_factory=list)
     steps: int = 0
     seconds: float = 0.0
+
+
+class UnsynchronisedTraceEnum_ELBO(TraceEnum_ELBO):
+    """``TraceEnum_ELBO`` whose ``differentiable_loss`` leaves out Pyro's NaN warning.
+
+    The warning reads the loss and, through a hook, its gradient on the host: two device
+    synchronisations per step that stall a GPU.  :func:`train` checks every step's loss for
+    non-finite values itself.  The value is the same as ``TraceEnum_ELBO``'s (tested).
+    """
+
+    def differentiable_loss(self, model, guide, *args, **kwargs):
+        elbo = 0.0
+        for model_trace, guide_trace in self._get_traces(model, guide, args, kwargs):
+            elbo = elbo + _compute_dice_elbo(model_trace, guide_trace)
+        return -elbo / self.num_particles
+
+
+def distributed_rank_and_size() -> tuple[int, int]:
+    """(rank, world size) of the ``torch.distributed`` process group, (0, 1) without one."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
 
 
 def resolve_device(name: str) -> torch.device:
@@ -103,6 +127,38 @@ def _truncate_log(path: Path, step: int) -> None:
     atomic_write(path, lambda handle: handle.write("".join(f"{line}\n" for line in kept).encode()))
 
 
+def _local_loss(stack, elbo, batch, batch_labels, num_data: int, enumerated: bool):
+    """This process's summed negative ELBO and per-GMM-layer loss sums (no averaging yet)."""
+    if batch.shape[0] == 0:  # a last global batch smaller than the number of processes
+        zero = sum(p.sum() for p in stack.parameters()) * 0.0
+        return zero, torch.zeros(len(stack.gmm_indices), device=zero.device, dtype=zero.dtype)
+    loss = elbo.differentiable_loss(
+        stack.model, stack.guide, batch, labels=batch_labels, num_data=num_data, enumerated=enumerated
+    )
+    scale = batch.shape[0] / num_data  # undo the data plate's num_data / batch scaling
+    layer_sums = torch.stack([g.last_loss.sum() for g in stack.gmm_layers])
+    return loss * scale, layer_sums
+
+
+def _sum_over_processes(stack: Stack, totals: torch.Tensor) -> None:
+    """Sum every gradient and the loss totals over all processes, in place.
+
+    A parameter without a gradient in every process (a readout without labels) keeps none.
+    """
+    params = list(stack.parameters())
+    flags = torch.tensor([p.grad is not None for p in params], dtype=totals.dtype, device=totals.device)
+    flat = torch.cat(
+        [(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in params]
+        + [totals, flags]
+    )
+    dist.all_reduce(flat)
+    offset = 0
+    for p, flag in zip(params, flat[-len(params) :].tolist(), strict=True):
+        p.grad = flat[offset : offset + p.numel()].view_as(p).clone() if flag > 0 else None
+        offset += p.numel()
+    totals.copy_(flat[offset : offset + totals.numel()])
+
+
 def train(
     stack: Stack,
     images,
@@ -130,6 +186,14 @@ def train(
     :param int dequantize_levels: add uniform noise to every batch of data quantised to this many
         levels (256 for 8-bit images); ``None`` trains on the data as they are.
     :param run_config: the full :class:`~pyro_dcgmm.config.RunConfig`, stored in checkpoints.
+
+    Data parallel: when a ``torch.distributed`` process group is initialised (``torchrun``), every
+    process draws the same permutation, takes its share (``rank::world_size``) of each global
+    mini-batch, and gradients and per-layer losses are summed over processes before every step,
+    so all processes take the same step as one process with the whole batch (up to the order of
+    floating-point sums).  Only rank 0 evaluates, logs and writes checkpoints.  The
+    ``DistributedDataParallel`` wrapper is not used: Pyro's loss is built from the trace's factors,
+    not from the module's output, which its gradient-readiness tracking relies on.
     """
     start_time = time.perf_counter()
     config = config if config is not None else TrainConfig()
@@ -141,7 +205,12 @@ def train(
     if validation is not None:
         validation = as_images(validation, stack.input_shape, stack.data_range, "validation")
     device = resolve_device(config.device)
+    rank, world = distributed_rank_and_size()
     stack.to(device)
+    if world > 1:
+        for tensor in stack.state_dict().values():
+            if torch.is_tensor(tensor):
+                dist.broadcast(tensor, 0)
     dtype = next(stack.parameters()).dtype
     images = images.to(device, dtype)
     labels = labels.to(device) if labels is not None else None
@@ -158,11 +227,11 @@ def train(
         for gmm in gmms
     ]
     generator = torch.Generator().manual_seed(config.seed)
-    elbo = TraceEnum_ELBO(max_plate_nesting=MAX_PLATE_NESTING)
+    elbo = UnsynchronisedTraceEnum_ELBO(max_plate_nesting=MAX_PLATE_NESTING)
     num_data, batch_size = images.shape[0], min(config.batch_size, images.shape[0])
     planned_steps = config.epochs * math.ceil(num_data / batch_size)
     stop_step = planned_steps if config.max_steps is None else min(planned_steps, config.max_steps)
-    out_dir = Path(out_dir) if out_dir is not None else None
+    out_dir = Path(out_dir) if out_dir is not None and rank == 0 else None
     log_path = None
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -209,26 +278,28 @@ def train(
                 if dequantize_levels is not None:
                     batch = dequantize(batch, dequantize_levels, generator)
                 batch_labels = labels[index] if labels is not None else None
-                loss = (
-                    elbo.differentiable_loss(
-                        stack.model,
-                        stack.guide,
-                        batch,
-                        labels=batch_labels,
-                        num_data=num_data,
-                        enumerated=config.objective == "enumerated",
-                    )
-                    / num_data
+                share = slice(rank, None, world)  # this process's part of the global batch
+                loss, layer_sums = _local_loss(
+                    stack,
+                    elbo,
+                    batch[share],
+                    batch_labels[share] if batch_labels is not None else None,
+                    num_data,
+                    config.objective == "enumerated",
                 )
+                loss = loss / index.numel()
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
+                totals = torch.cat([loss.detach().reshape(1), layer_sums / index.numel()])
+                if world > 1:
+                    _sum_over_processes(stack, totals)
                 progress = step / planned_steps
                 for group in optimizer.param_groups:
                     for p in group["params"]:
                         if frozen.get(id(p), 0.0) > progress:
                             p.grad = None
-                layer_losses = torch.stack([g.last_loss.mean() for g in gmms]).tolist()
-                if not math.isfinite(loss.item()) or not all(map(math.isfinite, layer_losses)):
+                loss_value, *layer_losses = totals.tolist()
+                if not math.isfinite(loss_value) or not all(map(math.isfinite, layer_losses)):
                     bad = [
                         name
                         for name, value in zip(layer_names, layer_losses, strict=True)
@@ -252,7 +323,7 @@ def train(
                         record = {
                             "step": step,
                             "epoch": epoch,
-                            "loss": loss.item(),
+                            "loss": loss_value,
                             "layer_loss": layer_losses,
                             "width": [g.neighbourhood_width for g in gmms],
                         }
@@ -268,7 +339,7 @@ def train(
                     "width": [g.neighbourhood_width for g in gmms],
                     "seconds": time.perf_counter() - start_time,
                 }
-                if validation is not None:
+                if validation is not None and rank == 0:
                     record["validation_log_likelihood"] = evaluate(stack, validation, config.eval_batch_size)
                 history.append(record)
                 if log_file is not None:

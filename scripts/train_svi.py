@@ -5,6 +5,10 @@ Examples::
     python scripts/train_svi.py --config configs/digits.toml --out runs/digits
     python scripts/train_svi.py --preset E --dataset fashion-mnist --epochs 3 --device auto --out runs/x
     python scripts/train_svi.py --resume runs/x/checkpoint.pt --epochs 5 --out runs/x
+    torchrun --nproc_per_node 2 scripts/train_svi.py --preset E --dataset fashion-mnist --out runs/x
+
+Under ``torchrun`` (``WORLD_SIZE`` > 1) the script joins a process group (NCCL on CUDA, gloo on
+CPU) and trains data-parallel; rank 0 evaluates and writes everything.
 
 Writes into ``--out``: ``checkpoint.pt`` after every epoch (state_dict + resolved config + training
 state; loads with ``torch.load(weights_only=True)``), ``log.jsonl``, ``config.json`` (the resolved
@@ -17,10 +21,11 @@ import argparse
 import dataclasses
 import json
 import logging
-import sys
+import os
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 
 from pyro_dcgmm import Stack, presets
 from pyro_dcgmm.checkpoint import load_checkpoint
@@ -105,6 +110,17 @@ def resolve_model(config: ModelConfig, data: DataConfig, input_shape, per_positi
     return dataclasses.replace(preset, data_range=config.data_range)
 
 
+def init_distributed(device: str) -> int:
+    """Join the process group ``torchrun`` describes; return this process's rank (0 alone)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return 0
+    use_cuda = device != "cpu" and torch.cuda.is_available()
+    if use_cuda:
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    dist.init_process_group("nccl" if use_cuda else "gloo")
+    return dist.get_rank()
+
+
 def format_table(rows: list[list[str]]) -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)) for r in rows)
@@ -121,6 +137,7 @@ def main(argv: list[str] | None = None) -> dict:
     train_x, train_y, val_x, _ = split_validation(
         train_x, train_y, config.data.validation_fraction, config.training.seed
     )
+    rank = init_distributed(config.training.device)
     model_config = resolve_model(config.model, config.data, dataset.input_shape, args.per_position)
     config = dataclasses.replace(config, model=model_config)
     torch.manual_seed(config.training.seed)
@@ -130,7 +147,7 @@ def main(argv: list[str] | None = None) -> dict:
     if readout is not None and int(train_y.max()) >= readout.num_classes:
         raise SystemExit(f"labels go up to {int(train_y.max())} but the readout has {readout.num_classes}")
     args.out.mkdir(parents=True, exist_ok=True)
-    before = evaluate(stack, dataset.test_images) if args.resume is None else None
+    before = evaluate(stack, dataset.test_images) if args.resume is None and rank == 0 else None
     result = train(
         stack,
         train_x,
@@ -142,6 +159,9 @@ def main(argv: list[str] | None = None) -> dict:
         dequantize_levels=dataset.levels if config.data.dequantize else None,
         run_config=config,
     )
+    if rank != 0:
+        dist.destroy_process_group()
+        return {}
     stack.cpu()
     after = evaluate(stack, dataset.test_images)
     samples = result.steps * config.training.batch_size
@@ -183,8 +203,10 @@ def main(argv: list[str] | None = None) -> dict:
     if "test_accuracy" in summary:
         print(f"readout test accuracy: {summary['test_accuracy']:.4f}")
     print(f"wrote {args.out}")
+    if dist.is_initialized():
+        dist.destroy_process_group()
     return summary
 
 
 if __name__ == "__main__":
-    sys.exit(main() and 0)
+    main()

@@ -1,0 +1,38 @@
+"""Checks that need CUDA; skipped where there is none (as on CI)."""
+
+import pytest
+import torch
+from pyro.infer import TraceEnum_ELBO
+
+from pyro_dcgmm import Stack, presets
+from pyro_dcgmm.config import TrainConfig
+from pyro_dcgmm.data import load_digits
+from pyro_dcgmm.train import evaluate, train
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+
+def test_cuda_objectives_match_cpu():
+    torch.manual_seed(0)
+    stack = Stack.from_config(presets.get("E", (1, 28, 28))).double()
+    x = torch.rand(16, 1, 28, 28, dtype=torch.float64)
+    elbo = TraceEnum_ELBO(max_plate_nesting=3)
+    cpu = elbo.differentiable_loss(stack.model, stack.guide, x, num_data=100)
+    stack.cuda()
+    for enumerated in (True, False):
+        gpu = elbo.differentiable_loss(
+            stack.model, stack.guide, x.cuda(), num_data=100, enumerated=enumerated
+        )
+        torch.testing.assert_close(gpu.cpu(), cpu, rtol=1e-10, atol=0)
+
+
+def test_training_on_cuda_improves_like_cpu():
+    data = load_digits()
+    config = TrainConfig(epochs=10, lr=0.03, batch_size=64, progress=False, device="cuda")
+    torch.manual_seed(0)
+    stack = Stack.from_config(presets.get("digits", (1, 8, 8), plateau_window=5))
+    before = evaluate(stack, data.test_images)
+    train(stack, data.train_images, data.train_labels, config=config)
+    assert next(stack.parameters()).is_cuda
+    after = evaluate(stack, data.test_images)
+    assert after[0] > before[0] + 80.0
