@@ -152,6 +152,10 @@ class TrainConfig:
     :param max_steps: stop after this many optimiser steps (``None``: run all epochs).  Schedules
         (``wait``) stay planned over ``epochs``, so a run stopped this way and resumed from its
         checkpoint ends exactly where an uninterrupted run does.
+    :param non_finite: on a step whose loss or gradient is NaN or infinite, ``"raise"``
+        :class:`~pyro_dcgmm.errors.NonFiniteLossError` naming the layer and step, or ``"skip"`` the
+        step (the parameters keep their last good values) and go on.
+    :param max_skipped_steps: with ``"skip"``, raise after this many bad steps in a row.
     :param log_every: steps between JSON-lines log records and progress-bar updates.
     :param eval_batch_size: batch size for held-out evaluation.
     :param validate: keep Pyro's distribution argument validation on (slower).
@@ -168,6 +172,8 @@ class TrainConfig:
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     max_steps: int | None = None
+    non_finite: Literal["raise", "skip"] = "raise"
+    max_skipped_steps: int = 10
     log_every: int = 20
     eval_batch_size: int = 1000
     validate: bool = False

@@ -140,6 +140,18 @@ def _local_loss(stack, elbo, batch, batch_labels, num_data: int, enumerated: boo
     return loss * scale, layer_sums
 
 
+def _non_finite(names: list[str], loss: float, layer_losses: list[float], gradient: float) -> str | None:
+    """What is not finite in one step's loss and gradients, or ``None``."""
+    bad = [name for name, value in zip(names, layer_losses, strict=True) if not math.isfinite(value)]
+    if bad:
+        return f"non-finite loss in layer(s) {', '.join(bad)}"
+    if not math.isfinite(loss):
+        return "non-finite loss in the readout"
+    if not math.isfinite(gradient):
+        return "non-finite gradient"
+    return None
+
+
 def _sum_over_processes(stack: Stack, totals: torch.Tensor) -> None:
     """Sum every gradient and the loss totals over all processes, in place.
 
@@ -227,7 +239,10 @@ def train(
         for gmm in gmms
     ]
     generator = torch.Generator().manual_seed(config.seed)
-    elbo = UnsynchronisedTraceEnum_ELBO(max_plate_nesting=MAX_PLATE_NESTING)
+    elbo = UnsynchronisedTraceEnum_ELBO(
+        max_plate_nesting=MAX_PLATE_NESTING,
+        strict_enumeration_warning=config.objective == "enumerated",  # the closed form has no sites
+    )
     num_data, batch_size = images.shape[0], min(config.batch_size, images.shape[0])
     planned_steps = config.epochs * math.ceil(num_data / batch_size)
     stop_step = planned_steps if config.max_steps is None else min(planned_steps, config.max_steps)
@@ -261,6 +276,7 @@ def train(
         for p in layer.parameters()
     }
     layer_names = [f"L{i}" for i in stack.gmm_indices]
+    skipped_in_a_row = 0
     with contextlib.ExitStack() as context:
         bar = context.enter_context(
             tqdm(total=stop_step, initial=step, disable=not config.progress, unit="step")
@@ -298,17 +314,30 @@ def train(
                     for p in group["params"]:
                         if frozen.get(id(p), 0.0) > progress:
                             p.grad = None
-                loss_value, *layer_losses = totals.tolist()
-                if not math.isfinite(loss_value) or not all(map(math.isfinite, layer_losses)):
-                    bad = [
-                        name
-                        for name, value in zip(layer_names, layer_losses, strict=True)
-                        if not math.isfinite(value)
-                    ] or ["readout"]
-                    raise NonFiniteLossError(
-                        f"non-finite loss at step {step} (epoch {epoch}) in layer(s) "
-                        f"{', '.join(bad)}; lower the learning rate or raise precision_floor"
-                    )
+                gradients = [p.grad.sum() for p in stack.parameters() if p.grad is not None]
+                gradient_sum = torch.stack(gradients).sum() if gradients else totals.new_zeros(())
+                loss_value, *layer_losses, gradient_value = torch.cat(
+                    [totals, gradient_sum.reshape(1)]
+                ).tolist()
+                problem = _non_finite(layer_names, loss_value, layer_losses, gradient_value)
+                if problem is not None:
+                    skipped_in_a_row += 1
+                    if config.non_finite == "raise" or skipped_in_a_row > config.max_skipped_steps:
+                        raise NonFiniteLossError(
+                            f"{problem} at step {step} (epoch {epoch})"
+                            + (f", {skipped_in_a_row} steps in a row" if skipped_in_a_row > 1 else "")
+                            + "; the parameters were not updated. Lower the learning rate, raise "
+                            "precision_floor, or check the data"
+                        )
+                    optimizer.zero_grad(set_to_none=True)
+                    step += 1
+                    bar.update(1)
+                    if log_file is not None:
+                        log_file.write(
+                            json.dumps({"event": "skipped", "step": step, "reason": problem}) + "\n"
+                        )
+                    continue
+                skipped_in_a_row = 0
                 optimizer.step()
                 for gmm, schedule, value in zip(gmms, schedules, layer_losses, strict=True):
                     if gmm.config.wait <= progress and schedule.update(value):

@@ -63,7 +63,7 @@ def make_step(path: str, stack: Stack, x: torch.Tensor, num_data: int):
         return lambda: stack.layer_log_probs(x, batch_size=x.shape[0])
     optimizer = torch.optim.Adam(stack.parameters(), lr=1e-4)
     elbo_class = UnsynchronisedTraceEnum_ELBO if path == "svi" else TraceEnum_ELBO
-    elbo = elbo_class(max_plate_nesting=MAX_PLATE_NESTING)
+    elbo = elbo_class(max_plate_nesting=MAX_PLATE_NESTING, strict_enumeration_warning=path == "svi-enum")
 
     def loss():
         if path == "hand":

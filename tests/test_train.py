@@ -134,9 +134,40 @@ def test_non_finite_loss_stops_training_before_writing(tmp_path, digits):
     stack = small_stack()
     with torch.no_grad():
         stack.layers[3].means[0, 0] = float("nan")
-    with pytest.raises(NonFiniteLossError, match=r"step 0.*L3"):
+    with pytest.raises(NonFiniteLossError, match=r"layer\(s\) L3 at step 0 \(epoch 0\)"):
         train(stack, digits.train_images, None, config=quick(), out_dir=tmp_path)
     assert not (tmp_path / "checkpoint.pt").exists()
+
+
+@pytest.mark.filterwarnings("ignore:Encountered NaN")
+def test_skip_policy_keeps_last_good_parameters(tmp_path, digits):
+    images = digits.train_images.clone()
+    stack = small_stack()
+    calls = []
+
+    def poison_third_gradient(grad):
+        calls.append(1)
+        return grad * float("nan") if len(calls) == 3 else grad
+
+    stack.layers[1].precision_unconstrained.register_hook(poison_third_gradient)
+    config = quick(epochs=1, non_finite="skip", log_every=1)
+    train(stack, images, None, config=config, out_dir=tmp_path)
+    records = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    skipped = [r for r in records if r.get("event") == "skipped"]
+    assert [r["reason"] for r in skipped] == ["non-finite gradient"]
+    assert all(torch.isfinite(p).all() for p in stack.parameters())
+    state = torch.load(tmp_path / "checkpoint.pt", weights_only=True)["state_dict"]
+    assert all(torch.isfinite(v).all() for v in state.values() if torch.is_tensor(v))
+
+
+@pytest.mark.filterwarnings("ignore:Encountered NaN")
+def test_skip_policy_gives_up_after_too_many_bad_steps(digits):
+    stack = small_stack()
+    with torch.no_grad():
+        stack.layers[1].means[0, 0] = float("inf")
+    config = quick(non_finite="skip", max_skipped_steps=3)
+    with pytest.raises(NonFiniteLossError, match="4 steps in a row"):
+        train(stack, digits.train_images, None, config=config)
 
 
 def test_training_rejects_bad_data(digits):
