@@ -9,6 +9,26 @@ from pyro_dcgmm.config import FoldConfig
 from pyro_dcgmm.layer import Layer, Shape, as_pair, window_output_size
 
 
+def fold_back(
+    patches: torch.Tensor,
+    output_size: tuple[int, int],
+    patch: tuple[int, int],
+    stride: tuple[int, int],
+) -> torch.Tensor:
+    """Inverse of folding where it exists: patch vectors (N, C*ph*pw, H', W') back onto the
+    (N, C, H, W) grid, averaging where patches overlap; pixels no patch covers are 0."""
+    n, dim, out_h, out_w = patches.shape
+    columns = patches.reshape(n, dim, out_h * out_w)
+    summed = F.fold(columns, output_size, patch, stride=stride)  # (N, C, H, W)
+    coverage = F.fold(torch.ones_like(columns[:1]), output_size, patch, stride=stride)  # (1, C, H, W)
+    return summed / coverage.clamp_min(1.0)
+
+
+def is_lossless(patch: tuple[int, int], stride: tuple[int, int]) -> bool:
+    """Whether patches taken with ``stride`` never overlap, so that folding back loses nothing."""
+    return stride[0] >= patch[0] and stride[1] >= patch[1]
+
+
 class Fold(Layer):
     """Patches of size ``patch`` taken every ``stride`` pixels, as vectors of length ``C * ph * pw``.
 
@@ -46,3 +66,11 @@ class Fold(Layer):
         n = x.shape[0]
         patches = F.unfold(x, self.patch, stride=self.stride)  # (N, C*ph*pw, H'*W')
         return patches.view(n, *self.output_shape)  # (N, D, H', W')
+
+    @property
+    def lossless_down(self) -> bool:
+        return is_lossless(self.patch, self.stride)
+
+    def sample_down(self, signal, n, options):
+        """Patch vectors (N, D, H', W') back onto the input grid (N, C, H, W), averaging overlaps."""
+        return fold_back(signal, self.input_shape[1:], self.patch, self.stride)

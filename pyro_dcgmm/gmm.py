@@ -38,10 +38,27 @@ from torch.distributions import constraints
 from pyro_dcgmm.annealing import torus_neighbourhood
 from pyro_dcgmm.config import GMMConfig, from_dict
 from pyro_dcgmm.errors import ArchitectureError
-from pyro_dcgmm.fold import Fold
+from pyro_dcgmm.fold import Fold, fold_back, is_lossless
 from pyro_dcgmm.layer import Layer, Shape, local_params, window_output_size
 
 LOG_2PI = math.log(2.0 * math.pi)
+
+
+def _gaussian_terms(means: torch.Tensor, precision: torch.Tensor):
+    """Per-dimension weights of ``x``, ``x^2`` and 1 in ``log N(x | mu, p)``, each shaped like ``means``."""
+    linear = means * precision
+    quadratic = -0.5 * precision
+    constant = 0.5 * (precision.log() - LOG_2PI - means * means * precision)
+    return linear, quadratic, constant
+
+
+def _features(x: torch.Tensor, mask: torch.Tensor | None, dim: int) -> torch.Tensor:
+    """``[x, x^2]`` or, with a mask of observed entries, ``[m x, m x^2, m]`` along ``dim``."""
+    if mask is None:
+        return torch.cat([x, x * x], dim=dim)
+    observed = mask.to(x.dtype)
+    x = torch.where(mask, x, 0.0)  # missing entries may hold anything, NaN included
+    return torch.cat([x, x * x, observed], dim=dim)
 
 
 def diagonal_log_prob_shared(
@@ -49,6 +66,7 @@ def diagonal_log_prob_shared(
     means: torch.Tensor,
     precision: torch.Tensor,
     stride: tuple[int, int],
+    mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Log-density of every patch of ``x`` under every component, parameters shared over positions.
 
@@ -56,13 +74,18 @@ def diagonal_log_prob_shared(
     :param torch.Tensor means: shape (K, C, ph, pw).
     :param torch.Tensor precision: diagonal precisions, shape (K, C, ph, pw).
     :param stride: (vertical, horizontal) step between patches.
+    :param torch.Tensor mask: optional boolean (N, C, H, W), true where ``x`` is observed; missing
+        entries are marginalised out (a diagonal Gaussian's marginal drops those dimensions).
     :returns: table of shape (N, K, H', W').
     """
-    dim = means[0].numel()
-    inputs = torch.cat([x, x * x], dim=1)  # (N, 2C, H, W)
-    weight = torch.cat([means * precision, -0.5 * precision], dim=1)  # (K, 2C, ph, pw)
-    bias = 0.5 * (precision.log() - means * means * precision).flatten(1).sum(-1)  # (K,)
-    return F.conv2d(inputs, weight, bias - 0.5 * dim * LOG_2PI, stride=stride)  # (N, K, H', W')
+    linear, quadratic, constant = _gaussian_terms(means, precision)  # (K, C, ph, pw) each
+    if mask is None:
+        weight = torch.cat([linear, quadratic], dim=1)  # (K, 2C, ph, pw)
+        bias = constant.flatten(1).sum(-1)  # (K,)
+    else:
+        weight = torch.cat([linear, quadratic, constant], dim=1)  # (K, 3C, ph, pw)
+        bias = None
+    return F.conv2d(_features(x, mask, 1), weight, bias, stride=stride)  # (N, K, H', W')
 
 
 def diagonal_log_prob_per_position(
@@ -71,21 +94,28 @@ def diagonal_log_prob_per_position(
     precision: torch.Tensor,
     patch: tuple[int, int],
     stride: tuple[int, int],
+    mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Log-density of every patch of ``x`` under the components of its own position.
 
     :param torch.Tensor x: images of shape (N, C, H, W).
     :param torch.Tensor means: shape (H', W', K, D) with D = C * ph * pw.
     :param torch.Tensor precision: diagonal precisions, shape (H', W', K, D).
+    :param torch.Tensor mask: optional boolean (N, C, H, W), true where ``x`` is observed.
     :returns: table of shape (N, K, H', W').
     """
     out_h, out_w, k, dim = means.shape
     patches = F.unfold(x, patch, stride=stride)  # (N, D, L)
-    inputs = torch.cat([patches, patches * patches], dim=1).permute(2, 0, 1)  # (L, N, 2D)
+    observed = None if mask is None else F.unfold(mask.to(x.dtype), patch, stride=stride) > 0.5
+    inputs = _features(patches, observed, 1).permute(2, 0, 1)  # (L, N, 2D or 3D)
     means, precision = means.reshape(-1, k, dim), precision.reshape(-1, k, dim)  # (L, K, D)
-    weight = torch.cat([means * precision, -0.5 * precision], dim=-1)  # (L, K, 2D)
-    bias = 0.5 * (precision.log() - means * means * precision).sum(-1) - 0.5 * dim * LOG_2PI
-    table = torch.baddbmm(bias.unsqueeze(1), inputs, weight.transpose(1, 2))  # (L, N, K)
+    linear, quadratic, constant = _gaussian_terms(means, precision)  # (L, K, D) each
+    if mask is None:
+        weight = torch.cat([linear, quadratic], dim=-1)  # (L, K, 2D)
+        table = torch.baddbmm(constant.sum(-1).unsqueeze(1), inputs, weight.transpose(1, 2))  # (L, N, K)
+    else:
+        weight = torch.cat([linear, quadratic, constant], dim=-1)  # (L, K, 3D)
+        table = torch.bmm(inputs, weight.transpose(1, 2))  # (L, N, K)
     return table.permute(1, 2, 0).reshape(x.shape[0], k, out_h, out_w)  # (N, K, H', W')
 
 
@@ -183,22 +213,25 @@ class GMM(Layer):
         """Log mixing weights, (K,) or (H', W', K)."""
         return torch.log_softmax(self.mixing_logits, dim=-1)
 
-    def log_prob_table(self, x: torch.Tensor) -> torch.Tensor:
-        """Component log-densities ``log N(patch | mu_k, p_k)`` of shape (N, K, H', W')."""
+    def log_prob_table(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Component log-densities ``log N(patch | mu_k, p_k)`` of shape (N, K, H', W').
+
+        With a boolean ``mask`` (N, C, H, W) of observed entries, the missing ones are marginalised.
+        """
         self._require_built()
         if self.config.shared:
             kernel = (self.components, self.input_shape[0], *self.patch)
             return diagonal_log_prob_shared(
-                x, self.means.view(kernel), self.precision.view(kernel), self.stride
+                x, self.means.view(kernel), self.precision.view(kernel), self.stride, mask
             )
-        return diagonal_log_prob_per_position(x, self.means, self.precision, self.patch, self.stride)
+        return diagonal_log_prob_per_position(x, self.means, self.precision, self.patch, self.stride, mask)
 
-    def log_scores(self, x: torch.Tensor) -> torch.Tensor:
+    def log_scores(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """``log pi_k + log N(patch | mu_k, p_k)`` of shape (N, K, H', W')."""
         log_mixing = self.log_mixing()
         shared = self.config.shared
         log_mixing = log_mixing[:, None, None] if shared else log_mixing.permute(2, 0, 1)  # (K, 1|H', 1|W')
-        return self.log_prob_table(x) + log_mixing  # (N, K, H', W')
+        return self.log_prob_table(x, mask) + log_mixing  # (N, K, H', W')
 
     def transform(self, x: torch.Tensor) -> torch.Tensor:
         """Responsibilities (posterior over components) of shape (N, K, H', W')."""
@@ -260,6 +293,71 @@ class GMM(Layer):
         responsibilities: the same value as this layer's part of the ELBO."""
         scores, table = self.annealed_log_scores(x, annealed)
         return torch.softmax(scores.detach(), dim=1), -table.logsumexp(-1).sum()
+
+    def generate(
+        self,
+        n: int,
+        component_logits: torch.Tensor | None = None,
+        divisor: float = 1.0,
+        mean: bool = False,
+    ) -> torch.Tensor:
+        """The layer's generative Pyro program, without observations: patch vectors for ``n`` samples.
+
+        Sites ``z ~ Categorical(logits)`` (component per position) and ``x ~ Normal(mu_z, sd_z /
+        divisor)`` (the patch vector; a deterministic site holding ``mu_z`` when ``mean``).  Fix the
+        components with ``poutine.condition(gmm.generate, data={"z": ...})``.
+
+        :param torch.Tensor component_logits: (n, H', W', K) logits of the component at every
+            position; ``None`` draws from the mixing weights.
+        :returns: patch vectors of shape (n, D, H', W').
+        """
+        self._require_built()
+        _, out_h, out_w = self.output_shape
+        logits = self.log_mixing() if component_logits is None else component_logits
+        with (
+            pyro.plate(self.site("samples"), n, dim=-3),
+            self._position_plate("h", out_h, -2),
+            self._position_plate("w", out_w, -1),
+        ):
+            z = pyro.sample(self.site("z"), dist.Categorical(logits=logits))  # (n, H', W')
+            z = z.expand(n, out_h, out_w)
+            if self.config.shared:
+                loc, precision = self.means[z], self.precision[z]  # (n, H', W', D)
+            else:
+                rows = torch.arange(out_h, device=z.device)[:, None]
+                columns = torch.arange(out_w, device=z.device)
+                loc = Vindex(self.means)[rows, columns, z]  # (n, H', W', D)
+                precision = Vindex(self.precision)[rows, columns, z]
+            if mean:
+                x = pyro.deterministic(self.site("x"), loc, event_dim=1)
+            else:
+                scale = precision.rsqrt() / divisor
+                x = pyro.sample(self.site("x"), dist.Normal(loc, scale).to_event(1))  # (n, H', W', D)
+        return x.permute(0, 3, 1, 2)  # (n, D, H', W')
+
+    @property
+    def lossless_down(self) -> bool:
+        return is_lossless(self.patch, self.stride)
+
+    def sample_down(self, signal, n, options):
+        """Draw a component per position and sample this layer's input (n, C, H, W).
+
+        ``signal`` (n, K, H', W') weighs the components at every position (responsibilities from a
+        variant's forward pass, or patches sampled by the layer above); only its ``top_s`` largest
+        non-negative entries are kept.  Positions without a positive weight, and every position when
+        ``signal`` is ``None``, draw from the mixing weights.
+        """
+        logits = None
+        if signal is not None:
+            weights = signal.permute(0, 2, 3, 1).clamp_min(0.0)  # (n, H', W', K)
+            top = min(options.top_s, self.components)
+            threshold = weights.topk(top, dim=-1).values[..., -1:]  # (n, H', W', 1)
+            weights = torch.where(weights >= threshold, weights, 0.0)
+            log_mixing = self.log_mixing().expand(weights.shape)
+            informed = weights.sum(-1, keepdim=True) > 0
+            logits = torch.where(informed, weights.log(), log_mixing)  # (n, H', W', K)
+        patches = self.generate(n, logits, options.divisor, options.mean)  # (n, D, H', W')
+        return fold_back(patches, self.input_shape[1:], self.patch, self.stride)  # (n, C, H, W)
 
     def _position_plate(self, name: str, size: int, dim: int):
         """Plate over one spatial axis; a single position needs none (and Pyro's

@@ -83,6 +83,19 @@ class Layer(PyroModule):
         log-likelihood summed over the batch (``None`` for layers without one)."""
         return self.transform(x), None
 
+    @property
+    def lossless_down(self) -> bool:
+        """Whether :meth:`sample_down` inverts :meth:`transform` exactly (no sharpening needed)."""
+        return True
+
+    def sample_down(self, signal, n: int, options):
+        """Top-down pass: from what this layer outputs (``signal``, or ``None`` for no
+        information) to a sample of what it takes as input, for ``n`` samples.
+
+        :param options: a :class:`~pyro_dcgmm.sampling.SamplingOptions`.
+        """
+        raise NotImplementedError
+
     def site(self, name: str) -> str:
         """Name of a Pyro site of this layer, prefixed by its place in a stack."""
         return f"{self.site_prefix}.{name}" if self.site_prefix else name

@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from pyro_dcgmm.config import MaxPoolConfig
+from pyro_dcgmm.fold import fold_back
 from pyro_dcgmm.layer import Layer, Shape, as_pair, window_output_size
 
 
@@ -32,3 +33,26 @@ class MaxPool(Layer):
     def transform(self, x: torch.Tensor) -> torch.Tensor:
         self._require_built()
         return F.max_pool2d(x, self.kernel, self.stride)  # (N, C, H', W')
+
+    @property
+    def lossless_down(self) -> bool:
+        return self.kernel == (1, 1)
+
+    def sample_down(self, signal, n, options):
+        """Unpool a (N, C, H', W') signal to (N, C, H, W).
+
+        ``dense`` gives every pixel of a window the window's value (averaged where windows
+        overlap); ``sparse`` puts it at one random pixel per window and leaves the others at 0, which
+        the GMM layer below reads as "no information" (it then draws from its mixing weights).
+        """
+        if signal is None:
+            return None
+        kh, kw = self.kernel
+        windows = signal.unsqueeze(2).expand(-1, -1, kh * kw, -1, -1)  # (N, C, kh*kw, H', W')
+        if options.pool_mode == "sparse":
+            n_, _, _, out_h, out_w = windows.shape
+            chosen = torch.randint(kh * kw, (n_, 1, 1, out_h, out_w), device=signal.device)
+            offsets = torch.arange(kh * kw, device=signal.device)[None, None, :, None, None]
+            windows = windows * (offsets == chosen)
+        patches = windows.reshape(signal.shape[0], -1, *signal.shape[2:])  # (N, C*kh*kw, H', W')
+        return fold_back(patches, self.input_shape[1:], self.kernel, self.stride)

@@ -66,5 +66,18 @@ class Readout(Layer):
             return probs, None
         return probs, torch.nn.functional.cross_entropy(logits, labels, reduction="sum")
 
+    def sample_down(self, signal, n, options):
+        """Class labels (n,) to a top-down signal over the readout's input (n, C, H, W).
+
+        At every position of the input map, the weight of channel (component) ``k`` for class ``c``
+        is ``softmax_k W[c, k, h, w]``: how strongly the classifier associates each component there
+        with the class.  ``None`` (no labels) passes through.
+        """
+        if signal is None:
+            return None
+        channels, height, width = self.input_shape
+        weights = self.weight[signal].view(-1, channels, height, width)  # (n, C, H, W)
+        return torch.softmax(weights, dim=1)
+
     def parameter_groups(self) -> list[tuple[list[torch.nn.Parameter], float]]:
         return [([self.weight, self.bias], 1.0)]

@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 from pyro_dcgmm.annealing import AnnealingSchedule
 from pyro_dcgmm.checkpoint import load_checkpoint, load_state_into, save_checkpoint
 from pyro_dcgmm.config import TrainConfig
-from pyro_dcgmm.errors import CheckpointError, DataError, NonFiniteLossError
+from pyro_dcgmm.errors import CheckpointError, ConfigError, DataError, NonFiniteLossError
 from pyro_dcgmm.files import atomic_write
 from pyro_dcgmm.gmm import GMM
 from pyro_dcgmm.stack import MAX_PLATE_NESTING, Stack
@@ -127,6 +127,27 @@ def _truncate_log(path: Path, step: int) -> None:
     atomic_write(path, lambda handle: handle.write("".join(f"{line}\n" for line in kept).encode()))
 
 
+def check_train_config(config: TrainConfig) -> None:
+    """Reject settings no training can run with, naming the setting."""
+    positive = {
+        "epochs": config.epochs,
+        "batch_size": config.batch_size,
+        "log_every": config.log_every,
+        "eval_batch_size": config.eval_batch_size,
+    }
+    if config.max_steps is not None:
+        positive["max_steps"] = config.max_steps
+    for name, value in positive.items():
+        if value < 1:
+            raise ConfigError(f"training.{name} must be >= 1, got {value}")
+    if not config.lr > 0.0 or not math.isfinite(config.lr):
+        raise ConfigError(f"training.lr must be a positive number, got {config.lr}")
+    if config.momentum < 0.0:
+        raise ConfigError(f"training.momentum must be >= 0, got {config.momentum}")
+    if config.max_skipped_steps < 0:
+        raise ConfigError(f"training.max_skipped_steps must be >= 0, got {config.max_skipped_steps}")
+
+
 def _local_loss(stack, elbo, batch, batch_labels, num_data: int, enumerated: bool):
     """This process's summed negative ELBO and per-GMM-layer loss sums (no averaging yet)."""
     if batch.shape[0] == 0:  # a last global batch smaller than the number of processes
@@ -209,6 +230,7 @@ def train(
     """
     start_time = time.perf_counter()
     config = config if config is not None else TrainConfig()
+    check_train_config(config)
     images = as_images(images, stack.input_shape, stack.data_range, "images")
     if images.shape[0] < 2:
         raise DataError(f"images holds {images.shape[0]} sample; training needs at least 2")

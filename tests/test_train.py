@@ -7,7 +7,7 @@ from pyro_dcgmm import GMM, Fold, Readout, Stack, presets
 from pyro_dcgmm.checkpoint import load_checkpoint, save_checkpoint, stack_from_checkpoint
 from pyro_dcgmm.config import TrainConfig
 from pyro_dcgmm.data import load_digits
-from pyro_dcgmm.errors import CheckpointError, DataError, NonFiniteLossError
+from pyro_dcgmm.errors import CheckpointError, ConfigError, DataError, NonFiniteLossError
 from pyro_dcgmm.train import evaluate, make_optimizer, train
 
 
@@ -178,6 +178,21 @@ def test_training_rejects_bad_data(digits):
         train(stack, digits.train_images, digits.train_labels[:-1], config=quick())
     with pytest.raises(DataError, match=r"lie in \[0, 9\]"):
         train(stack, digits.train_images, digits.train_labels + 5, config=quick())
+
+
+@pytest.mark.parametrize(
+    "overrides,match",
+    [
+        ({"epochs": 0}, "training.epochs must be >= 1"),
+        ({"batch_size": -5}, "training.batch_size must be >= 1"),
+        ({"lr": 0.0}, "training.lr must be a positive number"),
+        ({"lr": float("nan")}, "training.lr must be a positive number"),
+        ({"max_steps": 0}, "training.max_steps must be >= 1"),
+    ],
+)
+def test_impossible_training_settings_fail(digits, overrides, match):
+    with pytest.raises(ConfigError, match=match):
+        train(small_stack(), digits.train_images, None, config=quick(**overrides))
 
 
 def test_truncated_checkpoint_fails_clearly(tmp_path):

@@ -1,0 +1,88 @@
+"""Top-down sampling options and gradient sharpening.
+
+Sampling runs the stack's layers in reverse, each through its ``sample_down`` method: a GMM layer
+draws a component per position from the top-down signal it receives (its own mixing weights at the
+top) with its generative Pyro program (``z ~ Categorical``, ``x ~ Normal(mu_z, sd_z / divisor)``)
+and folds the sampled patches back onto its input grid, averaging where patches overlap; a MaxPool
+spreads its signal over the pooling windows; a Readout turns class labels into a signal over its
+input.  Folding back overlapping patches and unpooling are not invertible; sharpening repairs what
+they blur by gradient ascent on an upper layer's log-likelihood of the forward pass.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+
+@dataclass(frozen=True)
+class Sharpening:
+    """Gradient sharpening after every non-invertible step of top-down sampling.
+
+    At a step that produced tensor ``v0`` (the input of some layer), ``v`` starts at ``v0`` and takes
+    ``iterations`` steps of ``v += rate * grad(objective)`` with, per sample,
+    ``objective(v) = log p_target(forward(v)) - pull * ||v - v0||^2``, clamped to the valid range
+    after every step.
+
+    :param target: ``"next"`` (the first GMM layer at or above the step) or a GMM layer index.
+    :param rate: step size of the gradient ascent.
+    :param iterations: number of ascent steps.
+    :param pull: weight of the squared distance to the unsharpened sample.
+    """
+
+    target: Literal["next"] | int = "next"
+    rate: float = 0.1
+    iterations: int = 100
+    pull: float = 0.0
+
+
+@dataclass(frozen=True)
+class SamplingOptions:
+    """How a stack samples top-down.
+
+    :param top_s: at every position keep only the ``top_s`` strongest components of the top-down
+        signal before drawing one.
+    :param divisor: divide every component's standard deviation by this (1 samples the model itself,
+        larger values give cleaner images).
+    :param mean: take each drawn component's mean instead of sampling its Gaussian.
+    :param pool_mode: ``"dense"`` spreads a pooled value over its whole window, ``"sparse"`` puts it
+        at one random position of the window (the others fall back to the prior).
+    :param sharpening: sharpen after every non-invertible step, or ``None``.
+    """
+
+    top_s: int = 3
+    divisor: float = 1.0
+    mean: bool = False
+    pool_mode: Literal["dense", "sparse"] = "dense"
+    sharpening: Sharpening | None = None
+
+
+def sharpen(
+    v0: torch.Tensor,
+    log_likelihood,
+    sharpening: Sharpening,
+    value_range: tuple[float, float],
+    fixed: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Gradient ascent on ``log_likelihood(v)`` (per sample, (N,)) starting from ``v0``.
+
+    :param fixed: optional boolean mask, same shape as ``v0``, of entries that must not change.
+    """
+    low, high = value_range
+    v = v0.detach().clone()
+    free = None if fixed is None else (~fixed).to(v.dtype)
+    for _ in range(sharpening.iterations):
+        v.requires_grad_(True)
+        with torch.enable_grad():
+            objective = log_likelihood(v).sum()  # samples are independent: no 1/N in their gradients
+            if sharpening.pull:
+                objective = objective - sharpening.pull * (v - v0).pow(2).sum()
+            (gradient,) = torch.autograd.grad(objective, v)
+        if free is not None:
+            gradient = gradient * free
+        v = (v.detach() + sharpening.rate * gradient).clamp(low, high)
+    if fixed is not None:
+        v = torch.where(fixed, v0, v)
+    return v.detach()

@@ -1,0 +1,161 @@
+import pytest
+import torch
+from pyro import poutine
+from torch.distributions import Normal
+
+from pyro_dcgmm import GMM, Fold, MaxPool, Readout, Stack, presets
+from pyro_dcgmm.config import TrainConfig
+from pyro_dcgmm.data import load_digits
+from pyro_dcgmm.errors import ArchitectureError, DataError
+from pyro_dcgmm.sampling import SamplingOptions, Sharpening
+from pyro_dcgmm.train import train
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_digits()
+
+
+@pytest.fixture(scope="module")
+def trained(digits):
+    torch.manual_seed(0)
+    layers = [
+        Fold(4, 2),
+        GMM(25, plateau_window=5),
+        Fold(None),
+        GMM(25, plateau_window=5, wait=0.1),
+        Readout(10),
+    ]
+    stack = Stack(layers, (1, 8, 8))
+    config = TrainConfig(epochs=40, batch_size=100, lr=0.03, progress=False, device="cpu")
+    train(stack, digits.train_images, digits.train_labels, config=config)
+    return stack
+
+
+@pytest.mark.parametrize("name", ["A", "B", "C", "D", "E", "F", "G"])
+def test_sample_shapes_and_range_for_every_preset(name):
+    stack = Stack.from_config(presets.get(name, (1, 28, 28)))
+    options = SamplingOptions(top_s=2, divisor=2.0, pool_mode="sparse", sharpening=Sharpening(iterations=2))
+    samples = stack.sample(3, options=options)
+    assert samples.shape == (3, 1, 28, 28)
+    assert float(samples.min()) >= 0.0 and float(samples.max()) <= 1.0
+    conditional = stack.sample(2, classes=[3, 7], options=SamplingOptions(mean=True))
+    assert conditional.shape == (2, 1, 28, 28)
+
+
+def test_flat_stack_samples_match_mixture_moments():
+    stack = Stack([Fold(None), GMM(3)], (1, 2, 2)).double()
+    gmm = stack.layers[1]
+    means = torch.tensor(
+        [[0.3, 0.5, 0.7, 0.4], [0.6, 0.35, 0.45, 0.65], [0.5, 0.5, 0.3, 0.3]], dtype=torch.float64
+    )
+    weights = torch.tensor([0.5, 0.3, 0.2], dtype=torch.float64)
+    with torch.no_grad():
+        gmm.means.copy_(means)
+        gmm.precision = torch.full((3, 4), 10.0, dtype=torch.float64)  # sd 0.32: about 10% of draws clip
+        gmm.mixing_logits.copy_(weights.log())
+    n = 40000
+    torch.manual_seed(0)
+    samples = stack.sample(n, options=SamplingOptions(top_s=3)).view(n, 4)
+    # Exact moments of the mixture clipped to [0, 1], by numerical integration of each component.
+    grid = torch.linspace(-3.0, 4.0, 20001, dtype=torch.float64)
+    sd = gmm.precision.detach().rsqrt()
+    density = Normal(means[..., None], sd[..., None]).log_prob(grid).exp()  # (3, 4, G)
+    clipped = grid.clamp(0.0, 1.0)
+    step = grid[1] - grid[0]
+    first = (density * clipped).sum(-1) * step  # (3, 4)
+    second = (density * clipped**2).sum(-1) * step
+    mean = weights @ first
+    variance = weights @ second - mean**2
+    standard_error = (variance / n).sqrt()
+    assert torch.all((samples.mean(0) - mean).abs() < 5 * standard_error)
+    assert torch.all((samples.var(0) - variance).abs() < 5 * variance * (2.5 / n) ** 0.5)
+
+
+def test_generate_with_fixed_components_gives_their_means():
+    stack = Stack([Fold(2, 2), GMM(4, shared=False)], (1, 4, 4))
+    gmm = stack.layers[1]
+    z = torch.tensor([[[0, 3], [2, 1]]])
+    patches = poutine.condition(gmm.generate, data={"layer1.z": z})(1, mean=True)  # (1, D, 2, 2)
+    for h in range(2):
+        for w in range(2):
+            torch.testing.assert_close(patches[0, :, h, w], gmm.means[h, w, z[0, h, w]].detach())
+
+
+def test_masked_log_likelihood_equals_brute_force_marginal():
+    torch.manual_seed(2)
+    for shared in (True, False):
+        stack = Stack([Fold(2, 1), GMM(3, shared=shared)], (2, 3, 3)).double()
+        gmm = stack.layers[1]
+        with torch.no_grad():
+            gmm.means.uniform_(0, 1)
+            gmm.mixing_logits.normal_()
+            gmm.precision = torch.rand(gmm.means.shape, dtype=torch.float64) * 10 + 1
+        x = torch.rand(4, 2, 3, 3, dtype=torch.float64)
+        mask = torch.rand(4, 2, 3, 3) > 0.4
+        mask[0] = False  # an image with nothing observed
+        x_missing = torch.where(mask, x, float("nan"))
+        expected = torch.zeros(4, dtype=torch.float64)
+        log_pi = torch.log_softmax(gmm.mixing_logits.detach(), -1)
+        for n in range(4):
+            for h in range(2):
+                for w in range(2):
+                    patch = x[n, :, h : h + 2, w : w + 2].reshape(-1)
+                    seen = mask[n, :, h : h + 2, w : w + 2].reshape(-1)
+                    means = gmm.means.detach() if shared else gmm.means.detach()[h, w]
+                    precision = gmm.precision.detach() if shared else gmm.precision.detach()[h, w]
+                    log_n = Normal(means[:, seen], precision[:, seen].rsqrt()).log_prob(patch[seen]).sum(-1)
+                    pi = log_pi if shared else log_pi[h, w]
+                    expected[n] += (pi + log_n).logsumexp(-1)
+        torch.testing.assert_close(stack.log_prob(x_missing, 0, mask=mask), expected)
+        assert expected[0] == 0.0  # nothing observed: probability one
+        torch.testing.assert_close(stack.log_prob(x, 0, mask=torch.ones_like(mask)), stack.log_prob(x, 0))
+
+
+def test_sharpening_raises_the_target_log_likelihood(trained):
+    torch.manual_seed(1)
+    plain = trained.sample(50, options=SamplingOptions(divisor=2.0))
+    torch.manual_seed(1)
+    sharp = trained.sample(
+        50, options=SamplingOptions(divisor=2.0, sharpening=Sharpening(rate=0.01, iterations=30))
+    )
+    assert trained.log_prob(sharp, 0).mean() > trained.log_prob(plain, 0).mean() + 5.0
+
+
+def test_inpainting_keeps_known_pixels_bit_identical(trained, digits):
+    x = digits.test_images[:20]
+    mask = torch.ones_like(x, dtype=torch.bool)
+    mask[..., 4:] = False  # the right half is missing
+    corrupted = torch.where(mask, x, float("nan"))
+    options = SamplingOptions(divisor=3.0, sharpening=Sharpening(rate=0.01, iterations=10))
+    filled = trained.inpaint(corrupted, mask, layer=-1, n_per_image=2, options=options)
+    assert filled.shape == (40, 1, 8, 8)
+    assert torch.equal(filled[:, :, :, :4], x.repeat_interleave(2, 0)[:, :, :, :4])
+    assert torch.isfinite(filled).all() and float(filled.max()) <= 1.0
+
+
+def test_class_conditional_samples_are_classified_as_requested(trained):
+    torch.manual_seed(3)
+    classes = torch.arange(10).repeat(20)
+    samples = trained.sample(200, classes=classes, options=SamplingOptions(top_s=1, divisor=4.0))
+    accuracy = (trained.predict_proba(samples).argmax(1) == classes).float().mean()
+    assert accuracy > 0.5  # chance is 0.1
+
+
+def test_variants_stay_close_to_their_image(trained, digits):
+    x = digits.test_images[:30]
+    variants = trained.variants(x, layer=0, n_per_image=3, options=SamplingOptions(mean=True))
+    assert variants.shape == (90, 1, 8, 8)
+    same = (variants - x.repeat_interleave(3, 0)).pow(2).mean()
+    other = (variants - x.roll(1, 0).repeat_interleave(3, 0)).pow(2).mean()
+    assert same < 0.5 * other
+
+
+def test_bad_sampling_requests_raise():
+    stack = Stack([Fold(4, 2), GMM(4), MaxPool(1)], (1, 8, 8))
+    with pytest.raises(ArchitectureError, match="needs a Readout"):
+        stack.sample(2, classes=[0, 1])
+    with pytest.raises(DataError, match="positive int"):
+        stack.sample(0)
+    with pytest.raises(DataError, match="mask has shape"):
+        stack.log_prob(torch.rand(2, 1, 8, 8), mask=torch.ones(2, 1, 8, 7))
