@@ -91,3 +91,28 @@ def plot_training_curve(records: list[dict], path: str | Path) -> None:
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)
+
+
+def save_image_grid(images, path: str | Path, columns: int, title: str = "", row_labels=None) -> None:
+    """Save images (N, C, H, W) in [0, 1] as a grid of ``columns`` per row."""
+    images = images.detach().cpu().numpy() if torch.is_tensor(images) else np.asarray(images)
+    grid = image_grid(images, columns)
+    rows = int(np.ceil(len(images) / columns))
+    figure, axis = plt.subplots(figsize=(max(4.0, 0.6 * columns + 1), max(2.0, 0.6 * rows + 0.6)))
+    axis.imshow(
+        grid[..., 0] if grid.shape[-1] == 1 else np.clip(grid, 0, 1),
+        cmap="gray",
+        vmin=0.0,
+        vmax=1.0,
+        interpolation="nearest",
+    )
+    axis.set_xticks([])
+    height = images.shape[2] + 1
+    if row_labels:
+        axis.set_yticks([r * height + height / 2 - 1 for r in range(len(row_labels))], row_labels)
+    else:
+        axis.set_yticks([])
+    axis.set_title(title)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)

@@ -159,3 +159,35 @@ def test_bad_sampling_requests_raise():
         stack.sample(0)
     with pytest.raises(DataError, match="mask has shape"):
         stack.log_prob(torch.rand(2, 1, 8, 8), mask=torch.ones(2, 1, 8, 7))
+
+
+def test_ndb_separates_matching_from_mode_dropping_samples(digits):
+    from pyro_dcgmm.metrics import NDB
+
+    train = digits.train_images.flatten(1).numpy()
+    ndb = NDB(train, k=10, seed=0)
+    real = ndb.evaluate(digits.test_images.flatten(1).numpy())
+    dropped = ndb.evaluate(digits.test_images[digits.test_labels < 3].flatten(1).numpy())
+    assert real.ndb_over_k <= 0.3 and dropped.ndb_over_k >= 0.5
+    assert dropped.js_divergence > 5 * real.js_divergence
+
+
+def test_sample_script_writes_figures_and_ndb(tmp_path):
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    import sample
+    import train_svi
+
+    run = tmp_path / "run"
+    train_svi.main(
+        ["--preset", "digits", "--dataset", "digits", "--epochs", "2", "--out", str(run), "--no-progress"]
+    )
+    report = sample.main(
+        ["--checkpoint", str(run / "checkpoint.pt"), "--out", str(tmp_path / "s"), "--ndb-bins", "10",
+         "--ndb-samples", "200", "--ndb-train", "1000", "--sharpen-iterations", "3"]
+    )  # fmt: skip
+    for name in ["samples.png", "class_samples.png", "variants.png", "inpainting.png", "ndb.json"]:
+        assert (tmp_path / "s" / name).is_file(), name
+    assert set(report["ndb"]) == {"dcgmm", "flat_gmm_diag_k25", "held_out_real"}
