@@ -2,11 +2,9 @@
 
 Paths:
   hand       one training step on the hand-written loss ``Stack.loss`` (same math, no Pyro)
-  svi        one full training step as ``train`` runs it: TraceEnum_ELBO (without its NaN warning,
-             which synchronises the device twice a step) on the stack's model with the components
-             marginalised in closed form, backward, Adam step
-  svi-stock  the same with Pyro's stock TraceEnum_ELBO (NaN warning included)
-  svi-enum   stock TraceEnum_ELBO with Pyro enumerating every component site (``objective="enumerated"``)
+  svi        one full training step as ``train`` runs it: TraceEnum_ELBO on the stack's model with
+             the components marginalised in closed form, backward, Adam step
+  svi-enum   the same with Pyro enumerating every component site (``objective="enumerated"``)
   score      forward-only log-likelihood of every GMM layer (``Stack.log_prob``), no gradients
 
 Every measurement runs ``--warmup`` steps, then ``--repeats`` timed blocks of ``--steps`` steps
@@ -31,9 +29,9 @@ from pyro.infer import TraceEnum_ELBO
 
 from pyro_dcgmm import MAX_PLATE_NESTING, Stack, presets
 from pyro_dcgmm.files import atomic_write
-from pyro_dcgmm.train import UnsynchronisedTraceEnum_ELBO, resolve_device
+from pyro_dcgmm.train import resolve_device
 
-PATHS = ("hand", "svi", "svi-stock", "svi-enum", "score")  # hand first: the others report their ratio to it
+PATHS = ("hand", "svi", "svi-enum", "score")  # hand first: the others report their ratio to it
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
@@ -62,8 +60,7 @@ def make_step(path: str, stack: Stack, x: torch.Tensor, num_data: int):
     if path == "score":
         return lambda: stack.layer_log_probs(x, batch_size=x.shape[0])
     optimizer = torch.optim.Adam(stack.parameters(), lr=1e-4)
-    elbo_class = UnsynchronisedTraceEnum_ELBO if path == "svi" else TraceEnum_ELBO
-    elbo = elbo_class(max_plate_nesting=MAX_PLATE_NESTING, strict_enumeration_warning=path == "svi-enum")
+    elbo = TraceEnum_ELBO(max_plate_nesting=MAX_PLATE_NESTING, strict_enumeration_warning=path == "svi-enum")
 
     def loss():
         if path == "hand":

@@ -6,7 +6,6 @@ from pyro.infer import TraceEnum_ELBO, infer_discrete
 
 from pyro_dcgmm import GMM, MAX_PLATE_NESTING, Fold, MaxPool, Readout, Stack, presets
 from pyro_dcgmm.errors import ArchitectureError, DataError
-from pyro_dcgmm.train import UnsynchronisedTraceEnum_ELBO
 
 
 def three_layer_stack(width=0.01):
@@ -76,17 +75,6 @@ def test_closed_form_objective_equals_enumerated(images64):
     for a, b, c in zip(*gradients, torch.autograd.grad(hand_written, params), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
         torch.testing.assert_close(a, c, rtol=1e-10, atol=1e-12)
-
-
-def test_unsynchronised_elbo_equals_trace_enum_elbo(images64):
-    stack = three_layer_stack(width=1.2)
-    for enumerated in (True, False):
-        args = (stack.model, stack.guide, images64)
-        kwargs = {"num_data": 30, "enumerated": enumerated}
-        options = {"max_plate_nesting": 3, "strict_enumeration_warning": enumerated}
-        stock = TraceEnum_ELBO(**options).differentiable_loss(*args, **kwargs)
-        fast = UnsynchronisedTraceEnum_ELBO(**options).differentiable_loss(*args, **kwargs)
-        assert torch.equal(stock, fast)
 
 
 def test_gradients_stay_within_each_layer(images64):
