@@ -1,8 +1,9 @@
 """Training a stack by SVI with ``TraceEnum_ELBO``.
 
-The guide is empty: every discrete site is enumerated and every parameter is a point estimate, so
-the ELBO is the exact negative log-likelihood (annealed while annealing runs), and SVI is maximum
-likelihood.  Following Pyro's ``ELBOModule`` idiom, the loss is
+The guide is empty: every component variable is summed out (by Pyro's enumeration, or in the
+equivalent closed-form factor that training uses by default) and every parameter is a point
+estimate, so the ELBO is the exact negative log-likelihood (its annealed lower bound while annealing
+runs), and SVI is maximum likelihood.  Following Pyro's ``ELBOModule`` idiom, the loss is
 ``TraceEnum_ELBO(max_plate_nesting=3).differentiable_loss(stack.model, stack.guide, ...)`` and the
 parameters are the stack's own (module-local) ``torch`` parameters, stepped by a ``torch.optim``
 optimiser.  That keeps per-layer learning rates, layer freezing (``wait``) and checkpointing in
