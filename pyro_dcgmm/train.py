@@ -65,7 +65,7 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise DataError("device 'cuda' was requested but CUDA is not available; use 'cpu' or 'auto'")
+        raise ConfigError("device 'cuda' was requested but CUDA is not available; use 'cpu' or 'auto'")
     return torch.device(name)
 
 

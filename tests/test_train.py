@@ -195,6 +195,12 @@ def test_impossible_training_settings_fail(digits, overrides, match):
         train(small_stack(), digits.train_images, None, config=quick(**overrides))
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_without_a_gpu_fails_clearly(digits):
+    with pytest.raises(ConfigError, match="CUDA is not available"):
+        train(small_stack(), digits.train_images, None, config=quick(device="cuda"))
+
+
 def test_truncated_checkpoint_fails_clearly(tmp_path):
     stack = small_stack()
     save_checkpoint(tmp_path / "c.pt", stack)
