@@ -1,6 +1,7 @@
 """Deep Convolutional Gaussian Mixture Models as Pyro programs."""
 
 from pyro_dcgmm.annealing import AnnealingSchedule, torus_neighbourhood
+from pyro_dcgmm.estimator import DCGMM
 from pyro_dcgmm.fold import Fold
 from pyro_dcgmm.gmm import GMM
 from pyro_dcgmm.pool import MaxPool
@@ -10,6 +11,7 @@ from pyro_dcgmm.stack import MAX_PLATE_NESTING, Stack
 __version__ = "0.1.0"
 
 __all__ = [
+    "DCGMM",
     "GMM",
     "MAX_PLATE_NESTING",
     "AnnealingSchedule",

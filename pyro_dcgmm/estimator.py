@@ -1,0 +1,157 @@
+"""A scikit-learn-style estimator around a DCGMM stack."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from sklearn.base import BaseEstimator, ClusterMixin, DensityMixin
+from sklearn.utils.validation import check_is_fitted
+
+from pyro_dcgmm import presets
+from pyro_dcgmm.config import ModelConfig, TrainConfig, layer_from_dict
+from pyro_dcgmm.errors import DataError
+from pyro_dcgmm.sampling import SamplingOptions
+from pyro_dcgmm.stack import Stack
+from pyro_dcgmm.train import train
+
+
+class DCGMM(ClusterMixin, DensityMixin, BaseEstimator):
+    """Deep convolutional GMM with the scikit-learn estimator interface.
+
+    ``X`` is images (N, C, H, W), (N, H, W), or flattened (N, C*H*W) with ``input_shape`` given (or a
+    square single-channel image inferred), with values in [0, 1].  Clusters are the components of
+    the top GMM layer.
+
+    :param layers: a preset name (:mod:`pyro_dcgmm.presets`), a :class:`ModelConfig`, or a list of
+        layer configs (dataclasses or dicts with ``type``).
+    :param input_shape: (C, H, W) of the images; ``None`` infers it from ``X``.
+    :param epochs, batch_size, lr, optimizer: training settings (:class:`TrainConfig`).
+    :param score_layer: GMM layer whose log-likelihood :meth:`score_samples` returns.
+    :param device: ``"cpu"``, ``"cuda"`` or ``"auto"``.
+    :param random_state: seed of initialisation, shuffling and sampling (``None``: 0).
+    :param verbose: show a progress bar while fitting.
+
+    Fitted attributes: ``stack_`` (the trained :class:`Stack`), ``input_shape_``,
+    ``n_features_in_``, ``n_components_`` (clusters at the top layer), ``labels_`` (clusters of the
+    training images), ``history_``.
+    Every estimator owns its parameters (module-local), so several coexist in one process.
+    """
+
+    def __init__(
+        self,
+        layers="digits",
+        input_shape=None,
+        epochs: int = 10,
+        batch_size: int = 100,
+        lr: float = 0.01,
+        optimizer: str = "adam",
+        score_layer: int = -1,
+        device: str = "cpu",
+        random_state: int | None = None,
+        verbose: int = 0,
+    ):
+        self.layers = layers
+        self.input_shape = input_shape
+        self.epochs = epochs
+        self.batch_size = batch_size
+        self.lr = lr
+        self.optimizer = optimizer
+        self.score_layer = score_layer
+        self.device = device
+        self.random_state = random_state
+        self.verbose = verbose
+
+    def _images(self, X, shape=None) -> torch.Tensor:
+        """``X`` as a float32 tensor (N, C, H, W)."""
+        x = torch.as_tensor(np.asarray(X) if not torch.is_tensor(X) else X)
+        if not x.dtype.is_floating_point:
+            raise DataError(f"X has dtype {x.dtype}; convert it to floating point in [0, 1] first")
+        x = x.float()
+        shape = shape or (tuple(self.input_shape) if self.input_shape is not None else None)
+        if x.dim() == 2:
+            if shape is None:
+                side = math.isqrt(x.shape[1])
+                if side * side != x.shape[1]:
+                    raise DataError(
+                        f"X has {x.shape[1]} features, not a square image; pass input_shape=(C, H, W)"
+                    )
+                shape = (1, side, side)
+            if math.prod(shape) != x.shape[1]:
+                raise DataError(f"X has {x.shape[1]} features; input_shape {shape} needs {math.prod(shape)}")
+            return x.view(-1, *shape)
+        if x.dim() == 3:
+            x = x.unsqueeze(1)
+        if x.dim() != 4:
+            raise DataError(f"X has shape {tuple(x.shape)}; expected (N, C, H, W), (N, H, W) or (N, D)")
+        return x
+
+    def _model_config(self, shape) -> ModelConfig:
+        if isinstance(self.layers, str):
+            return presets.get(self.layers, shape)
+        if isinstance(self.layers, ModelConfig):
+            if not self.layers.layers:
+                return presets.get(self.layers.preset or "digits", shape)
+            return ModelConfig(
+                input_shape=shape, layers=self.layers.layers, data_range=self.layers.data_range
+            )
+        layers = tuple(layer_from_dict(layer, f"layers[{i}]") for i, layer in enumerate(self.layers))
+        return ModelConfig(input_shape=shape, layers=layers)
+
+    def fit(self, X, y=None):
+        """Train the stack on ``X`` (and ``y`` for a Readout, if it has one)."""
+        x = self._images(X)
+        shape = tuple(x.shape[1:])
+        seed = 0 if self.random_state is None else int(self.random_state)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            stack = Stack.from_config(self._model_config(shape))
+        labels = None
+        if y is not None and stack.readout is not None:
+            labels = torch.as_tensor(np.asarray(y)).long()
+        config = TrainConfig(
+            epochs=self.epochs,
+            batch_size=self.batch_size,
+            lr=self.lr,
+            optimizer=self.optimizer,
+            seed=seed,
+            device=self.device,
+            progress=bool(self.verbose),
+        )
+        result = train(stack, x, labels, config=config)
+        self.stack_ = stack.cpu()
+        self.input_shape_ = shape
+        self.n_features_in_ = math.prod(shape)
+        self.n_components_ = stack.gmm_layers[-1].components
+        self.history_ = result.history
+        self.labels_ = self.predict(x)
+        return self
+
+    def predict_proba(self, X) -> np.ndarray:
+        """Top-layer responsibilities (N, K), averaged over its positions when it has several."""
+        check_is_fitted(self)
+        resp = self.stack_.responsibilities(self._images(X, self.input_shape_), layer=-1)
+        return resp.mean((1, 2)).numpy()
+
+    def predict(self, X) -> np.ndarray:
+        """Cluster (top-layer component) of every image."""
+        return self.predict_proba(X).argmax(1)
+
+    def score_samples(self, X) -> np.ndarray:
+        """Per-sample log-likelihood (nats) at GMM layer ``score_layer`` (see ``Stack.log_prob``)."""
+        check_is_fitted(self)
+        return self.stack_.log_prob(self._images(X, self.input_shape_), layer=self.score_layer).numpy()
+
+    def score(self, X, y=None) -> float:
+        """Mean of :meth:`score_samples`."""
+        return float(self.score_samples(X).mean())
+
+    def sample(self, n_samples: int = 1, options: SamplingOptions | None = None):
+        """``(X, y)``: ``n_samples`` flattened images sampled top-down and their clusters."""
+        check_is_fitted(self)
+        seed = 0 if self.random_state is None else int(self.random_state)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            images = self.stack_.sample(n_samples, options=options)
+        return images.flatten(1).numpy(), self.predict(images)
