@@ -43,7 +43,7 @@ def test_killed_training_resumes_to_identical_parameters(tmp_path):
     assert killed.returncode != 0, "the run finished before it could be killed"
     checkpoint = tmp_path / "killed" / "checkpoint.pt"
     saved_epoch = torch.load(checkpoint, weights_only=True)["training"]["epoch"]
-    assert 3 <= saved_epoch < 24
+    assert 2 <= saved_epoch < 24  # the log gets an epoch's record just before its checkpoint
     resumed = run_cli("--resume", str(checkpoint), "--epochs", "24", "--out", str(tmp_path / "killed"))
     assert resumed.wait() == 0, resumed.stderr.read()
     assert straight.wait() == 0, straight.stderr.read()
