@@ -83,3 +83,37 @@ def js_divergence(p: np.ndarray, q: np.ndarray) -> float:
         return float(np.sum(a[keep] * np.log(a[keep] / b[keep])))
 
     return 0.5 * kl(p, m) + 0.5 * kl(q, m)
+
+
+def outlier_metrics(is_outlier: np.ndarray, score: np.ndarray) -> dict:
+    """AUROC, AUPR and FPR at 95% TPR of ``score`` (higher = more outlying), outliers positive."""
+    from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
+
+    fpr, tpr, _ = roc_curve(is_outlier, score)
+    return {
+        "auroc": float(roc_auc_score(is_outlier, score)),
+        "aupr": float(average_precision_score(is_outlier, score)),
+        "fpr_at_95_tpr": float(fpr[np.searchsorted(tpr, 0.95)]),
+    }
+
+
+def clustering_metrics(labels: np.ndarray, clusters: np.ndarray) -> dict:
+    """ACC (Hungarian one-to-one matching of clusters to classes), purity, NMI and ARI."""
+    from scipy.optimize import linear_sum_assignment
+    from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
+    from sklearn.metrics.cluster import contingency_matrix
+
+    table = contingency_matrix(labels, clusters)  # (classes, clusters)
+    rows, columns = linear_sum_assignment(-table)
+    return {
+        "acc": float(table[rows, columns].sum() / len(labels)),
+        "purity": float(table.max(0).sum() / len(labels)),
+        "nmi": float(normalized_mutual_info_score(labels, clusters)),
+        "ari": float(adjusted_rand_score(labels, clusters)),
+    }
+
+
+def bits_per_dimension(log_likelihood: np.ndarray, dims: int, levels: int = 256) -> float:
+    """Bits per dimension of data quantised to ``levels`` from the mean continuous log-likelihood
+    (nats) of uniformly dequantised data scaled to [0, 1]: ``-LL / (D ln 2) + log2(levels)``."""
+    return float(-np.mean(log_likelihood) / (dims * np.log(2.0)) + np.log2(levels))

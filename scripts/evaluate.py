@@ -1,0 +1,250 @@
+"""Evaluate DCGMMs against flat GMMs in the same run: outlier detection, clustering, density.
+
+Sub-commands (each writes ``report.json`` and figures into ``--out``)::
+
+    python scripts/evaluate.py outliers --dataset fashion-mnist --heldout all --epochs 10 --out runs/o
+    python scripts/evaluate.py cluster --dataset fashion-mnist --preset E --epochs 10 --out runs/c
+    python scripts/evaluate.py density --dataset fashion-mnist --epochs 10 --out runs/d
+
+``outliers``: train on all classes but the held-out one, score the test set (held-out class =
+outliers) with every GMM layer's log-likelihood and with the likelihood ratio ``z(top) - z(first)``
+(each layer's score standardised on held-out inliers of the training split), beside a scikit-learn
+diagonal GMM.  ``cluster``: ACC (Hungarian), purity, NMI and ARI of the top layer's components on the
+test set beside k-means and a diagonal GMM.  ``density``: bits/dim with uniform dequantisation of the
+configurations that are densities over pixels (one full-image GMM, one GMM of non-overlapping
+patches) beside a diagonal GMM; overlapping stacks score every pixel several times and model
+responsibilities above the first layer, so they report per-layer log-likelihoods, not bits/dim.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+from sklearn.cluster import KMeans
+from sklearn.metrics import RocCurveDisplay
+from sklearn.mixture import GaussianMixture
+
+from pyro_dcgmm import DCGMM, presets
+from pyro_dcgmm.config import DataConfig, FoldConfig, GMMConfig
+from pyro_dcgmm.data import load_dataset, split_validation
+from pyro_dcgmm.files import atomic_write
+from pyro_dcgmm.metrics import (
+    bits_per_dimension,
+    clustering_metrics,
+    outlier_metrics,
+)
+from pyro_dcgmm.plots import save_image_grid
+from pyro_dcgmm.train import dequantize
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], allow_abbrev=False)
+    commands = parser.add_subparsers(dest="command", required=True)
+    for name in ("outliers", "cluster", "density"):
+        command = commands.add_parser(name, allow_abbrev=False)
+        command.add_argument("--dataset", default="digits", choices=["digits", "fashion-mnist", "mnist"])
+        command.add_argument("--root", help="folder with the data set's IDX files")
+        command.add_argument("--preset", default=None, help="architecture (default: digits or E)")
+        command.add_argument("--per-position", action="store_true")
+        command.add_argument("--epochs", type=int, default=10)
+        command.add_argument("--batch-size", type=int, default=100)
+        command.add_argument("--lr", type=float, default=0.01)
+        command.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+        command.add_argument("--seed", type=int, default=0)
+        command.add_argument("--train-limit", type=int, help="use at most this many training images")
+        command.add_argument("--flat-components", type=int, default=25, help="K of the flat GMM")
+        command.add_argument("--out", type=Path, required=True)
+        if name == "outliers":
+            command.add_argument("--heldout", default="0", help="a class index, or 'all' for every fold")
+        if name == "cluster":
+            command.add_argument("--top-components", type=int, default=10, help="K of the top GMM layer")
+        if name == "density":
+            command.add_argument("--components", type=int, default=25, help="K of each density model")
+            command.add_argument("--patch", type=int, default=7, help="patch of the non-overlapping model")
+    return parser.parse_args(argv)
+
+
+def load(args):
+    dataset = load_dataset(DataConfig(dataset=args.dataset, root=args.root))
+    if args.train_limit is not None:
+        generator = torch.Generator().manual_seed(args.seed)
+        keep = torch.randperm(dataset.train_images.shape[0], generator=generator)[: args.train_limit]
+        dataset.train_images, dataset.train_labels = dataset.train_images[keep], dataset.train_labels[keep]
+    return dataset
+
+
+def preset_layers(args, shape, **gmm_options):
+    name = args.preset or ("digits" if args.dataset == "digits" else "E")
+    options = {"shared": False} if args.per_position else {}
+    layers = presets.get(name, shape, **options, **gmm_options).layers
+    return [layer for layer in layers if layer.type != "readout"]
+
+
+def estimator(args, layers) -> DCGMM:
+    return DCGMM(
+        layers,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        device=args.device,
+        random_state=args.seed,
+    )
+
+
+def flat(x: torch.Tensor) -> np.ndarray:
+    return x.flatten(1).numpy().astype(np.float64)
+
+
+def outliers(args, dataset, report) -> None:
+    classes = sorted(set(dataset.train_labels.tolist()))
+    folds = classes if args.heldout == "all" else [int(args.heldout)]
+    report["folds"] = {}
+    figure, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for heldout in folds:
+        start = time.perf_counter()
+        inlier = dataset.train_labels != heldout
+        train_x, _, val_x, _ = split_validation(
+            dataset.train_images[inlier], dataset.train_labels[inlier], 0.1, args.seed
+        )
+        model = estimator(args, preset_layers(args, dataset.input_shape)).fit(train_x)
+        is_outlier = (dataset.test_labels == heldout).numpy()
+        layers = model.stack_.layer_log_probs(dataset.test_images).numpy()  # (N, L)
+        reference = model.stack_.layer_log_probs(val_x).numpy()
+        z = (layers - reference.mean(0)) / reference.std(0).clip(min=1e-12)
+        scores = {f"layer{j}": -layers[:, j] for j in range(layers.shape[1])}
+        scores["ratio_top_minus_first"] = -(z[:, -1] - z[:, 0])
+        gmm = GaussianMixture(args.flat_components, covariance_type="diag", random_state=args.seed)
+        scores[f"flat_gmm_diag_k{args.flat_components}"] = -gmm.fit(flat(train_x)).score_samples(
+            flat(dataset.test_images)
+        )
+        fold = {name: outlier_metrics(is_outlier, score) for name, score in scores.items()}
+        fold["seconds"] = time.perf_counter() - start
+        report["folds"][str(heldout)] = fold
+        best = max((k for k in scores if k.startswith(("layer", "ratio"))), key=lambda k: fold[k]["auroc"])
+        RocCurveDisplay.from_predictions(
+            is_outlier, scores[best], ax=axes[0], name=f"class {heldout}: {best}"
+        )
+        axes[1].hist(
+            [scores[best][~is_outlier], scores[best][is_outlier]], bins=50, label=["inliers", "outliers"],
+            histtype="step", density=True,
+        )  # fmt: skip
+        print(
+            f"held-out {heldout}: "
+            + ", ".join(f"{k} AUROC {v['auroc']:.3f}" for k, v in fold.items() if k != "seconds")
+        )
+    axes[1].set_xlabel("outlier score (negative log-likelihood)")
+    axes[1].legend()
+    figure.tight_layout()
+    figure.savefig(args.out / "outliers.png", dpi=120)
+    plt.close(figure)
+    names = [k for k in report["folds"][str(folds[0])] if k != "seconds"]
+    report["mean_auroc"] = {
+        n: float(np.mean([report["folds"][str(f)][n]["auroc"] for f in folds])) for n in names
+    }
+    for name, value in report["mean_auroc"].items():
+        print(f"mean AUROC {name}: {value:.3f}")
+
+
+def cluster(args, dataset, report) -> None:
+    layers = preset_layers(args, dataset.input_shape)
+    top = max(i for i, layer in enumerate(layers) if layer.type == "gmm")
+    layers[top] = GMMConfig(**{**vars(layers[top]), "components": args.top_components})
+    model = estimator(args, layers).fit(dataset.train_images)
+    labels = dataset.test_labels.numpy()
+    clusters = model.predict(dataset.test_images)
+    train, test = flat(dataset.train_images), flat(dataset.test_images)
+    k = args.top_components
+    report["dcgmm"] = clustering_metrics(labels, clusters)
+    report[f"kmeans_k{k}"] = clustering_metrics(
+        labels, KMeans(k, n_init=3, random_state=args.seed).fit(train).predict(test)
+    )
+    report[f"flat_gmm_diag_k{k}"] = clustering_metrics(
+        labels, GaussianMixture(k, covariance_type="diag", random_state=args.seed).fit(train).predict(test)
+    )
+    for name in ("dcgmm", f"kmeans_k{k}", f"flat_gmm_diag_k{k}"):
+        row = report[name]
+        values = "  ".join(f"{metric} {row[metric]:.3f}" for metric in ("acc", "purity", "nmi", "ari"))
+        print(f"{name:>20}: {values}")
+    table = np.zeros((labels.max() + 1, k), dtype=int)
+    np.add.at(table, (labels, clusters), 1)
+    figure, axis = plt.subplots(figsize=(8, 5))
+    axis.imshow(table, cmap="Blues")
+    axis.set_xlabel("DCGMM cluster")
+    axis.set_ylabel("class")
+    figure.tight_layout()
+    figure.savefig(args.out / "confusion.png", dpi=120)
+    plt.close(figure)
+    rows = []
+    for c in range(k):
+        members = dataset.test_images[torch.from_numpy(clusters == c)][:8]
+        rows.append(torch.cat([members, torch.zeros(8 - len(members), *dataset.input_shape)]))
+    grid = torch.cat(rows)
+    save_image_grid(grid, args.out / "clusters.png", 8, "eight test images per DCGMM cluster (one row each)")
+
+
+def density(args, dataset, report) -> None:
+    channels, height, width = dataset.input_shape
+    dims = channels * height * width
+    generator = torch.Generator().manual_seed(args.seed)
+    test = dequantize(dataset.test_images, dataset.levels, generator)
+    k = args.components
+    configurations = {
+        f"dcgmm_full_image_k{k}": [
+            FoldConfig(patch=None),
+            GMMConfig(components=k, precision_ceiling=1e4, precision_init=10.0),
+        ],
+        f"dcgmm_patches{args.patch}_k{k}": [
+            FoldConfig(patch=args.patch, stride=args.patch),
+            GMMConfig(components=k, shared=False, precision_ceiling=1e4, precision_init=10.0),
+        ],
+    }  # fmt: skip
+    for name, layers in configurations.items():
+        if (height % args.patch or width % args.patch) and "patches" in name:
+            print(f"{name}: skipped, {height}x{width} is not a multiple of patch {args.patch}")
+            continue
+        train = dequantize(dataset.train_images, dataset.levels, generator)
+        model = estimator(args, layers).fit(train)
+        report[name] = {"bits_per_dim": bits_per_dimension(model.score_samples(test), dims, dataset.levels)}
+    train = flat(dequantize(dataset.train_images, dataset.levels, generator))
+    gmm = GaussianMixture(k, covariance_type="diag", random_state=args.seed, reg_covar=1e-6).fit(train)
+    report[f"flat_gmm_diag_k{k}"] = {
+        "bits_per_dim": bits_per_dimension(gmm.score_samples(flat(test)), dims, dataset.levels)
+    }
+    for name, row in report.items():
+        if isinstance(row, dict) and "bits_per_dim" in row:
+            print(f"{name:>28}: {row['bits_per_dim']:.3f} bits/dim")
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    dataset = load(args)
+    report = {
+        "command": args.command,
+        "configuration": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        "dataset": dataset.name,
+        "num_train": int(dataset.train_images.shape[0]),
+        "num_test": int(dataset.test_images.shape[0]),
+        "torch": torch.__version__,
+        "platform": platform.platform(),
+    }
+    {"outliers": outliers, "cluster": cluster, "density": density}[args.command](args, dataset, report)
+    report["seconds"] = time.perf_counter() - start
+    atomic_write(args.out / "report.json", lambda h: h.write(json.dumps(report, indent=2).encode()))
+    print(f"wrote {args.out / 'report.json'}")
+    return report
+
+
+if __name__ == "__main__":
+    main()
