@@ -63,6 +63,12 @@ def parse_args(argv=None) -> argparse.Namespace:
         command.add_argument("--seed", type=int, default=0)
         command.add_argument("--train-limit", type=int, help="use at most this many training images")
         command.add_argument("--flat-components", type=int, default=25, help="K of the flat GMM")
+        command.add_argument(
+            "--plateau-window",
+            type=int,
+            default=100,
+            help="annealing steps per plateau test of every GMM layer",
+        )
         command.add_argument("--out", type=Path, required=True)
         if name == "outliers":
             command.add_argument("--heldout", default="0", help="a class index, or 'all' for every fold")
@@ -86,6 +92,7 @@ def load(args):
 def preset_layers(args, shape, **gmm_options):
     name = args.preset or ("digits" if args.dataset == "digits" else "E")
     options = {"shared": False} if args.per_position else {}
+    options["plateau_window"] = args.plateau_window
     layers = presets.get(name, shape, **options, **gmm_options).layers
     return [layer for layer in layers if layer.type != "readout"]
 
@@ -130,19 +137,23 @@ def outliers(args, dataset, report) -> None:
         fold = {name: outlier_metrics(is_outlier, score) for name, score in scores.items()}
         fold["seconds"] = time.perf_counter() - start
         report["folds"][str(heldout)] = fold
-        best = max((k for k in scores if k.startswith(("layer", "ratio"))), key=lambda k: fold[k]["auroc"])
-        RocCurveDisplay.from_predictions(
-            is_outlier, scores[best], ax=axes[0], name=f"class {heldout}: {best}"
-        )
-        axes[1].hist(
-            [scores[best][~is_outlier], scores[best][is_outlier]], bins=50, label=["inliers", "outliers"],
-            histtype="step", density=True,
-        )  # fmt: skip
+        top = f"layer{layers.shape[1] - 1}"
+        RocCurveDisplay.from_predictions(is_outlier, scores[top], ax=axes[0], name=f"held-out {heldout}")
+        if heldout == folds[0]:
+            axes[1].hist(
+                [scores[top][~is_outlier], scores[top][is_outlier]],
+                bins=50,
+                label=[f"inliers (held-out {heldout})", "outliers"],
+                histtype="step",
+                density=True,
+            )
         print(
             f"held-out {heldout}: "
             + ", ".join(f"{k} AUROC {v['auroc']:.3f}" for k, v in fold.items() if k != "seconds")
         )
-    axes[1].set_xlabel("outlier score (negative log-likelihood)")
+    axes[0].set_title("ROC of the top layer's score, one curve per fold")
+    axes[0].legend(fontsize=7)
+    axes[1].set_xlabel("top-layer outlier score (negative log-likelihood)")
     axes[1].legend()
     figure.tight_layout()
     figure.savefig(args.out / "outliers.png", dpi=120)
@@ -201,11 +212,19 @@ def density(args, dataset, report) -> None:
     configurations = {
         f"dcgmm_full_image_k{k}": [
             FoldConfig(patch=None),
-            GMMConfig(components=k, precision_ceiling=1e4, precision_init=10.0),
+            GMMConfig(
+                components=k, precision_ceiling=1e4, precision_init=10.0, plateau_window=args.plateau_window
+            ),
         ],
         f"dcgmm_patches{args.patch}_k{k}": [
             FoldConfig(patch=args.patch, stride=args.patch),
-            GMMConfig(components=k, shared=False, precision_ceiling=1e4, precision_init=10.0),
+            GMMConfig(
+                components=k,
+                shared=False,
+                precision_ceiling=1e4,
+                precision_init=10.0,
+                plateau_window=args.plateau_window,
+            ),
         ],
     }  # fmt: skip
     for name, layers in configurations.items():
