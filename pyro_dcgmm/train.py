@@ -136,7 +136,11 @@ def check_train_config(config: TrainConfig) -> None:
 def _local_loss(stack, elbo, batch, batch_labels, num_data: int, enumerated: bool):
     """This process's summed negative ELBO and per-GMM-layer loss sums (no averaging yet)."""
     if batch.shape[0] == 0:  # a last global batch smaller than the number of processes
-        zero = sum(p.sum() for p in stack.parameters()) * 0.0
+        # zero gradients for exactly the parameters the other processes get gradients for
+        used = [p for gmm in stack.gmm_layers for p in gmm.parameters()]
+        if batch_labels is not None and stack.readout is not None:
+            used += list(stack.readout.parameters())
+        zero = sum(p.sum() for p in used) * 0.0
         return zero, torch.zeros(len(stack.gmm_indices), device=zero.device, dtype=zero.dtype)
     loss = elbo.differentiable_loss(
         stack.model, stack.guide, batch, labels=batch_labels, num_data=num_data, enumerated=enumerated
