@@ -28,6 +28,8 @@ class DCGMM(ClusterMixin, DensityMixin, BaseEstimator):
         layer configs (dataclasses or dicts with ``type``).
     :param input_shape: (C, H, W) of the images; ``None`` infers it from ``X``.
     :param epochs, batch_size, lr, optimizer: training settings (:class:`TrainConfig`).
+    :param plateau_window: steps per plateau test of every GMM layer's annealing; ``None`` takes one
+        epoch, at most the paper's 100 steps, so that small data sets anneal within a few dozen epochs.
     :param score_layer: GMM layer whose log-likelihood :meth:`score_samples` returns.
     :param device: ``"cpu"``, ``"cuda"`` or ``"auto"``.
     :param random_state: seed of initialisation, shuffling and sampling (``None``: 0).
@@ -47,6 +49,7 @@ class DCGMM(ClusterMixin, DensityMixin, BaseEstimator):
         batch_size: int = 100,
         lr: float = 0.01,
         optimizer: str = "adam",
+        plateau_window: int | None = None,
         score_layer: int = -1,
         device: str = "cpu",
         random_state: int | None = None,
@@ -58,6 +61,7 @@ class DCGMM(ClusterMixin, DensityMixin, BaseEstimator):
         self.batch_size = batch_size
         self.lr = lr
         self.optimizer = optimizer
+        self.plateau_window = plateau_window
         self.score_layer = score_layer
         self.device = device
         self.random_state = random_state
@@ -87,12 +91,15 @@ class DCGMM(ClusterMixin, DensityMixin, BaseEstimator):
             raise DataError(f"X has shape {tuple(x.shape)}; expected (N, C, H, W), (N, H, W) or (N, D)")
         return x
 
-    def _model_config(self, shape) -> ModelConfig:
-        if isinstance(self.layers, str):
-            return presets.get(self.layers, shape)
+    def _model_config(self, shape, num_data: int) -> ModelConfig:
+        window = self.plateau_window or min(100, math.ceil(num_data / self.batch_size))
+        preset = isinstance(self.layers, str) or (
+            isinstance(self.layers, ModelConfig) and not self.layers.layers
+        )
+        if preset:
+            name = self.layers if isinstance(self.layers, str) else self.layers.preset or "digits"
+            return presets.get(name, shape, plateau_window=window)
         if isinstance(self.layers, ModelConfig):
-            if not self.layers.layers:
-                return presets.get(self.layers.preset or "digits", shape)
             return ModelConfig(
                 input_shape=shape, layers=self.layers.layers, data_range=self.layers.data_range
             )
@@ -106,7 +113,7 @@ class DCGMM(ClusterMixin, DensityMixin, BaseEstimator):
         seed = 0 if self.random_state is None else int(self.random_state)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            stack = Stack.from_config(self._model_config(shape))
+            stack = Stack.from_config(self._model_config(shape, x.shape[0]))
         labels = None
         if y is not None and stack.readout is not None:
             labels = torch.as_tensor(np.asarray(y)).long()

@@ -44,6 +44,18 @@ def test_fit_predict_shapes(digits):
     assert estimator.fit_predict(X[:300]).shape == (300,)
 
 
+def test_default_schedule_clusters_digits_better_than_a_flat_gmm(digits):
+    from sklearn.metrics import normalized_mutual_info_score
+    from sklearn.mixture import GaussianMixture
+
+    X, _, X_test = digits
+    y_test = load_digits().test_labels.numpy()
+    model = DCGMM("digits", epochs=30, lr=0.03, random_state=0).fit(X)
+    dcgmm = normalized_mutual_info_score(y_test, model.predict(X_test))
+    flat = GaussianMixture(25, covariance_type="diag", random_state=0).fit(X).predict(X_test)
+    assert dcgmm > 0.6 and dcgmm > normalized_mutual_info_score(y_test, flat) - 0.05
+
+
 def test_two_estimators_in_one_process_stay_independent(digits):
     X, _, X_test = digits
     first = DCGMM("digits", epochs=1, random_state=0).fit(X)
