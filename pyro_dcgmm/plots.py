@@ -51,15 +51,8 @@ def plot_prototypes(gmm: GMM, path: str | Path, title: str = "") -> None:
     patches, weights = prototypes(gmm)
     if patches.shape[1] not in (1, 3):
         patches = patches[:, :1]
-    grid = image_grid(patches)
-    figure, axis = plt.subplots(figsize=(6, 6))
-    image = grid[..., 0] if grid.shape[-1] == 1 else np.clip(grid, 0, 1)
-    axis.imshow(image, cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
-    axis.set_axis_off()
-    axis.set_title(title or f"{gmm.components} prototypes (max weight {weights[0]:.3f})")
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
+    title = title or f"{gmm.components} prototypes (max weight {weights[0]:.3f})"
+    save_image_grid(patches, path, int(np.ceil(np.sqrt(len(patches)))), title)
 
 
 def read_log(path: str | Path) -> list[dict]:

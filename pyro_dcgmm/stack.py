@@ -232,9 +232,16 @@ class Stack(PyroModule):
             mask = mask.bool()
         return torch.where(mask, x, torch.zeros((), dtype=x.dtype)), mask
 
-    def _query(self, x, fn, batch_size: int, mask=None) -> torch.Tensor:
+    def _validated(self, x, mask):
+        """Checked images (N, C, H, W) and boolean mask (or ``None``)."""
         x, mask = self._check_mask(x, mask)
-        x = as_images(x, self.input_shape, self.data_range)
+        return as_images(x, self.input_shape, self.data_range), mask
+
+    def _query(self, x, fn, batch_size: int, mask=None) -> torch.Tensor:
+        return self._map_chunks(*self._validated(x, mask), fn, batch_size)
+
+    def _map_chunks(self, x: torch.Tensor, mask, fn, batch_size: int) -> torch.Tensor:
+        """``fn(chunk, chunk_mask)`` over chunks of checked images, on the stack's device."""
         parameter = next(self.parameters())
         outputs = []
         with torch.no_grad():
@@ -332,16 +339,17 @@ class Stack(PyroModule):
         """
         options = options or SamplingOptions()
         index = self.gmm_index(layer)
-        responsibilities = self.responsibilities(x, layer, mask=mask).permute(0, 3, 1, 2)
+        x, mask = self._validated(x, mask)
+        responsibilities = self._map_chunks(
+            x, mask, lambda c, m: torch.softmax(self._scores_at(c, index, m), 1), 1024
+        )  # (N, K, H', W')
         parameter = next(self.parameters())
         signal = responsibilities.to(parameter.device).repeat_interleave(n_per_image, dim=0)
         observed = None
         if mask is not None:
-            x, mask = self._check_mask(x, mask)
-            x = as_images(x, self.input_shape, self.data_range).to(parameter.device, parameter.dtype)
             observed = (
                 mask.to(parameter.device).repeat_interleave(n_per_image, 0),
-                x.repeat_interleave(n_per_image, 0),
+                x.to(parameter.device, parameter.dtype).repeat_interleave(n_per_image, 0),
             )
         samples = self._sample_from(self._stages.index(index), signal, signal.shape[0], options, observed)
         return samples.to(responsibilities.device)
