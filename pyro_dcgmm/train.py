@@ -280,12 +280,6 @@ def train(
         epoch_losses, epoch_steps = training["epoch_losses"].double(), training["epoch_steps"]
         if log_path is not None:
             _truncate_log(log_path, step)
-    frozen = {
-        id(p): layer.config.wait
-        for layer in stack.layers
-        if getattr(layer.config, "wait", 0.0) > 0.0
-        for p in layer.parameters()
-    }
     layer_names = [f"L{i}" for i in stack.gmm_indices]
     skipped_in_a_row = 0
     with contextlib.ExitStack() as context:
@@ -321,10 +315,10 @@ def train(
                 if world > 1:
                     _sum_over_processes(stack, totals)
                 progress = step / planned_steps
-                for group in optimizer.param_groups:
-                    for p in group["params"]:
-                        if frozen.get(id(p), 0.0) > progress:
-                            p.grad = None
+                waiting = [layer for layer in stack.layers if getattr(layer.config, "wait", 0.0) > progress]
+                for layer in waiting:
+                    for p in layer.parameters():
+                        p.grad = None
                 gradients = [p.grad.sum() for p in stack.parameters() if p.grad is not None]
                 gradient_sum = torch.stack(gradients).sum() if gradients else totals.new_zeros(())
                 loss_value, *layer_losses, gradient_value = torch.cat(
@@ -351,7 +345,7 @@ def train(
                 skipped_in_a_row = 0
                 optimizer.step()
                 for gmm, schedule, value in zip(gmms, schedules, layer_losses, strict=True):
-                    if gmm.config.wait <= progress and schedule.update(value):
+                    if gmm not in waiting and schedule.update(value):
                         gmm.neighbourhood_width = schedule.width
                 epoch_losses += torch.tensor(layer_losses, dtype=torch.float64)
                 epoch_steps += 1

@@ -114,6 +114,15 @@ def test_wait_freezes_upper_layers(digits):
     assert not torch.equal(stack.layers[1].means, bottom_before)
 
 
+def test_waiting_layer_does_not_anneal(digits):
+    stack = small_stack(plateau_tolerance=1e6)  # every window is a plateau
+    bottom, top = stack.layers[1], stack.layers[3]
+    bottom_width, top_width = bottom.neighbourhood_width, top.neighbourhood_width
+    train(stack, digits.train_images, None, config=quick(epochs=5, max_steps=20))  # 20 of 115 < 0.2
+    assert bottom.neighbourhood_width < bottom_width
+    assert top.neighbourhood_width == top_width
+
+
 def test_sgd_scales_shared_layer_rate_by_positions():
     stack = small_stack()
     optimizer = make_optimizer(stack, TrainConfig(optimizer="sgd", lr=0.5))
