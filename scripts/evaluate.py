@@ -19,6 +19,7 @@ responsibilities above the first layer, so they report per-layer log-likelihoods
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import platform
 import time
@@ -69,6 +70,12 @@ def parse_args(argv=None) -> argparse.Namespace:
             default=100,
             help="annealing steps per plateau test of every GMM layer",
         )
+        command.add_argument(
+            "--upper-precision-ceiling",
+            type=float,
+            default=200.0,
+            help="precision ceiling of the GMM layers above the first (they model responsibilities)",
+        )
         command.add_argument("--out", type=Path, required=True)
         if name == "outliers":
             command.add_argument("--heldout", default="0", help="a class index, or 'all' for every fold")
@@ -76,7 +83,14 @@ def parse_args(argv=None) -> argparse.Namespace:
             command.add_argument("--top-components", type=int, default=10, help="K of the top GMM layer")
         if name == "density":
             command.add_argument("--components", type=int, default=25, help="K of each density model")
-            command.add_argument("--patch", type=int, default=7, help="patch of the non-overlapping model")
+            command.add_argument("--patch", type=int, default=4, help="patch of the non-overlapping model")
+            command.add_argument(
+                "--precision-ceiling",
+                type=float,
+                default=1e6,
+                help="largest precision (1/variance) of the density models; dequantised constant pixels "
+                "need about 7.9e5 (uniform noise of width 1/256)",
+            )
     return parser.parse_args(argv)
 
 
@@ -93,7 +107,10 @@ def preset_layers(args, shape, **gmm_options):
     name = args.preset or ("digits" if args.dataset == "digits" else "E")
     options = {"shared": False} if args.per_position else {}
     options["plateau_window"] = args.plateau_window
-    layers = presets.get(name, shape, **options, **gmm_options).layers
+    layers = list(presets.get(name, shape, **options, **gmm_options).layers)
+    gmms = [i for i, layer in enumerate(layers) if layer.type == "gmm"]
+    for i in gmms[1:]:
+        layers[i] = dataclasses.replace(layers[i], precision_ceiling=args.upper_precision_ceiling)
     return [layer for layer in layers if layer.type != "readout"]
 
 
@@ -169,7 +186,7 @@ def outliers(args, dataset, report) -> None:
 def cluster(args, dataset, report) -> None:
     layers = preset_layers(args, dataset.input_shape)
     top = max(i for i, layer in enumerate(layers) if layer.type == "gmm")
-    layers[top] = GMMConfig(**{**vars(layers[top]), "components": args.top_components})
+    layers[top] = dataclasses.replace(layers[top], components=args.top_components)
     model = estimator(args, layers).fit(dataset.train_images)
     labels = dataset.test_labels.numpy()
     clusters = model.predict(dataset.test_images)
@@ -197,10 +214,16 @@ def cluster(args, dataset, report) -> None:
     plt.close(figure)
     rows = []
     for c in range(k):
-        members = dataset.test_images[torch.from_numpy(clusters == c)][:8]
-        rows.append(torch.cat([members, torch.zeros(8 - len(members), *dataset.input_shape)]))
-    grid = torch.cat(rows)
-    save_image_grid(grid, args.out / "clusters.png", 8, "eight test images per DCGMM cluster (one row each)")
+        members = dataset.test_images[torch.from_numpy(clusters == c)]
+        prototype = members.mean(0, keepdim=True) if len(members) else torch.zeros(1, *dataset.input_shape)
+        examples = members[:7]
+        rows.append(torch.cat([prototype, examples, torch.zeros(7 - len(examples), *dataset.input_shape)]))
+    save_image_grid(
+        torch.cat(rows),
+        args.out / "clusters.png",
+        8,
+        "one row per DCGMM cluster: the mean of its test images, then seven of them",
+    )
 
 
 def density(args, dataset, report) -> None:
@@ -213,7 +236,10 @@ def density(args, dataset, report) -> None:
         f"dcgmm_full_image_k{k}": [
             FoldConfig(patch=None),
             GMMConfig(
-                components=k, precision_ceiling=1e4, precision_init=10.0, plateau_window=args.plateau_window
+                components=k,
+                precision_ceiling=args.precision_ceiling,
+                precision_init=10.0,
+                plateau_window=args.plateau_window,
             ),
         ],
         f"dcgmm_patches{args.patch}_k{k}": [
@@ -221,7 +247,7 @@ def density(args, dataset, report) -> None:
             GMMConfig(
                 components=k,
                 shared=False,
-                precision_ceiling=1e4,
+                precision_ceiling=args.precision_ceiling,
                 precision_init=10.0,
                 plateau_window=args.plateau_window,
             ),

@@ -40,6 +40,15 @@ def test_density(tmp_path):
         assert 0.0 < report[name]["bits_per_dim"] < np.log2(17) + 2
 
 
+def test_layer_choices_from_flags(tmp_path):
+    args = evaluate.parse_args(["cluster", "--upper-precision-ceiling", "300", "--out", str(tmp_path)])
+    gmms = [layer for layer in evaluate.preset_layers(args, (1, 8, 8)) if layer.type == "gmm"]
+    assert [g.precision_ceiling for g in gmms] == [20.0, 300.0]
+    assert all(layer.type != "readout" for layer in evaluate.preset_layers(args, (1, 8, 8)))
+    # The density models must resolve dequantisation noise of width 1/256 (precision ~7.9e5).
+    assert evaluate.parse_args(["density", "--out", str(tmp_path)]).precision_ceiling >= 12 * 256**2
+
+
 def test_metric_helpers():
     labels = np.array([0, 0, 1, 1, 2, 2])
     perfect = clustering_metrics(labels, np.array([5, 5, 3, 3, 4, 4]))
