@@ -1,6 +1,7 @@
 """Crash safety, numerical robustness over seeds and presets, and property-based checks."""
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -15,6 +16,7 @@ from pyro_dcgmm import GMM, Fold, MaxPool, Stack, presets
 from pyro_dcgmm.config import GMMConfig, TrainConfig, from_dict, to_dict
 from pyro_dcgmm.data import FASHION_MNIST_ROOT, load_fashion_mnist
 from pyro_dcgmm.errors import ArchitectureError, ConfigError
+from pyro_dcgmm.files import atomic_write
 from pyro_dcgmm.train import train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -29,6 +31,26 @@ def finished_epochs(log: Path) -> int:
     if not log.exists():
         return 0
     return sum('"event": "epoch"' in line for line in log.read_text().splitlines())
+
+
+def test_atomic_write_keeps_the_old_file_on_failure_and_plain_permissions(tmp_path):
+    path = tmp_path / "report.json"
+    atomic_write(path, lambda handle: handle.write(b"old"))
+    umask = os.umask(0o022)
+    try:
+        atomic_write(path, lambda handle: handle.write(b"new"))
+    finally:
+        os.umask(umask)
+    assert path.read_bytes() == b"new" and path.stat().st_mode & 0o777 == 0o644
+
+    def fail(handle):
+        handle.write(b"partial")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        atomic_write(path, fail)
+    assert path.read_bytes() == b"new"
+    assert [p.name for p in tmp_path.iterdir()] == ["report.json"]
 
 
 def test_killed_training_resumes_to_identical_parameters(tmp_path):
