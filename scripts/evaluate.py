@@ -222,7 +222,7 @@ def cluster(args, dataset, report) -> None:
         torch.cat(rows),
         args.out / "clusters.png",
         8,
-        "one row per DCGMM cluster: the mean of its test images, then seven of them",
+        "each row a DCGMM cluster: its mean, then members",
     )
 
 
