@@ -232,27 +232,16 @@ def density(args, dataset, report) -> None:
     generator = torch.Generator().manual_seed(args.seed)
     test = dequantize(dataset.test_images, dataset.levels, generator)
     k = args.components
+    mixture = GMMConfig(
+        components=k, precision_ceiling=args.precision_ceiling, plateau_window=args.plateau_window
+    )
     configurations = {
-        f"dcgmm_full_image_k{k}": [
-            FoldConfig(patch=None),
-            GMMConfig(
-                components=k,
-                precision_ceiling=args.precision_ceiling,
-                precision_init=10.0,
-                plateau_window=args.plateau_window,
-            ),
-        ],
+        f"dcgmm_full_image_k{k}": [FoldConfig(patch=None), mixture],
         f"dcgmm_patches{args.patch}_k{k}": [
             FoldConfig(patch=args.patch, stride=args.patch),
-            GMMConfig(
-                components=k,
-                shared=False,
-                precision_ceiling=args.precision_ceiling,
-                precision_init=10.0,
-                plateau_window=args.plateau_window,
-            ),
+            dataclasses.replace(mixture, shared=False),
         ],
-    }  # fmt: skip
+    }
     for name, layers in configurations.items():
         if (height % args.patch or width % args.patch) and "patches" in name:
             print(f"{name}: skipped, {height}x{width} is not a multiple of patch {args.patch}")
