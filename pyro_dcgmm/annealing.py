@@ -100,7 +100,9 @@ class AnnealingSchedule:
         return self.width <= self.floor
 
     def update(self, loss: float) -> bool:
-        """Record one iteration's loss; return whether the width changed."""
+        """Record one iteration's loss; return whether the width changed (never once finished)."""
+        if self.finished:
+            return False
         self._window_sum += loss
         self._window_count += 1
         if self._window_count < self.window:
@@ -116,7 +118,7 @@ class AnnealingSchedule:
         total = self._last - self._first
         relative = (average - self._last) / total if total != 0.0 else 0.0
         self._last = average
-        if -2.0 * self.tolerance < relative < self.tolerance and not self.finished:
+        if -2.0 * self.tolerance < relative < self.tolerance:
             self.width = max(self.width * self.decay, self.floor)
             return True
         return False

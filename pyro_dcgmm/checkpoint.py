@@ -6,7 +6,8 @@ A checkpoint is a dictionary with the keys
 - ``model_config``: the resolved :class:`~pyro_dcgmm.config.ModelConfig` as plain data,
 - ``run_config``: the resolved :class:`~pyro_dcgmm.config.RunConfig` as plain data (or ``None``),
 - ``state_dict``: the stack's parameters and annealing widths,
-- ``training``: optimiser state, annealing schedules, RNG state, epoch, step and history.
+- ``training``: optimiser state, RNG state, epoch, step and history (the annealing schedules
+  are in the GMM layers' ``state_dict``).
 
 Nothing is unpickled: constraints and modules are rebuilt from the config.
 """
@@ -25,7 +26,7 @@ from pyro_dcgmm.files import atomic_write
 from pyro_dcgmm.stack import Stack
 
 CHECKPOINT_FORMAT = "pyro_dcgmm.checkpoint"
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 2
 
 
 def save_checkpoint(path: str | Path, stack: Stack, training: dict | None = None, run_config=None) -> None:

@@ -71,9 +71,17 @@ class GMMConfig:
     :param shared: one mixture for all positions (convolutional) if true, else one per position.
     :param precision_floor, precision_ceiling: bounds of every diagonal precision (1 / variance).
         The ceiling keeps densities finite on constant pixels; the floor keeps ``log`` finite.
-    :param precision_init: initial value of every precision.
-    :param mean_init_scale: means start uniform in ``[-scale, scale]`` (the paper's ``muInit``).
-    :param annealing: train with the shrinking grid neighbourhood (needed from random init).
+    :param init: how the layer starts when it begins to train (after ``wait``), from its real
+        inputs: ``"kmeans"`` (k-means++ seeds and ``init_iterations`` Lloyd iterations on
+        ``init_vectors`` input vectors, then each cluster's weight and variances), ``"data"``
+        (means at random input vectors, the inputs' variance) or ``"random"`` (the paper's: means
+        uniform in ``[-mean_init_scale, mean_init_scale]``, every precision ``precision_init``).
+    :param init_vectors: input vectors the initialisation looks at (per position when not shared).
+    :param init_iterations: Lloyd iterations of the k-means initialisation.
+    :param precision_init: initial value of every precision with ``init = "random"``.
+    :param mean_init_scale: with ``init = "random"``, means start uniform in ``[-scale, scale]``
+        (the paper's ``muInit``).
+    :param annealing: train with the shrinking grid neighbourhood (needed with ``init = "random"``).
     :param width_init: initial neighbourhood width; ``None`` gives the paper's ``0.25 * sqrt(2K)``.
     :param width_floor: width at which the neighbourhood is the identity and the loss is exact.
     :param width_decay: factor applied to the width at each loss plateau.
@@ -88,9 +96,12 @@ class GMMConfig:
     shared: bool = True
     precision_floor: float = 0.01
     precision_ceiling: float = 20.0
+    init: Literal["kmeans", "data", "random"] = "kmeans"
+    init_vectors: int = 5000
+    init_iterations: int = 20
     precision_init: float = 10.0
     mean_init_scale: float = 0.1
-    annealing: bool = True
+    annealing: bool = False
     width_init: float | None = None
     width_floor: float = 0.01
     width_decay: float = 0.9
@@ -140,9 +151,12 @@ class TrainConfig:
 
     :param epochs: passes over the training set.
     :param batch_size: mini-batch size; the ELBO is scaled by ``num_data / batch_size``.
-    :param optimizer: ``"adam"`` (default) or ``"sgd"`` (plain SGD as in the paper).
-    :param lr: learning rate.  For SGD the rate of a shared GMM layer is divided by its number of
-        positions, which reproduces the paper's per-position mean loss.
+    :param optimizer: ``"em"`` (default: online EM on the GMM layers, :mod:`pyro_dcgmm.em`, and
+        Adam on a Readout), ``"adam"`` or ``"sgd"`` (plain SGD as in the paper).
+    :param lr: learning rate of Adam and SGD (with ``"em"``: of the Readout only).  For SGD the
+        rate of a shared GMM layer is divided by its number of positions, which reproduces the
+        paper's per-position mean loss.
+    :param em_step_offset, em_step_decay: online EM's step sizes ``(t + offset)^-decay``.
     :param momentum: SGD momentum.
     :param objective: ``"closed_form"`` trains the model with every component marginalised in a
         closed-form factor, ``"enumerated"`` with Pyro enumerating the component sites; both give
@@ -165,9 +179,11 @@ class TrainConfig:
 
     epochs: int = 1
     batch_size: int = 100
-    optimizer: Literal["adam", "sgd"] = "adam"
+    optimizer: Literal["em", "adam", "sgd"] = "em"
     lr: float = 0.01
     momentum: float = 0.0
+    em_step_offset: float = 2.0
+    em_step_decay: float = 0.6
     objective: Literal["closed_form", "enumerated"] = "closed_form"
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"

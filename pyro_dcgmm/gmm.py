@@ -31,11 +31,9 @@ import pyro
 import pyro.distributions as dist
 import torch
 import torch.nn.functional as F
-from pyro.nn import PyroParam
 from pyro.ops.indexing import Vindex
-from torch.distributions import constraints
 
-from pyro_dcgmm.annealing import torus_neighbourhood
+from pyro_dcgmm.annealing import AnnealingSchedule, torus_neighbourhood
 from pyro_dcgmm.config import GMMConfig, from_dict
 from pyro_dcgmm.errors import ArchitectureError
 from pyro_dcgmm.fold import Fold, fold_back, is_lossless
@@ -129,8 +127,11 @@ class GMM(Layer):
     :param bool shared: one mixture for all positions (True) or one per position (False).
     :param options: any other field of :class:`~pyro_dcgmm.config.GMMConfig`.
 
-    Parameters (after :meth:`build`): ``means`` and ``precision`` of shape (K, D) when shared or
-    (H', W', K, D) per position, ``mixing_logits`` of shape (K,) or (H', W', K).
+    Parameters (after :meth:`build`): ``means`` and ``log_precision`` (log of the diagonal
+    precisions, kept inside the configured bounds by :meth:`clamp_precision_`) of shape (K, D) when
+    shared or (H', W', K, D) per position, ``mixing_logits`` of shape (K,) or (H', W', K).  The
+    buffer ``initialised`` records whether the data-dependent initialisation
+    (:mod:`pyro_dcgmm.initialisation`) has run, so a resumed run never initialises again.
     """
 
     def __init__(self, components: int = 25, shared: bool = True, **options):
@@ -139,15 +140,15 @@ class GMM(Layer):
         super().__init__(config)
         self.patch = (1, 1)
         self.stride = (1, 1)
-        self.neighbourhood_width = (
-            config.width_floor
-            if not config.annealing
-            else max(
-                config.width_init
-                if config.width_init is not None
-                else 0.25 * math.sqrt(2.0 * config.components),
-                config.width_floor,
-            )
+        width = (
+            config.width_init if config.width_init is not None else 0.25 * math.sqrt(2.0 * config.components)
+        )
+        self.schedule = AnnealingSchedule(
+            width if config.annealing else config.width_floor,
+            config.width_floor,
+            config.width_decay,
+            config.plateau_window,
+            config.plateau_tolerance,
         )
         self._neighbourhood: tuple[float, torch.Tensor] | None = None
         self.last_loss: torch.Tensor | None = None
@@ -169,30 +170,50 @@ class GMM(Layer):
         shape = (k, dim) if self.config.shared else (out_h, out_w, k, dim)
         scale = self.config.mean_init_scale
         self.means = torch.nn.Parameter((2.0 * torch.rand(shape) - 1.0) * scale)
-        self.precision = PyroParam(
-            torch.full(shape, self.config.precision_init),
-            constraint=constraints.interval(self.config.precision_floor, self.config.precision_ceiling),
-        )
+        self.log_precision = torch.nn.Parameter(torch.full(shape, math.log(self.config.precision_init)))
         self.mixing_logits = torch.nn.Parameter(torch.zeros(shape[:-1]))
+        self.register_buffer("initialised", torch.tensor(self.config.init == "random"))
         self.input_shape = input_shape
         self.output_shape = (k, out_h, out_w)
         return self.output_shape
 
     @property
-    def dim(self) -> int:
-        """Length D of the patch vectors."""
-        self._require_built()
-        return self.input_shape[0] * self.patch[0] * self.patch[1]
+    def precision(self) -> torch.Tensor:
+        """Diagonal precisions (1 / variance), shaped like ``means``."""
+        return self.log_precision.exp()
+
+    @precision.setter
+    def precision(self, value: torch.Tensor) -> None:
+        with torch.no_grad():
+            self.log_precision.copy_(torch.as_tensor(value).log())
+
+    @property
+    def positions(self) -> int:
+        """Patch vectors per sample that one mixture models: H' W' when shared, 1 per position."""
+        _, out_h, out_w = self.output_shape
+        return out_h * out_w if self.config.shared else 1
+
+    def clamp_precision_(self) -> None:
+        """Project the precisions into ``[precision_floor, precision_ceiling]`` (after a step)."""
+        with torch.no_grad():
+            self.log_precision.clamp_(
+                math.log(self.config.precision_floor), math.log(self.config.precision_ceiling)
+            )
+
+    @property
+    def neighbourhood_width(self) -> float:
+        """Current width of the annealing neighbourhood (its floor once annealing has finished)."""
+        return self.schedule.width
 
     def get_extra_state(self) -> dict:
-        return {"neighbourhood_width": float(self.neighbourhood_width)}
+        return {"schedule": self.schedule.state_dict()}
 
     def set_extra_state(self, state: dict) -> None:
-        self.neighbourhood_width = float(state["neighbourhood_width"])
+        self.schedule.load_state_dict(state["schedule"])
 
     @property
     def annealing_finished(self) -> bool:
-        return self.neighbourhood_width <= self.config.width_floor
+        return self.schedule.finished
 
     def neighbourhood(self, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
         """The current (K, K) torus neighbourhood, cached until the width changes."""
@@ -374,7 +395,7 @@ class GMM(Layer):
         """(parameters, learning-rate factor) pairs for the optimiser."""
         return [
             ([self.means], self.config.means_lr_scale),
-            ([self.precision_unconstrained], self.config.precision_lr_scale),
+            ([self.log_precision], self.config.precision_lr_scale),
             ([self.mixing_logits], self.config.mixing_lr_scale),
         ]
 
@@ -395,3 +416,9 @@ def _check_gmm_config(config: GMMConfig) -> None:
         raise ArchitectureError(f"GMM plateau_window must be >= 1, got {config.plateau_window}")
     if not 0.0 <= config.wait < 1.0:
         raise ArchitectureError(f"GMM wait must lie in [0, 1), got {config.wait}")
+    if config.init_vectors < config.components:
+        raise ArchitectureError(
+            f"GMM init_vectors must be >= components ({config.components}), got {config.init_vectors}"
+        )
+    if config.init_iterations < 0:
+        raise ArchitectureError(f"GMM init_iterations must be >= 0, got {config.init_iterations}")

@@ -8,6 +8,11 @@ runs), and SVI is maximum likelihood.  Following Pyro's ``ELBOModule`` idiom, th
 parameters are the stack's own (module-local) ``torch`` parameters, stepped by a ``torch.optim``
 optimiser.  That keeps per-layer learning rates, layer freezing (``wait``) and checkpointing in
 plain PyTorch, and several models per process independent.
+
+The loop is built from small pieces: a :class:`TrainingState` (epoch, step, this epoch's order and
+position, history) with its own ``state_dict``, :func:`train_step` (one optimiser step, returning
+what happened), a :class:`JsonLog` and a :class:`Checkpointer`.  A GMM layer that starts to train
+(its ``wait`` over) is first initialised from its real inputs (:mod:`pyro_dcgmm.initialisation`).
 """
 
 from __future__ import annotations
@@ -25,12 +30,12 @@ import torch.distributed as dist
 from pyro.infer import TraceEnum_ELBO
 from tqdm.auto import tqdm
 
-from pyro_dcgmm.annealing import AnnealingSchedule
 from pyro_dcgmm.checkpoint import load_checkpoint, load_state_into, save_checkpoint
 from pyro_dcgmm.config import TrainConfig
 from pyro_dcgmm.errors import CheckpointError, ConfigError, DataError, NonFiniteLossError
 from pyro_dcgmm.files import atomic_write
-from pyro_dcgmm.gmm import GMM
+from pyro_dcgmm.initialisation import images_needed, initialise
+from pyro_dcgmm.optim import make_optimizer
 from pyro_dcgmm.stack import MAX_PLATE_NESTING, Stack
 from pyro_dcgmm.validation import as_images, as_labels
 
@@ -53,6 +58,113 @@ class TrainResult:
     seconds: float = 0.0
 
 
+@dataclass
+class TrainingState:
+    """Where a run stands: epoch, step, this epoch's order and position in it, and the history.
+
+    ``order is None`` between epochs.  ``epoch_losses`` sums the per-layer losses of this epoch's
+    ``epoch_steps`` steps.
+    """
+
+    layers: int
+    epoch: int = 0
+    step: int = 0
+    order: torch.Tensor | None = None
+    offset: int = 0
+    history: list[dict] = field(default_factory=list)
+    epoch_losses: torch.Tensor | None = None
+    epoch_steps: int = 0
+    skipped_in_a_row: int = 0
+
+    def start_epoch(self, num_data: int, generator: torch.Generator) -> None:
+        self.order, self.offset = torch.randperm(num_data, generator=generator), 0
+        self.epoch_losses, self.epoch_steps = torch.zeros(self.layers, dtype=torch.float64), 0
+
+    def next_batch(self, batch_size: int) -> torch.Tensor:
+        """Indices of the next mini-batch of this epoch."""
+        index = self.order[self.offset : self.offset + batch_size]
+        self.offset += batch_size
+        return index
+
+    def state_dict(self) -> dict:
+        return {
+            "epoch": self.epoch,
+            "step": self.step,
+            "history": self.history,
+            "order": self.order,
+            "offset": self.offset,
+            "epoch_losses": self.epoch_losses,
+            "epoch_steps": self.epoch_steps,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch, self.step, self.history = state["epoch"], state["step"], list(state["history"])
+        self.order, self.offset = state["order"], state["offset"]
+        losses = state["epoch_losses"]
+        self.epoch_losses = None if losses is None else losses.double()
+        self.epoch_steps = state["epoch_steps"]
+
+
+@dataclass
+class StepOutcome:
+    """What one training step did: the mean loss per sample (all layers and the readout), the
+    mean loss per sample of every GMM layer, and why the step was skipped (``None``: taken)."""
+
+    loss: float
+    layer_losses: list[float]
+    problem: str | None
+
+
+class JsonLog:
+    """Append-only JSON-lines log (``None`` path: logs nothing)."""
+
+    def __init__(self, path: Path | None):
+        self.path = path
+        self._file = None
+
+    def __enter__(self):
+        if self.path is not None:
+            self._file = open(self.path, "a")
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._file is not None:
+            self._file.close()
+
+    def write(self, record: dict) -> None:
+        if self._file is not None:
+            self._file.write(json.dumps(record) + "\n")
+            self._file.flush()
+
+    def truncate(self, step: int) -> None:
+        """Drop records written after ``step`` (by a run that died after its last checkpoint)."""
+        if self.path is None or not self.path.exists():
+            return
+        kept = [
+            line
+            for line in self.path.read_text().splitlines()
+            if line.strip() and json.loads(line).get("step", 0) <= step
+        ]
+        atomic_write(self.path, lambda handle: handle.write("".join(f"{line}\n" for line in kept).encode()))
+
+
+class Checkpointer:
+    """Writes ``checkpoint.pt`` (and ``epoch-XXXX.pt`` when kept) into ``out_dir``."""
+
+    def __init__(self, out_dir: Path, keep_epochs: bool, run_config=None):
+        self.out_dir, self.keep_epochs, self.run_config = out_dir, keep_epochs, run_config
+
+    def save(self, stack: Stack, state: TrainingState, optimizer, generator: torch.Generator) -> None:
+        training = {
+            "optimizer": optimizer.state_dict(),
+            "generator": generator.get_state(),
+            **state.state_dict(),
+        }
+        if self.keep_epochs and state.order is None:
+            save_checkpoint(self.out_dir / f"epoch-{state.epoch:04d}.pt", stack, training, self.run_config)
+        save_checkpoint(self.out_dir / CHECKPOINT_NAME, stack, training, self.run_config)
+
+
 def distributed_rank_and_size() -> tuple[int, int]:
     """(rank, world size) of the ``torch.distributed`` process group, (0, 1) without one."""
     if dist.is_available() and dist.is_initialized():
@@ -69,26 +181,6 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def make_optimizer(stack: Stack, config: TrainConfig) -> torch.optim.Optimizer:
-    """One parameter group per (layer, parameter kind) with its learning-rate factor.
-
-    For plain SGD the rate of a shared GMM layer is divided by its number of positions: the loss
-    sums over positions, the paper's averages.
-    """
-    groups = []
-    for layer in stack.layers:
-        if not hasattr(layer, "parameter_groups"):
-            continue
-        positions = 1
-        if config.optimizer == "sgd" and isinstance(layer, GMM) and layer.config.shared:
-            positions = layer.output_shape[1] * layer.output_shape[2]
-        for params, scale in layer.parameter_groups():
-            groups.append({"params": params, "lr": config.lr * scale / positions})
-    if config.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum)
-    return torch.optim.Adam(groups, lr=config.lr)
-
-
 def evaluate(stack: Stack, images: torch.Tensor, batch_size: int = 1000) -> list[float]:
     """Mean exact log-likelihood per sample (nats) at every GMM layer, bottom first."""
     return stack.layer_log_probs(images, batch_size).mean(0).tolist()
@@ -98,18 +190,6 @@ def dequantize(x: torch.Tensor, levels: int, generator: torch.Generator) -> torc
     """Uniform dequantisation of data on the grid ``k / (levels - 1)``: ``(k + u) / levels``."""
     noise = torch.rand(x.shape, generator=generator).to(x.device, x.dtype)
     return (x * (levels - 1) + noise) / levels
-
-
-def _truncate_log(path: Path, step: int) -> None:
-    """Drop log records written after ``step`` (by a run that died after its last checkpoint)."""
-    if not path.exists():
-        return
-    kept = [
-        line
-        for line in path.read_text().splitlines()
-        if line.strip() and json.loads(line).get("step", 0) <= step
-    ]
-    atomic_write(path, lambda handle: handle.write("".join(f"{line}\n" for line in kept).encode()))
 
 
 def check_train_config(config: TrainConfig) -> None:
@@ -131,6 +211,37 @@ def check_train_config(config: TrainConfig) -> None:
         raise ConfigError(f"training.momentum must be >= 0, got {config.momentum}")
     if config.max_skipped_steps < 0:
         raise ConfigError(f"training.max_skipped_steps must be >= 0, got {config.max_skipped_steps}")
+    if not config.em_step_offset > 0.0 or not 0.0 <= config.em_step_decay <= 1.0:
+        raise ConfigError(
+            "training.em_step_offset must be > 0 and training.em_step_decay in [0, 1], got "
+            f"{config.em_step_offset} and {config.em_step_decay}"
+        )
+
+
+def waiting_layers(stack: Stack, progress: float) -> list:
+    """Layers still frozen at this fraction of training (their ``wait`` is not over)."""
+    return [layer for layer in stack.layers if getattr(layer.config, "wait", 0.0) > progress]
+
+
+def initialise_ready_layers(stack: Stack, images: torch.Tensor, waiting: list, generator) -> None:
+    """Initialise, from their real inputs, the GMM layers that start training now.
+
+    The inputs are a random subsample of ``images`` passed up through the layers below as trained
+    so far.  Every process of a data-parallel run draws the same subsample; rank 0's result is
+    broadcast so all processes start from identical parameters.
+    """
+    for index, gmm in zip(stack.gmm_indices, stack.gmm_layers, strict=True):
+        if bool(gmm.initialised) or gmm in waiting:
+            continue
+        count = min(images.shape[0], images_needed(gmm))
+        chosen = torch.randperm(images.shape[0], generator=generator)[:count].to(images.device)
+        with torch.no_grad():
+            inputs = torch.cat([stack.upward(chunk, index) for chunk in images[chosen].split(1000)])
+        initialise(gmm, inputs, generator)
+        if distributed_rank_and_size()[1] > 1:
+            for tensor in gmm.state_dict().values():
+                if torch.is_tensor(tensor):
+                    dist.broadcast(tensor, 0)
 
 
 def _local_loss(stack, elbo, batch, batch_labels, num_data: int, enumerated: bool):
@@ -181,6 +292,129 @@ def _sum_over_processes(stack: Stack, totals: torch.Tensor) -> None:
     totals.copy_(flat[offset : offset + totals.numel()])
 
 
+def train_step(stack, elbo, optimizer, batch, batch_labels, num_data: int, waiting, config) -> StepOutcome:
+    """One SVI step on a global mini-batch: loss, gradients (summed over processes), checks, update.
+
+    Layers in ``waiting`` get no gradient.  A step whose loss or gradient is not finite is not
+    taken: its outcome names the problem and the parameters keep their values.
+    """
+    rank, world = distributed_rank_and_size()
+    share = slice(rank, None, world)  # this process's part of the global batch
+    loss, layer_sums = _local_loss(
+        stack,
+        elbo,
+        batch[share],
+        batch_labels[share] if batch_labels is not None else None,
+        num_data,
+        config.objective == "enumerated",
+    )
+    loss = loss / batch.shape[0]
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    totals = torch.cat([loss.detach().reshape(1), layer_sums / batch.shape[0]])
+    if world > 1:
+        _sum_over_processes(stack, totals)
+    for layer in waiting:
+        for p in layer.parameters():
+            p.grad = None
+    gradients = [p.grad.sum() for p in stack.parameters() if p.grad is not None]
+    gradient_sum = torch.stack(gradients).sum() if gradients else totals.new_zeros(())
+    loss_value, *layer_losses, gradient_value = torch.cat([totals, gradient_sum.reshape(1)]).tolist()
+    names = [f"L{i}" for i in stack.gmm_indices]
+    problem = _non_finite(names, loss_value, layer_losses, gradient_value)
+    if problem is None:
+        optimizer.step()
+        for gmm in stack.gmm_layers:
+            gmm.clamp_precision_()
+    optimizer.zero_grad(set_to_none=True)
+    return StepOutcome(loss_value, layer_losses, problem)
+
+
+def _checked_inputs(stack: Stack, images, labels, validation):
+    images = as_images(images, stack.input_shape, stack.data_range, "images")
+    if images.shape[0] < 2:
+        raise DataError(f"images holds {images.shape[0]} sample; training needs at least 2")
+    readout = stack.readout
+    labels = as_labels(labels, images.shape[0], readout.num_classes if readout else None)
+    if validation is not None:
+        validation = as_images(validation, stack.input_shape, stack.data_range, "validation")
+    return images, labels, validation
+
+
+def _place(stack: Stack, device: torch.device) -> None:
+    """Move the stack to ``device``; in a process group, start every process from rank 0's values."""
+    stack.to(device)
+    if distributed_rank_and_size()[1] > 1:
+        for tensor in stack.state_dict().values():
+            if torch.is_tensor(tensor):
+                dist.broadcast(tensor, 0)
+
+
+def _resume(path, stack, optimizer, generator, state: TrainingState, log: JsonLog, device) -> None:
+    checkpoint = load_checkpoint(path, map_location=device)
+    load_state_into(stack, checkpoint)
+    training = checkpoint["training"]
+    if training is None:
+        raise CheckpointError(f"checkpoint {str(path)!r} holds no training state to resume")
+    optimizer.load_state_dict(training["optimizer"])
+    generator.set_state(training["generator"])
+    state.load_state_dict(training)
+    log.truncate(state.step)
+
+
+def _skip(outcome: StepOutcome, state: TrainingState, config: TrainConfig, log: JsonLog) -> None:
+    """Count a step that was not taken; raise once the policy says so."""
+    state.skipped_in_a_row += 1
+    if config.non_finite == "raise" or state.skipped_in_a_row > config.max_skipped_steps:
+        in_a_row = f", {state.skipped_in_a_row} steps in a row" if state.skipped_in_a_row > 1 else ""
+        raise NonFiniteLossError(
+            f"{outcome.problem} at step {state.step} (epoch {state.epoch}){in_a_row}; the parameters "
+            "were not updated. Lower the learning rate, raise precision_floor, or check the data"
+        )
+    state.step += 1
+    log.write({"event": "skipped", "step": state.step, "reason": outcome.problem})
+
+
+def _record_step(stack, outcome: StepOutcome, state: TrainingState, waiting, config, log, bar) -> None:
+    """Book-keeping after a taken step: annealing schedules, epoch sums, log and progress bar."""
+    state.skipped_in_a_row = 0
+    for gmm, value in zip(stack.gmm_layers, outcome.layer_losses, strict=True):
+        if gmm not in waiting:
+            gmm.schedule.update(value)
+    state.epoch_losses += torch.tensor(outcome.layer_losses, dtype=torch.float64)
+    state.epoch_steps += 1
+    state.step += 1
+    if state.step % config.log_every == 0:
+        names = [f"L{i}" for i in stack.gmm_indices]
+        bar.set_postfix({n: f"{v:.4g}" for n, v in zip(names, outcome.layer_losses, strict=True)})
+        widths = [g.neighbourhood_width for g in stack.gmm_layers]
+        log.write(
+            {
+                "step": state.step,
+                "epoch": state.epoch,
+                "loss": outcome.loss,
+                "layer_loss": outcome.layer_losses,
+                "width": widths,
+            }
+        )
+
+
+def _end_epoch(stack, state: TrainingState, validation, config, log: JsonLog, start_time: float) -> None:
+    state.epoch += 1
+    state.order = None
+    record = {
+        "step": state.step,
+        "epoch": state.epoch,
+        "train_loss": (state.epoch_losses / max(state.epoch_steps, 1)).tolist(),
+        "width": [g.neighbourhood_width for g in stack.gmm_layers],
+        "seconds": time.perf_counter() - start_time,
+    }
+    if validation is not None and distributed_rank_and_size()[0] == 0:
+        record["validation_log_likelihood"] = evaluate(stack, validation, config.eval_batch_size)
+    state.history.append(record)
+    log.write({"event": "epoch", **record})
+
+
 def train(
     stack: Stack,
     images,
@@ -220,35 +454,12 @@ def train(
     start_time = time.perf_counter()
     config = config if config is not None else TrainConfig()
     check_train_config(config)
-    images = as_images(images, stack.input_shape, stack.data_range, "images")
-    if images.shape[0] < 2:
-        raise DataError(f"images holds {images.shape[0]} sample; training needs at least 2")
-    readout = stack.readout
-    labels = as_labels(labels, images.shape[0], readout.num_classes if readout else None)
-    if validation is not None:
-        validation = as_images(validation, stack.input_shape, stack.data_range, "validation")
+    images, labels, validation = _checked_inputs(stack, images, labels, validation)
     device = resolve_device(config.device)
-    rank, world = distributed_rank_and_size()
-    stack.to(device)
-    if world > 1:
-        for tensor in stack.state_dict().values():
-            if torch.is_tensor(tensor):
-                dist.broadcast(tensor, 0)
-    dtype = next(stack.parameters()).dtype
-    images = images.to(device, dtype)
+    _place(stack, device)
+    images = images.to(device, next(stack.parameters()).dtype)
     labels = labels.to(device) if labels is not None else None
-    gmms = stack.gmm_layers
     optimizer = make_optimizer(stack, config)
-    schedules = [
-        AnnealingSchedule(
-            gmm.neighbourhood_width,
-            gmm.config.width_floor,
-            gmm.config.width_decay,
-            gmm.config.plateau_window,
-            gmm.config.plateau_tolerance,
-        )
-        for gmm in gmms
-    ]
     generator = torch.Generator().manual_seed(config.seed)
     elbo = TraceEnum_ELBO(
         max_plate_nesting=MAX_PLATE_NESTING,
@@ -257,142 +468,43 @@ def train(
     num_data, batch_size = images.shape[0], min(config.batch_size, images.shape[0])
     planned_steps = config.epochs * math.ceil(num_data / batch_size)
     stop_step = planned_steps if config.max_steps is None else min(planned_steps, config.max_steps)
-    out_dir = Path(out_dir) if out_dir is not None and rank == 0 else None
-    log_path = None
-    if out_dir is not None:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        log_path = out_dir / LOG_NAME
-    epoch, step, history = 0, 0, []
-    order, offset = None, 0  # this epoch's permutation and how much of it is done
-    epoch_losses, epoch_steps = torch.zeros(len(gmms), dtype=torch.float64), 0
+    writes = out_dir is not None and distributed_rank_and_size()[0] == 0
+    if writes:
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+    checkpointer = Checkpointer(Path(out_dir), config.keep_epoch_checkpoints, run_config) if writes else None
+    state = TrainingState(len(stack.gmm_layers))
+    log = JsonLog(Path(out_dir) / LOG_NAME if writes else None)
     if resume is not None:
-        state = load_checkpoint(resume, map_location=device)
-        load_state_into(stack, state)
-        training = state["training"]
-        if training is None:
-            raise CheckpointError(f"checkpoint {str(resume)!r} holds no training state to resume")
-        optimizer.load_state_dict(training["optimizer"])
-        for schedule, schedule_state in zip(schedules, training["schedules"], strict=True):
-            schedule.load_state_dict(schedule_state)
-        generator.set_state(training["generator"])
-        epoch, step, history = training["epoch"], training["step"], list(training["history"])
-        order, offset = training["order"], training["offset"]
-        epoch_losses, epoch_steps = training["epoch_losses"].double(), training["epoch_steps"]
-        if log_path is not None:
-            _truncate_log(log_path, step)
-    layer_names = [f"L{i}" for i in stack.gmm_indices]
-    skipped_in_a_row = 0
+        _resume(resume, stack, optimizer, generator, state, log, device)
     with contextlib.ExitStack() as context:
         bar = context.enter_context(
-            tqdm(total=stop_step, initial=step, disable=not config.progress, unit="step")
+            tqdm(total=stop_step, initial=state.step, disable=not config.progress, unit="step")
         )
-        log_file = context.enter_context(open(log_path, "a")) if log_path is not None else None
+        context.enter_context(log)
         context.enter_context(pyro.validation_enabled(config.validate))
-        while step < stop_step:
-            if order is None:
-                order, offset = torch.randperm(num_data, generator=generator), 0
-                epoch_losses, epoch_steps = torch.zeros(len(gmms), dtype=torch.float64), 0
-            while offset < num_data and step < stop_step:
-                index = order[offset : offset + batch_size].to(device)
-                offset += batch_size
+        while state.step < stop_step:
+            # 1. A new epoch draws a new order of the training set.
+            if state.order is None:
+                state.start_epoch(num_data, generator)
+            while state.offset < num_data and state.step < stop_step:
+                # 2. Layers whose wait is over are initialised from their inputs, then train.
+                waiting = waiting_layers(stack, state.step / planned_steps)
+                initialise_ready_layers(stack, images, waiting, generator)
+                index = state.next_batch(batch_size).to(device)
                 batch = images[index]
                 if dequantize_levels is not None:
                     batch = dequantize(batch, dequantize_levels, generator)
                 batch_labels = labels[index] if labels is not None else None
-                share = slice(rank, None, world)  # this process's part of the global batch
-                loss, layer_sums = _local_loss(
-                    stack,
-                    elbo,
-                    batch[share],
-                    batch_labels[share] if batch_labels is not None else None,
-                    num_data,
-                    config.objective == "enumerated",
-                )
-                loss = loss / index.numel()
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                totals = torch.cat([loss.detach().reshape(1), layer_sums / index.numel()])
-                if world > 1:
-                    _sum_over_processes(stack, totals)
-                progress = step / planned_steps
-                waiting = [layer for layer in stack.layers if getattr(layer.config, "wait", 0.0) > progress]
-                for layer in waiting:
-                    for p in layer.parameters():
-                        p.grad = None
-                gradients = [p.grad.sum() for p in stack.parameters() if p.grad is not None]
-                gradient_sum = torch.stack(gradients).sum() if gradients else totals.new_zeros(())
-                loss_value, *layer_losses, gradient_value = torch.cat(
-                    [totals, gradient_sum.reshape(1)]
-                ).tolist()
-                problem = _non_finite(layer_names, loss_value, layer_losses, gradient_value)
-                if problem is not None:
-                    skipped_in_a_row += 1
-                    if config.non_finite == "raise" or skipped_in_a_row > config.max_skipped_steps:
-                        raise NonFiniteLossError(
-                            f"{problem} at step {step} (epoch {epoch})"
-                            + (f", {skipped_in_a_row} steps in a row" if skipped_in_a_row > 1 else "")
-                            + "; the parameters were not updated. Lower the learning rate, raise "
-                            "precision_floor, or check the data"
-                        )
-                    optimizer.zero_grad(set_to_none=True)
-                    step += 1
-                    bar.update(1)
-                    if log_file is not None:
-                        log_file.write(
-                            json.dumps({"event": "skipped", "step": step, "reason": problem}) + "\n"
-                        )
-                    continue
-                skipped_in_a_row = 0
-                optimizer.step()
-                for gmm, schedule, value in zip(gmms, schedules, layer_losses, strict=True):
-                    if gmm not in waiting and schedule.update(value):
-                        gmm.neighbourhood_width = schedule.width
-                epoch_losses += torch.tensor(layer_losses, dtype=torch.float64)
-                epoch_steps += 1
-                step += 1
+                # 3. One SVI step; a non-finite one is skipped or raises, as configured.
+                outcome = train_step(stack, elbo, optimizer, batch, batch_labels, num_data, waiting, config)
+                if outcome.problem is not None:
+                    _skip(outcome, state, config, log)
+                else:
+                    _record_step(stack, outcome, state, waiting, config, log, bar)
                 bar.update(1)
-                if step % config.log_every == 0:
-                    bar.set_postfix({n: f"{v:.4g}" for n, v in zip(layer_names, layer_losses, strict=True)})
-                    if log_file is not None:
-                        record = {
-                            "step": step,
-                            "epoch": epoch,
-                            "loss": loss_value,
-                            "layer_loss": layer_losses,
-                            "width": [g.neighbourhood_width for g in gmms],
-                        }
-                        log_file.write(json.dumps(record) + "\n")
-                        log_file.flush()
-            if offset >= num_data:
-                epoch += 1
-                order = None
-                record = {
-                    "step": step,
-                    "epoch": epoch,
-                    "train_loss": (epoch_losses / max(epoch_steps, 1)).tolist(),
-                    "width": [g.neighbourhood_width for g in gmms],
-                    "seconds": time.perf_counter() - start_time,
-                }
-                if validation is not None and rank == 0:
-                    record["validation_log_likelihood"] = evaluate(stack, validation, config.eval_batch_size)
-                history.append(record)
-                if log_file is not None:
-                    log_file.write(json.dumps({"event": "epoch", **record}) + "\n")
-                    log_file.flush()
-            if out_dir is not None:
-                training = {
-                    "optimizer": optimizer.state_dict(),
-                    "schedules": [s.state_dict() for s in schedules],
-                    "generator": generator.get_state(),
-                    "epoch": epoch,
-                    "step": step,
-                    "history": history,
-                    "order": order,
-                    "offset": offset,
-                    "epoch_losses": epoch_losses,
-                    "epoch_steps": epoch_steps,
-                }
-                if config.keep_epoch_checkpoints and order is None:
-                    save_checkpoint(out_dir / f"epoch-{epoch:04d}.pt", stack, training, run_config)
-                save_checkpoint(out_dir / CHECKPOINT_NAME, stack, training, run_config)
-    return TrainResult(history, step, time.perf_counter() - start_time)
+            # 4. An epoch ends with a record (and validation); then the run is checkpointed.
+            if state.offset >= num_data:
+                _end_epoch(stack, state, validation, config, log, start_time)
+            if checkpointer is not None:
+                checkpointer.save(stack, state, optimizer, generator)
+    return TrainResult(state.history, state.step, time.perf_counter() - start_time)

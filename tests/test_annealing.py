@@ -26,7 +26,9 @@ def test_neighbourhood_is_identity_at_floor():
 
 
 def _stack(width):
-    stack = Stack([Fold(3, 1), GMM(9, width_init=width, width_floor=0.01)], (1, 8, 8)).double()
+    stack = Stack(
+        [Fold(3, 1), GMM(9, annealing=True, width_init=width, width_floor=0.01)], (1, 8, 8)
+    ).double()
     with torch.no_grad():
         stack.layers[1].mixing_logits.normal_()
         stack.layers[1].means.uniform_(0, 1)

@@ -59,7 +59,7 @@ def test_shipped_digits_config_builds():
         ("[training]\nepocs = 3\n", r"unknown key 'epocs'; did you mean 'epochs'\?"),
         ("[trainig]\nepochs = 3\n", r"unknown key 'trainig'; did you mean 'training'\?"),
         ("[training]\nepochs = 'three'\n", r"training.epochs: expected int"),
-        ("[training]\noptimizer = 'adamw'\n", r"expected one of 'adam', 'sgd'"),
+        ("[training]\noptimizer = 'adamw'\n", r"expected one of 'em', 'adam', 'sgd'"),
         ("[[model.layers]]\ntype = 'gmm'\ncomponent = 3\n", r"layers\[0\]: unknown key 'component'"),
         ("[[model.layers]]\ntype = 'gmn'\n", r"unknown layer type 'gmn'.*did you mean 'gmm'"),
         ("[model]\ninput_shape = [1, 8]\n", r"model.input_shape: expected a list of 3 ints"),

@@ -40,7 +40,7 @@ def hand_written_loss(stack, x, annealed):
 
 @pytest.mark.parametrize("annealed", [True, False])
 def test_elbo_equals_logsumexp_one_layer(images64, annealed):
-    stack = Stack([Fold(3, 1), GMM(9, width_init=1.0)], (1, 8, 8)).double()
+    stack = Stack([Fold(3, 1), GMM(9, annealing=True, width_init=1.0)], (1, 8, 8)).double()
     loss = TraceEnum_ELBO(max_plate_nesting=3).loss(stack.model, stack.guide, images64, annealed=annealed)
     assert loss == pytest.approx(hand_written_loss(stack, images64, annealed).item(), rel=1e-12)
 
@@ -88,7 +88,7 @@ def test_gradients_stay_within_each_layer(images64):
             inputs.append((layer, h))
         h = layer.transform(h).detach()
     for layer, layer_input in inputs:
-        params = [layer.means, layer.precision_unconstrained, layer.mixing_logits]
+        params = [layer.means, layer.log_precision, layer.mixing_logits]
         own = TraceEnum_ELBO(max_plate_nesting=3).differentiable_loss(layer, lambda x: None, layer_input)
         others = [g for g in stack.gmm_layers if g is not layer]
         other_params = [p for g in others for p in g.parameters()]
@@ -180,7 +180,7 @@ def test_param_sites_are_visible_to_pyro(images64):
     stack = three_layer_stack()
     trace = poutine.trace(stack.model).get_trace(images64)
     params = {name for name, site in trace.nodes.items() if site["type"] == "param"}
-    assert {"layers.1.means", "layers.1.precision", "layers.1.mixing_logits"} <= params
+    assert {"layers.1.means", "layers.1.log_precision", "layers.1.mixing_logits"} <= params
 
 
 @pytest.mark.parametrize(

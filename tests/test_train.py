@@ -115,7 +115,7 @@ def test_wait_freezes_upper_layers(digits):
 
 
 def test_waiting_layer_does_not_anneal(digits):
-    stack = small_stack(plateau_tolerance=1e6)  # every window is a plateau
+    stack = small_stack(annealing=True, plateau_tolerance=1e6)  # every window is a plateau
     bottom, top = stack.layers[1], stack.layers[3]
     bottom_width, top_width = bottom.neighbourhood_width, top.neighbourhood_width
     train(stack, digits.train_images, None, config=quick(epochs=5, max_steps=20))  # 20 of 115 < 0.2
@@ -158,7 +158,7 @@ def test_skip_policy_keeps_last_good_parameters(tmp_path, digits):
         calls.append(1)
         return grad * float("nan") if len(calls) == 3 else grad
 
-    stack.layers[1].precision_unconstrained.register_hook(poison_third_gradient)
+    stack.layers[1].log_precision.register_hook(poison_third_gradient)
     config = quick(epochs=1, non_finite="skip", log_every=1)
     train(stack, images, None, config=config, out_dir=tmp_path)
     records = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
@@ -171,7 +171,7 @@ def test_skip_policy_keeps_last_good_parameters(tmp_path, digits):
 
 @pytest.mark.filterwarnings("ignore:Encountered NaN")
 def test_skip_policy_gives_up_after_too_many_bad_steps(digits):
-    stack = small_stack()
+    stack = small_stack(init="random")  # data initialisation would overwrite the poisoned mean
     with torch.no_grad():
         stack.layers[1].means[0, 0] = float("inf")
     config = quick(non_finite="skip", max_skipped_steps=3)

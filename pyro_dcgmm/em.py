@@ -1,0 +1,121 @@
+"""Online EM for GMM layers, driven by the ``TraceEnum_ELBO`` gradient.
+
+For one GMM layer write ``r_vk`` for the posterior of component k given patch vector v (Pyro's
+enumeration of the component site computes it; while annealing runs it is the smoothed posterior),
+``m`` for the number of vectors per sample that one mixture sees (H' W' for a shared layer, 1 for
+each mixture of a per-position layer), and the per-sample sufficient statistics of a batch of B
+samples
+
+.. math:: s0_k = \\tfrac1B \\sum_v r_{vk}, \\quad s1_k = \\tfrac1B \\sum_v r_{vk} x_v,
+          \\quad s2_k = \\tfrac1B \\sum_v r_{vk} x_v^2 .
+
+Training minimises ``L = -(1/B) sum_v log p(x_v)``.  With ``pi = softmax(a)``, diagonal precisions
+``p = exp(l)`` and ``Q_k = s2_k - 2 mu_k s1_k + mu_k^2 s0_k``, its gradient is
+
+.. math:: -\\partial L / \\partial a_k = s0_k - m \\pi_k, \\quad
+          -\\partial L / \\partial \\mu_k = p_k (s1_k - s0_k \\mu_k), \\quad
+          -\\partial L / \\partial l_k = \\tfrac12 (s0_k - p_k Q_k),
+
+so the statistics are recovered exactly from the gradient (the E-step *is* the ELBO gradient):
+
+.. math:: s0 = m \\pi - \\partial_a L, \\quad s1 = s0 \\mu - \\partial_\\mu L / p, \\quad
+          s2 = (s0 + 2 \\partial_l L) / p + 2 \\mu s1 - \\mu^2 s0 .
+
+Online EM (Cappé and Moulines, 2009) keeps running averages ``S <- S + rho_t (s - S)`` with
+``rho_t = (t + t0)^-kappa`` (``0.5 < kappa <= 1``) and sets the parameters to the M-step of ``S``:
+``pi = S0 / sum S0``, ``mu = S1 / S0``, ``1 / p = S2 / S0 - mu^2``, the precision clamped to the
+layer's bounds (the same variance floor as scikit-learn's ``reg_covar``).  Equivalently each
+parameter moves by a natural-gradient step: for the means ``mu <- mu + rho (s0 / S0) (-dL/dmu) /
+(s0 p)``, the gradient rescaled per component by its responsibility mass and precision.  With
+``rho = 1`` on the whole data set one step is exactly one step of batch EM (tested).  A component
+with no mass keeps its parameters.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from pyro_dcgmm.gmm import GMM
+
+TINY_MASS = 1e-12
+
+
+def step_size(t: int, offset: float, decay: float) -> float:
+    """``rho_t = (t + offset)^-decay``; ``decay = 0`` gives 1 (batch EM on full batches)."""
+    return (t + offset) ** -decay
+
+
+class OnlineEM(torch.optim.Optimizer):
+    """Online EM for the given GMM layers: one parameter group per layer.
+
+    A layer whose parameters received no gradient in a step (a waiting layer) is left alone.
+
+    :param gmms: the GMM layers (built and initialised).
+    :param float step_offset: ``t0`` of the step-size schedule.
+    :param float step_decay: ``kappa`` of the step-size schedule.
+    """
+
+    def __init__(self, gmms: list[GMM], step_offset: float = 2.0, step_decay: float = 0.6):
+        groups = [
+            {
+                "params": [gmm.means, gmm.log_precision, gmm.mixing_logits],
+                "positions": gmm.positions,
+                "log_precision_bounds": (
+                    math.log(gmm.config.precision_floor),
+                    math.log(gmm.config.precision_ceiling),
+                ),
+            }
+            for gmm in gmms
+        ]
+        super().__init__(groups, {"step_offset": step_offset, "step_decay": step_decay})
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        for group in self.param_groups:
+            means, log_precision, logits = group["params"]
+            if means.grad is None or log_precision.grad is None or logits.grad is None:
+                continue
+            statistics = batch_statistics(means, log_precision, logits, group["positions"])
+            state = self.state[means]
+            if not state:
+                state["step"] = 0
+                state["statistics"] = parameter_statistics(means, log_precision, logits, group["positions"])
+            rho = step_size(state["step"], group["step_offset"], group["step_decay"])
+            for running, new in zip(state["statistics"], statistics, strict=True):
+                running.add_(new - running, alpha=rho)
+            state["step"] += 1
+            maximise(state["statistics"], means, log_precision, logits, group["log_precision_bounds"])
+
+
+def batch_statistics(means, log_precision, logits, positions: int):
+    """Per-sample statistics (s0 (..., K), s1 and s2 (..., K, D)) of the batch, from the gradient."""
+    precision = log_precision.exp()
+    pi = torch.softmax(logits, dim=-1)
+    s0 = positions * pi - logits.grad
+    s1 = s0.unsqueeze(-1) * means - means.grad / precision
+    s2 = (s0.unsqueeze(-1) + 2.0 * log_precision.grad) / precision + 2.0 * means * s1
+    s2 = s2 - means * means * s0.unsqueeze(-1)
+    return s0, s1, s2
+
+
+def parameter_statistics(means, log_precision, logits, positions: int):
+    """The statistics (s0, s1, s2) whose M-step gives the current parameters."""
+    s0 = positions * torch.softmax(logits, dim=-1)
+    s1 = s0.unsqueeze(-1) * means
+    s2 = s0.unsqueeze(-1) * ((-log_precision).exp() + means * means)
+    return s0, s1, s2
+
+
+def maximise(statistics, means, log_precision, logits, log_precision_bounds) -> None:
+    """M-step: set the parameters from the statistics; components without mass keep theirs."""
+    s0, s1, s2 = statistics
+    alive = s0 > TINY_MASS * s0.sum(-1, keepdim=True)  # (..., K)
+    mass = s0.clamp_min(TINY_MASS).unsqueeze(-1)  # (..., K, 1)
+    new_means = s1 / mass
+    variance = (s2 / mass - new_means * new_means).clamp_min(1e-300)
+    new_log_precision = (-variance.log()).clamp(*log_precision_bounds)
+    means.copy_(torch.where(alive.unsqueeze(-1), new_means, means))
+    log_precision.copy_(torch.where(alive.unsqueeze(-1), new_log_precision, log_precision))
+    logits.copy_(s0.clamp_min(TINY_MASS * s0.sum(-1, keepdim=True)).log())

@@ -1,0 +1,130 @@
+"""Data-dependent initialisation of a GMM layer from its real inputs.
+
+Every GMM layer trains on its own likelihood over the detached output of the layers below, so it is an
+ordinary mixture over a stream of patch vectors, and the classic mixture initialisation applies: when
+the layer starts to train (after its ``wait``), the trainer passes a subsample of training images up
+through the layers below as trained so far and calls :func:`initialise`, which sets
+
+- ``"kmeans"``: k-means++ seeds (scikit-learn's ``kmeans_plusplus``) refined by Lloyd iterations,
+  then every cluster's share of the vectors as its weight, its centre as its mean and its own
+  per-dimension variance (within the precision bounds);
+- ``"data"``: means at randomly chosen input vectors, uniform weights, the inputs' variance.
+
+A per-position layer runs this independently at every position, on the vectors found there.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from sklearn.cluster import kmeans_plusplus
+
+from pyro_dcgmm.gmm import GMM
+
+
+def images_needed(gmm: GMM) -> int:
+    """How many input images give the layer about ``init_vectors`` vectors (several per image
+    for a shared layer, drawn from 8 times as many images as strictly needed for diversity)."""
+    _, out_h, out_w = gmm.output_shape
+    vectors = gmm.config.init_vectors
+    if not gmm.config.shared:
+        return vectors
+    return min(vectors, 8 * math.ceil(vectors / (out_h * out_w)))
+
+
+def patch_vectors(gmm: GMM, inputs: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """The layer's input vectors, (P, M, D): P = 1 mixture when shared (M vectors subsampled from
+    all positions), P = H' W' positions otherwise (M = one vector per image)."""
+    patches = F.unfold(inputs, gmm.patch, stride=gmm.stride)  # (N, D, L)
+    if not gmm.config.shared:
+        return patches.permute(2, 0, 1)  # (L, N, D)
+    vectors = patches.transpose(1, 2).reshape(-1, patches.shape[1])  # (N L, D)
+    keep = torch.randperm(vectors.shape[0], generator=generator)[: gmm.config.init_vectors]
+    return vectors[keep.to(vectors.device)].unsqueeze(0)  # (1, M, D)
+
+
+def _squared_distances(x: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
+    """(P, M, K) squared distances of vectors (P, M, D) to centres (P, K, D), by matmul."""
+    cross = x @ centres.transpose(1, 2)  # (P, M, K)
+    return (x * x).sum(-1, keepdim=True) - 2.0 * cross + (centres * centres).sum(-1).unsqueeze(1)
+
+
+def _assign(x: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
+    """One-hot (P, M, K) assignment of every vector to its nearest centre."""
+    nearest = _squared_distances(x, centres).argmin(-1)  # (P, M)
+    return F.one_hot(nearest, centres.shape[1]).to(x.dtype)
+
+
+def kmeans(x: torch.Tensor, k: int, iterations: int, generator: torch.Generator) -> torch.Tensor:
+    """k-means++ seeds refined by ``iterations`` Lloyd steps, for P independent sets at once.
+
+    :param torch.Tensor x: vectors of shape (P, M, D).
+    :returns: the one-hot assignment (P, M, K) of every vector to its final centre.
+    """
+    seeds = []
+    for vectors in x.double().cpu().numpy():
+        state = int(torch.randint(2**31 - 1, (), generator=generator))
+        seeds.append(kmeans_plusplus(vectors, k, random_state=np.random.RandomState(state))[0])
+    centres = torch.as_tensor(np.stack(seeds), dtype=x.dtype, device=x.device)  # (P, K, D)
+    for _ in range(iterations):
+        onehot = _assign(x, centres)  # (P, M, K)
+        counts = onehot.sum(1).unsqueeze(-1)  # (P, K, 1)
+        sums = onehot.transpose(1, 2) @ x  # (P, K, D)
+        centres = torch.where(counts > 0, sums / counts.clamp_min(1.0), centres)  # empty: keep
+    return _assign(x, centres)
+
+
+def _cluster_moments(x: torch.Tensor, onehot: torch.Tensor):
+    """Weights (P, K), means and variances (P, K, D) of the clusters a one-hot (P, M, K) defines.
+
+    An empty cluster keeps weight for one vector, the mean of all vectors and their variance.
+    """
+    counts = onehot.sum(1)  # (P, K)
+    mass = counts.clamp_min(1.0).unsqueeze(-1)  # (P, K, 1)
+    overall_mean = x.mean(1, keepdim=True)  # (P, 1, D)
+    overall_var = x.var(1, unbiased=False, keepdim=True)  # (P, 1, D)
+    means = (onehot.transpose(1, 2) @ x) / mass  # (P, K, D)
+    variances = (onehot.transpose(1, 2) @ (x * x)) / mass - means * means  # (P, K, D)
+    empty = (counts == 0).unsqueeze(-1)
+    means = torch.where(empty, overall_mean, means)
+    variances = torch.where(empty, overall_var, variances)
+    weights = counts.clamp_min(1.0) / counts.clamp_min(1.0).sum(-1, keepdim=True)
+    return weights, means, variances
+
+
+def _random_vectors(x: torch.Tensor, k: int, generator: torch.Generator):
+    """Uniform weights (P, K), K random vectors as means and the overall variance, (P, K, D)."""
+    p, m, _ = x.shape
+    chosen = torch.stack([torch.randperm(m, generator=generator)[:k] for _ in range(p)])  # (P, K)
+    means = torch.gather(x, 1, chosen.to(x.device).unsqueeze(-1).expand(-1, -1, x.shape[2]))
+    variances = x.var(1, unbiased=False, keepdim=True).expand_as(means)
+    return torch.full((p, k), 1.0 / k, dtype=x.dtype, device=x.device), means, variances
+
+
+def initialise(gmm: GMM, inputs: torch.Tensor, generator: torch.Generator) -> None:
+    """Set ``gmm``'s parameters from its inputs (N, C, H, W) by its ``init`` rule; mark it initialised.
+
+    Needs at least K vectors per mixture (K images for a per-position layer).
+    """
+    config = gmm.config
+    x = patch_vectors(gmm, inputs, generator).to(torch.float64)  # (P, M, D)
+    if x.shape[1] < config.components:
+        raise ValueError(
+            f"initialising a GMM of {config.components} components needs at least that many "
+            f"input vectors per mixture, got {x.shape[1]}"
+        )
+    if config.init == "kmeans":
+        weights, means, variances = _cluster_moments(
+            x, kmeans(x, config.components, config.init_iterations, generator)
+        )
+    else:
+        weights, means, variances = _random_vectors(x, config.components, generator)
+    precision = (1.0 / variances.clamp_min(1e-300)).clamp(config.precision_floor, config.precision_ceiling)
+    with torch.no_grad():
+        gmm.means.copy_(means.reshape(gmm.means.shape))
+        gmm.log_precision.copy_(precision.log().reshape(gmm.log_precision.shape))
+        gmm.mixing_logits.copy_(weights.log().reshape(gmm.mixing_logits.shape))
+        gmm.initialised.fill_(True)

@@ -1,0 +1,79 @@
+"""Online EM through the ELBO gradient: one full-batch step with rho = 1 is one exact EM step."""
+
+import math
+
+import pytest
+import torch
+from pyro.infer import TraceEnum_ELBO
+
+from pyro_dcgmm import GMM, Fold, Stack
+from pyro_dcgmm.config import TrainConfig
+from pyro_dcgmm.em import OnlineEM, step_size
+from pyro_dcgmm.train import train_step
+
+
+def hand_written_em_step(vectors, means, variances, weights, floor, ceiling):
+    """Batch EM for one diagonal mixture: vectors (M, D), means/variances (K, D), weights (K,)."""
+    diff = vectors[:, None, :] - means[None]  # (M, K, D)
+    log_n = -0.5 * (diff**2 / variances + variances.log() + math.log(2 * math.pi)).sum(-1)
+    r = torch.softmax(log_n + weights.log(), dim=1)  # (M, K)
+    mass = r.sum(0)  # (K,)
+    new_means = (r.T @ vectors) / mass[:, None]
+    new_var = (r.T @ vectors**2) / mass[:, None] - new_means**2
+    new_var = new_var.clamp(1.0 / ceiling, 1.0 / floor)
+    return new_means, new_var, mass / mass.sum()
+
+
+def _stack(shared):
+    torch.manual_seed(0)
+    gmm = GMM(
+        3, shared=shared, init="random", precision_floor=0.1, precision_ceiling=500.0, precision_init=5.0
+    )
+    stack = Stack([Fold(3, 2), gmm], (1, 7, 7)).double()
+    with torch.no_grad():
+        gmm.means.uniform_(0.0, 1.0)
+        gmm.log_precision.uniform_(0.0, 2.0)
+        gmm.mixing_logits.normal_()
+    return stack, gmm
+
+
+@pytest.mark.parametrize("shared", [True, False])
+def test_full_batch_em_step_with_unit_step_size_is_exact_em(shared):
+    stack, gmm = _stack(shared)
+    images = torch.rand(40, 1, 7, 7, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    patches = torch.nn.functional.unfold(images, 3, stride=2)  # (N, D, L)
+    before = [p.detach().clone() for p in (gmm.means, gmm.precision, torch.softmax(gmm.mixing_logits, -1))]
+    optimizer = OnlineEM([gmm], step_offset=1.0, step_decay=0.0)
+    elbo = TraceEnum_ELBO(max_plate_nesting=3, strict_enumeration_warning=False)
+    config = TrainConfig(device="cpu")
+    outcome = train_step(stack, elbo, optimizer, images, None, images.shape[0], [], config)
+    assert outcome.problem is None
+    if shared:
+        vectors = patches.transpose(1, 2).reshape(-1, 9)
+        expected = hand_written_em_step(vectors, before[0], 1 / before[1], before[2], 0.1, 500.0)
+        got = (gmm.means, 1 / gmm.precision, torch.softmax(gmm.mixing_logits, -1))
+        for e, g in zip(expected, got, strict=True):
+            torch.testing.assert_close(g, e)
+        return
+    for position in range(9):
+        h, w = divmod(position, 3)
+        expected = hand_written_em_step(
+            patches[:, :, position], before[0][h, w], 1 / before[1][h, w], before[2][h, w], 0.1, 500.0
+        )
+        got = (gmm.means[h, w], 1 / gmm.precision[h, w], torch.softmax(gmm.mixing_logits[h, w], -1))
+        for e, g in zip(expected, got, strict=True):
+            torch.testing.assert_close(g, e)
+
+
+def test_step_sizes_follow_the_schedule():
+    assert step_size(0, 2.0, 0.6) == pytest.approx(2.0**-0.6)
+    assert step_size(8, 2.0, 0.5) == pytest.approx(10.0**-0.5)
+    assert step_size(5, 1.0, 0.0) == 1.0
+
+
+def test_waiting_layer_is_left_alone():
+    _, gmm = _stack(True)
+    optimizer = OnlineEM([gmm])
+    means = gmm.means.detach().clone()
+    optimizer.step()  # no gradients at all
+    assert torch.equal(gmm.means, means)

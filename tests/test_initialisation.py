@@ -1,0 +1,69 @@
+"""Data-dependent initialisation of GMM layers from their real inputs."""
+
+import pytest
+import torch
+
+import pyro_dcgmm.train as training
+from pyro_dcgmm import GMM, Fold, Stack
+from pyro_dcgmm.config import TrainConfig
+from pyro_dcgmm.data import load_digits
+from pyro_dcgmm.initialisation import initialise
+
+
+def separated_clusters(n=600, seed=0):
+    """Single-pixel-patch images whose 4 pixels come from 3 well separated clusters."""
+    generator = torch.Generator().manual_seed(seed)
+    centres = torch.tensor([[0.1, 0.1, 0.1, 0.1], [0.5, 0.9, 0.5, 0.1], [0.9, 0.2, 0.8, 0.9]])
+    labels = torch.arange(n) % 3
+    x = centres[labels] + 0.02 * torch.randn(n, 4, generator=generator)
+    return x.clamp(0, 1).view(n, 1, 2, 2), centres
+
+
+@pytest.mark.parametrize("rule", ["kmeans", "data"])
+def test_initialisation_uses_real_inputs(rule):
+    images, centres = separated_clusters()
+    stack = Stack([Fold(None), GMM(3, init=rule, init_vectors=600, precision_ceiling=1e5)], (1, 2, 2))
+    gmm = stack.layers[1]
+    assert not bool(gmm.initialised)
+    initialise(gmm, images, torch.Generator().manual_seed(0))
+    assert bool(gmm.initialised)
+    distance = torch.cdist(gmm.means.detach(), centres)  # (K, 3)
+    if rule == "kmeans":  # every centre found, with its weight and its own small variance
+        assert distance.min(0).values.max() < 0.01
+        torch.testing.assert_close(torch.softmax(gmm.mixing_logits, -1), torch.full((3,), 1 / 3))
+        assert float(gmm.precision.detach().min()) > 1000.0  # sd 0.02: precision about 2,500
+    else:  # means at data points, the data's overall variance
+        assert distance.min(1).values.max() < 0.1
+        assert float(gmm.precision.detach().max()) < 100.0
+
+
+def test_per_position_layer_is_initialised_at_every_position():
+    images, _ = separated_clusters(90)
+    gmm = GMM(3, shared=False, init_vectors=90, precision_ceiling=1e5)
+    Stack([Fold(1, 1), gmm], (1, 2, 2))
+    initialise(gmm, images, torch.Generator().manual_seed(0))
+    pixel_values = images.view(-1, 4).T  # (4 positions, N)
+    for position in range(4):
+        means = gmm.means[position // 2, position % 2, :, 0]  # (K,)
+        nearest = (pixel_values[position][:, None] - means[None]).abs().min(1).values
+        assert float(nearest.max()) < 0.1
+
+
+def test_layers_are_initialised_when_their_wait_ends_and_never_again_on_resume(tmp_path, monkeypatch):
+    digits = load_digits()
+    torch.manual_seed(0)
+    stack = Stack([Fold(4, 2), GMM(9), Fold(None), GMM(4, wait=0.5)], (1, 8, 8))
+    calls = []
+
+    def counting(gmm, inputs, generator):
+        calls.append((stack.gmm_layers.index(gmm), inputs.shape))
+        initialise(gmm, inputs, generator)
+
+    monkeypatch.setattr(training, "initialise", counting)
+    config = TrainConfig(epochs=2, batch_size=100, progress=False, device="cpu", max_steps=5)
+    training.train(stack, digits.train_images, config=config, out_dir=tmp_path)
+    assert [layer for layer, _ in calls] == [0]  # the top layer still waits
+    config = TrainConfig(epochs=2, batch_size=100, progress=False, device="cpu")
+    training.train(stack, digits.train_images, config=config, resume=tmp_path / "checkpoint.pt")
+    assert [layer for layer, _ in calls] == [0, 1]  # the top layer once its wait ended; layer 0 kept
+    assert calls[1][1][1:] == (9, 3, 3)  # it saw the responsibilities of the layer below
