@@ -88,6 +88,8 @@ class GMMConfig:
     :param plateau_window: iterations per plateau test.
     :param plateau_tolerance: relative improvement below which the loss counts as a plateau.
     :param wait: fraction of training during which this layer stays frozen.
+    :param output: what the layer passes upward: ``"responsibilities"`` (the paper's) or
+        ``"log_responsibilities"`` (floored, standardised over components at every position).
     :param means_lr_scale, precision_lr_scale, mixing_lr_scale: per-parameter learning-rate factors.
     """
 
@@ -108,6 +110,7 @@ class GMMConfig:
     plateau_window: int = 100
     plateau_tolerance: float = 0.05
     wait: float = 0.0
+    output: Literal["responsibilities", "log_responsibilities"] = "responsibilities"
     means_lr_scale: float = 1.0
     precision_lr_scale: float = 1.0
     mixing_lr_scale: float = 1.0

@@ -27,7 +27,8 @@ class DCGMM(ClusterMixin, DensityMixin, BaseEstimator):
     :param layers: a preset name (:mod:`pyro_dcgmm.presets`), a :class:`ModelConfig`, or a list of
         layer configs (dataclasses or dicts with ``type``).
     :param input_shape: (C, H, W) of the images; ``None`` infers it from ``X``.
-    :param epochs, batch_size, lr, optimizer: training settings (:class:`TrainConfig`).
+    :param epochs, batch_size, lr, optimizer: training settings (:class:`TrainConfig`); the default
+        ``"em"`` trains the GMM layers by online EM from a k-means initialisation.
     :param plateau_window: steps per plateau test of every GMM layer's annealing; ``None`` takes one
         epoch, at most the paper's 100 steps, so that small data sets anneal within a few dozen epochs.
     :param score_layer: GMM layer whose log-likelihood :meth:`score_samples` returns.
@@ -48,7 +49,7 @@ class DCGMM(ClusterMixin, DensityMixin, BaseEstimator):
         epochs: int = 10,
         batch_size: int = 100,
         lr: float = 0.01,
-        optimizer: str = "adam",
+        optimizer: str = "em",
         plateau_window: int | None = None,
         score_layer: int = -1,
         device: str = "cpu",

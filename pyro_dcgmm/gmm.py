@@ -40,6 +40,7 @@ from pyro_dcgmm.fold import Fold, fold_back, is_lossless
 from pyro_dcgmm.layer import Layer, Shape, local_params, window_output_size
 
 LOG_2PI = math.log(2.0 * math.pi)
+RESPONSIBILITY_FLOOR = 1e-4  # log-responsibilities below log(1e-4) carry no information upward
 
 
 def _gaussian_terms(means: torch.Tensor, precision: torch.Tensor):
@@ -170,7 +171,10 @@ class GMM(Layer):
         shape = (k, dim) if self.config.shared else (out_h, out_w, k, dim)
         scale = self.config.mean_init_scale
         self.means = torch.nn.Parameter((2.0 * torch.rand(shape) - 1.0) * scale)
-        self.log_precision = torch.nn.Parameter(torch.full(shape, math.log(self.config.precision_init)))
+        start = min(
+            max(self.config.precision_init, self.config.precision_floor), self.config.precision_ceiling
+        )
+        self.log_precision = torch.nn.Parameter(torch.full(shape, math.log(start)))
         self.mixing_logits = torch.nn.Parameter(torch.zeros(shape[:-1]))
         self.register_buffer("initialised", torch.tensor(self.config.init == "random"))
         self.input_shape = input_shape
@@ -254,9 +258,30 @@ class GMM(Layer):
         log_mixing = log_mixing[:, None, None] if shared else log_mixing.permute(2, 0, 1)  # (K, 1|H', 1|W')
         return self.log_prob_table(x, mask) + log_mixing  # (N, K, H', W')
 
+    def output(self, scores: torch.Tensor) -> torch.Tensor:
+        """What the layer passes upward, from its log-scores (N, K, H', W'), by ``config.output``.
+
+        ``"responsibilities"``: the posterior ``r = softmax_k(scores)``.  ``"log_responsibilities"``:
+        ``log max(r, RESPONSIBILITY_FLOOR)`` standardised over the K components at every position,
+        which keeps the runner-up components that near one-hot responsibilities hide.
+        """
+        if self.config.output == "responsibilities":
+            return torch.softmax(scores, dim=1)
+        log_r = torch.log_softmax(scores, dim=1).clamp_min(math.log(RESPONSIBILITY_FLOOR))
+        centred = log_r - log_r.mean(1, keepdim=True)
+        return centred / centred.square().mean(1, keepdim=True).sqrt().clamp_min(1e-6)
+
+    @property
+    def output_range(self) -> tuple[float, float]:
+        """The interval :meth:`output` values lie in."""
+        if self.config.output == "responsibilities":
+            return (0.0, 1.0)
+        bound = math.sqrt(self.components - 1.0) if self.components > 1 else 0.0
+        return (-bound, bound)
+
     def transform(self, x: torch.Tensor) -> torch.Tensor:
-        """Responsibilities (posterior over components) of shape (N, K, H', W')."""
-        return torch.softmax(self.log_scores(x), dim=1)
+        """What the layer passes upward (:meth:`output`), shape (N, K, H', W')."""
+        return self.output(self.log_scores(x))
 
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
         """Per-sample log-likelihood (N,): the sum over positions of ``log p(patch)``."""
@@ -307,13 +332,13 @@ class GMM(Layer):
                 log_likelihood = table.logsumexp(-1)  # (N, H', W')
                 self.last_loss = -log_likelihood.detach().sum((1, 2))  # (N,)
                 pyro.factor(self.site("obs"), log_likelihood)
-        return torch.softmax(scores.detach(), dim=1)
+        return self.output(scores.detach())
 
     def loss(self, x: torch.Tensor, *, labels=None, annealed: bool = True):
         """Hand-written (no Pyro) negative objective summed over the batch, and the detached
         responsibilities: the same value as this layer's part of the ELBO."""
         scores, table = self.annealed_log_scores(x, annealed)
-        return torch.softmax(scores.detach(), dim=1), -table.logsumexp(-1).sum()
+        return self.output(scores.detach()), -table.logsumexp(-1).sum()
 
     def generate(
         self,
@@ -403,10 +428,19 @@ class GMM(Layer):
 def _check_gmm_config(config: GMMConfig) -> None:
     if config.components < 1:
         raise ArchitectureError(f"GMM components must be >= 1, got {config.components}")
-    if not 0.0 < config.precision_floor < config.precision_init < config.precision_ceiling:
+    if not 0.0 < config.precision_floor < config.precision_ceiling:
         raise ArchitectureError(
-            "GMM precisions need 0 < precision_floor < precision_init < precision_ceiling, got "
-            f"{config.precision_floor}, {config.precision_init}, {config.precision_ceiling}"
+            "GMM precisions need 0 < precision_floor < precision_ceiling, got "
+            f"{config.precision_floor} and {config.precision_ceiling}"
+        )
+    if (
+        config.init == "random"
+        and not config.precision_floor < config.precision_init < config.precision_ceiling
+    ):
+        raise ArchitectureError(
+            "with init = 'random' GMM precisions need precision_floor < precision_init < "
+            f"precision_ceiling, got {config.precision_floor}, {config.precision_init}, "
+            f"{config.precision_ceiling}"
         )
     if config.width_floor <= 0.0:
         raise ArchitectureError(f"GMM width_floor must be > 0, got {config.width_floor}")

@@ -3,8 +3,12 @@
 Layer strings below read ``F<patch>/<stride>`` (Fold), ``G<K>`` (GMM), ``P<kernel>/<stride>``
 (MaxPool), ``R`` (Readout); ``Ffull`` folds whatever remains into one patch, which is how the
 architectures adapt to inputs other than 28x28.  As in the reference's configuration files every
-GMM layer is shared (convolutional), starts with precision 10 below a ceiling of 20, and upper
-layers wait (stay frozen) for 10% of training per level, so the layers below settle first.
+GMM layer is shared (convolutional) and upper layers wait (stay frozen) for 10% of training per
+level, so the layers below settle first; each is then initialised by k-means on its real inputs.
+Unlike the reference, every GMM layer below the top passes its standardised log-responsibilities
+upward (responsibilities are one-hot in practice and hide the runner-up components), and the GMM
+layers above the first model them with a variance floor of 1 (``precision_ceiling = 1``); both were
+chosen on a validation split (``docs/figures/training-quality/README.md``).
 
 ===== =========================================================
 A     Ffull - G25 - R
@@ -14,7 +18,7 @@ D     F3/1 - G25 - P2/2 - F4/1 - G25 - P2/2 - Ffull - G25 - R
 E     F3/1 - G25 - F4/2 - G25 - Ffull - G25 - R
 F     F3/1 - G25 - F4/2 - G25 - F4/2 - G25 - Ffull - G25 - R
 G     F3/1 - G25 - P2/2 - F3/1 - G25 - P2/2 - F3/1 - G25 - P2/2 - Ffull - G25 - R
-digits F4/2 - G25 - Ffull - G25 - R  (for 8x8 inputs)
+digits F4/2 - G64 - Ffull - G25 - R  (for 8x8 inputs)
 ===== =========================================================
 """
 
@@ -33,9 +37,10 @@ ARCHITECTURES = {
     "E": "F3/1 G25 F4/2 G25 Ffull G25 R",
     "F": "F3/1 G25 F4/2 G25 F4/2 G25 Ffull G25 R",
     "G": "F3/1 G25 P2/2 F3/1 G25 P2/2 F3/1 G25 P2/2 Ffull G25 R",
-    "digits": "F4/2 G25 Ffull G25 R",
+    "digits": "F4/2 G64 Ffull G25 R",
 }
 WAIT_PER_LEVEL = 0.1
+UPPER_PRECISION_CEILING = 1.0
 
 
 def names() -> list[str]:
@@ -50,7 +55,8 @@ def parse_architecture(text: str, num_classes: int = 10, **gmm_options) -> tuple
     """
     layers = []
     level = 0
-    for token in text.split():
+    top_gmm = max(i for i, token in enumerate(text.split()) if token.startswith("G"))
+    for position, token in enumerate(text.split()):
         kind, spec = token[0], token[1:]
         if kind == "F":
             if spec == "full":
@@ -62,7 +68,12 @@ def parse_architecture(text: str, num_classes: int = 10, **gmm_options) -> tuple
             kernel, stride = spec.split("/")
             layers.append(MaxPoolConfig(kernel=int(kernel), stride=int(stride)))
         elif kind == "G":
-            options = {"wait": min(WAIT_PER_LEVEL * level, 0.5), **gmm_options}
+            options = {"wait": min(WAIT_PER_LEVEL * level, 0.5)}
+            if level > 0:
+                options["precision_ceiling"] = UPPER_PRECISION_CEILING
+            if position < top_gmm:
+                options["output"] = "log_responsibilities"
+            options.update(gmm_options)
             layers.append(GMMConfig(components=int(spec), **options))
             level += 1
         elif kind == "R":

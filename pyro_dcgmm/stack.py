@@ -263,7 +263,7 @@ class Stack(PyroModule):
             if isinstance(layer, GMM):
                 scores = layer.log_scores(h, mask if i == self._stages[0] else None)
                 yield i, scores
-                h = torch.softmax(scores, dim=1)
+                h = layer.output(scores)
             else:
                 h = layer.transform(h)
 
@@ -397,7 +397,9 @@ class Stack(PyroModule):
                 h = self.layers[self._stages[p]].transform(h)
             return gmm.log_prob(h)
 
-        value_range = self.data_range if position == 0 else (0.0, 1.0)
+        below = [self.layers[self._stages[p]] for p in range(position)]
+        gmms_below = [layer for layer in below if isinstance(layer, GMM)]
+        value_range = gmms_below[-1].output_range if gmms_below else self.data_range
         return sharpen(v, log_likelihood, sharpening, value_range, fixed)
 
     def predict_proba(self, x, batch_size: int = 1024) -> torch.Tensor:

@@ -56,6 +56,19 @@ def test_default_schedule_clusters_digits_better_than_a_flat_gmm(digits):
     assert dcgmm > 0.6 and dcgmm > normalized_mutual_info_score(y_test, flat) - 0.05
 
 
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_default_estimator_clusters_digits_at_least_as_well_as_a_flat_gmm(digits, seed):
+    from sklearn.metrics import normalized_mutual_info_score
+    from sklearn.mixture import GaussianMixture
+
+    X, _, X_test = digits
+    y_test = load_digits().test_labels.numpy()
+    model = DCGMM(random_state=seed).fit(X)
+    dcgmm = normalized_mutual_info_score(y_test, model.predict(X_test))
+    flat = GaussianMixture(model.n_components_, covariance_type="diag", reg_covar=1e-3, random_state=seed)
+    assert dcgmm >= normalized_mutual_info_score(y_test, flat.fit(X).predict(X_test))
+
+
 def test_two_estimators_in_one_process_stay_independent(digits):
     X, _, X_test = digits
     first = DCGMM("digits", epochs=1, random_state=0).fit(X)

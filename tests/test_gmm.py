@@ -94,7 +94,8 @@ def test_precision_stays_within_bounds():
     [
         {"components": 0},
         {"precision_floor": 0.0},
-        {"precision_init": 30.0},
+        {"precision_init": 30.0, "init": "random"},
+        {"precision_ceiling": 0.005},
         {"width_decay": 1.5},
         {"wait": 1.0},
     ],
