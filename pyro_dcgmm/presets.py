@@ -7,7 +7,7 @@ GMM layer is shared (convolutional) and upper layers wait (stay frozen) for 10% 
 level, so the layers below settle first; each is then initialised by k-means on its real inputs.
 Unlike the reference, every GMM layer below the top passes its standardised log-responsibilities
 upward (responsibilities are one-hot in practice and hide the runner-up components), and the GMM
-layers above the first model them with a variance floor of 1 (``precision_ceiling = 1``); both were
+layers above the first model them with a variance floor of 0.1 (``precision_ceiling = 10``); both were
 chosen on a validation split (``docs/figures/training-quality/README.md``).
 
 ===== =========================================================
@@ -40,7 +40,7 @@ ARCHITECTURES = {
     "digits": "F4/2 G64 Ffull G25 R",
 }
 WAIT_PER_LEVEL = 0.1
-UPPER_PRECISION_CEILING = 1.0
+UPPER_PRECISION_CEILING = 10.0
 
 
 def names() -> list[str]:

@@ -59,22 +59,16 @@ def parse_args(argv=None) -> argparse.Namespace:
         command.add_argument("--per-position", action="store_true")
         command.add_argument("--epochs", type=int, default=10)
         command.add_argument("--batch-size", type=int, default=100)
-        command.add_argument("--lr", type=float, default=0.01)
+        command.add_argument("--lr", type=float, default=0.01, help="learning rate of Adam and SGD")
+        command.add_argument("--optimizer", default="em", choices=["em", "adam", "sgd"])
         command.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
         command.add_argument("--seed", type=int, default=0)
         command.add_argument("--train-limit", type=int, help="use at most this many training images")
         command.add_argument("--flat-components", type=int, default=25, help="K of the flat GMM")
         command.add_argument(
-            "--plateau-window",
-            type=int,
-            default=100,
-            help="annealing steps per plateau test of every GMM layer",
-        )
-        command.add_argument(
             "--upper-precision-ceiling",
             type=float,
-            default=200.0,
-            help="precision ceiling of the GMM layers above the first (they model responsibilities)",
+            help="precision ceiling of the GMM layers above the first (default: the preset's)",
         )
         command.add_argument("--out", type=Path, required=True)
         if name == "outliers":
@@ -106,11 +100,11 @@ def load(args):
 def preset_layers(args, shape, **gmm_options):
     name = args.preset or ("digits" if args.dataset == "digits" else "E")
     options = {"shared": False} if args.per_position else {}
-    options["plateau_window"] = args.plateau_window
     layers = list(presets.get(name, shape, **options, **gmm_options).layers)
     gmms = [i for i, layer in enumerate(layers) if layer.type == "gmm"]
-    for i in gmms[1:]:
-        layers[i] = dataclasses.replace(layers[i], precision_ceiling=args.upper_precision_ceiling)
+    if args.upper_precision_ceiling is not None:
+        for i in gmms[1:]:
+            layers[i] = dataclasses.replace(layers[i], precision_ceiling=args.upper_precision_ceiling)
     return [layer for layer in layers if layer.type != "readout"]
 
 
@@ -120,6 +114,7 @@ def estimator(args, layers) -> DCGMM:
         epochs=args.epochs,
         batch_size=args.batch_size,
         lr=args.lr,
+        optimizer=args.optimizer,
         device=args.device,
         random_state=args.seed,
     )
@@ -232,9 +227,7 @@ def density(args, dataset, report) -> None:
     generator = torch.Generator().manual_seed(args.seed)
     test = dequantize(dataset.test_images, dataset.levels, generator)
     k = args.components
-    mixture = GMMConfig(
-        components=k, precision_ceiling=args.precision_ceiling, plateau_window=args.plateau_window
-    )
+    mixture = GMMConfig(components=k, precision_ceiling=args.precision_ceiling)
     configurations = {
         f"dcgmm_full_image_k{k}": [FoldConfig(patch=None), mixture],
         f"dcgmm_patches{args.patch}_k{k}": [

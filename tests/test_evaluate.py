@@ -8,6 +8,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 import evaluate
 
+from pyro_dcgmm import presets
 from pyro_dcgmm.metrics import bits_per_dimension, clustering_metrics, outlier_metrics
 
 COMMON = ["--dataset", "digits", "--epochs", "1", "--lr", "0.03", "--device", "cpu", "--train-limit", "400"]
@@ -44,6 +45,9 @@ def test_layer_choices_from_flags(tmp_path):
     args = evaluate.parse_args(["cluster", "--upper-precision-ceiling", "300", "--out", str(tmp_path)])
     gmms = [layer for layer in evaluate.preset_layers(args, (1, 8, 8)) if layer.type == "gmm"]
     assert [g.precision_ceiling for g in gmms] == [20.0, 300.0]
+    default = evaluate.parse_args(["cluster", "--out", str(tmp_path)])
+    gmms = [layer for layer in evaluate.preset_layers(default, (1, 8, 8)) if layer.type == "gmm"]
+    assert [g.precision_ceiling for g in gmms] == [20.0, presets.UPPER_PRECISION_CEILING]
     assert all(layer.type != "readout" for layer in evaluate.preset_layers(args, (1, 8, 8)))
     # The density models must resolve dequantisation noise of width 1/256 (precision ~7.9e5).
     assert evaluate.parse_args(["density", "--out", str(tmp_path)]).precision_ceiling >= 12 * 256**2
