@@ -141,11 +141,15 @@ def plot(runs: dict, path: Path, title: str) -> None:
             color=colours[trainer],
             label=trainer if seed == min(s for t, s in runs if t == trainer) else None,
         )
+    targets = [run["log_likelihood"][-1] for (trainer, _), run in runs.items() if trainer == "scikit-learn"]
+    target = min(targets) - 0.005 * abs(min(targets))
+    axis.axhline(target, color="grey", linestyle="--", linewidth=1, label="lowest scikit-learn final - 0.5%")
     axis.set_xscale("log")
     axis.set_xlabel("wall time (s, log scale; training only)")
     axis.set_ylabel("test log-likelihood (nats per image)")
-    top = max(max(run["log_likelihood"]) for run in runs.values())
-    axis.set_ylim(top - 0.15 * abs(top) - 10, top + 0.02 * abs(top) + 1)
+    values = [ll for run in runs.values() for ll in run["log_likelihood"]]
+    margin = 0.05 * (max(values) - min(values)) + 1e-6
+    axis.set_ylim(min(values) - margin, max(values) + margin)
     axis.set_title(title)
     axis.grid(alpha=0.3)
     axis.legend()

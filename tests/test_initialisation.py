@@ -44,7 +44,7 @@ def test_per_position_layer_is_initialised_at_every_position():
     initialise(gmm, images, torch.Generator().manual_seed(0))
     pixel_values = images.view(-1, 4).T  # (4 positions, N)
     for position in range(4):
-        means = gmm.means[position // 2, position % 2, :, 0]  # (K,)
+        means = gmm.means.detach()[position // 2, position % 2, :, 0]  # (K,)
         nearest = (pixel_values[position][:, None] - means[None]).abs().min(1).values
         assert float(nearest.max()) < 0.1
 
