@@ -7,8 +7,8 @@ GMM layer is shared (convolutional) and upper layers wait (stay frozen) for 10% 
 level, so the layers below settle first; each is then initialised by k-means on its real inputs.
 Unlike the reference, every GMM layer below the top passes its standardised log-responsibilities
 upward (responsibilities are one-hot in practice and hide the runner-up components), and the GMM
-layers above the first model them with a variance floor of 0.1 (``precision_ceiling = 10``); both were
-chosen on a validation split (``docs/figures/training-quality/README.md``).
+layers above the first model them with a variance floor of 0.1 (``precision_ceiling = 10``; 1 for
+``digits``); both were chosen on validation splits (``docs/figures/training-quality/README.md``).
 
 ===== =========================================================
 A     Ffull - G25 - R
@@ -40,7 +40,8 @@ ARCHITECTURES = {
     "digits": "F4/2 G64 Ffull G25 R",
 }
 WAIT_PER_LEVEL = 0.1
-UPPER_PRECISION_CEILING = 10.0
+UPPER_PRECISION_CEILING = {"digits": 1.0}  # per preset, chosen on validation splits
+DEFAULT_UPPER_PRECISION_CEILING = 10.0
 
 
 def names() -> list[str]:
@@ -48,10 +49,16 @@ def names() -> list[str]:
     return list(ARCHITECTURES)
 
 
-def parse_architecture(text: str, num_classes: int = 10, **gmm_options) -> tuple:
+def parse_architecture(
+    text: str,
+    num_classes: int = 10,
+    upper_precision_ceiling: float = DEFAULT_UPPER_PRECISION_CEILING,
+    **gmm_options,
+) -> tuple:
     """Layer configs from a string such as ``"F3/1 G25 P2/2 Ffull G25 R"``.
 
-    ``gmm_options`` are passed to every GMM layer (e.g. ``shared=False``).
+    ``gmm_options`` are passed to every GMM layer and win over the string and the defaults (e.g.
+    ``shared=False`` or ``components=49``).
     """
     layers = []
     level = 0
@@ -68,13 +75,13 @@ def parse_architecture(text: str, num_classes: int = 10, **gmm_options) -> tuple
             kernel, stride = spec.split("/")
             layers.append(MaxPoolConfig(kernel=int(kernel), stride=int(stride)))
         elif kind == "G":
-            options = {"wait": min(WAIT_PER_LEVEL * level, 0.5)}
+            options = {"components": int(spec), "wait": min(WAIT_PER_LEVEL * level, 0.5)}
             if level > 0:
-                options["precision_ceiling"] = UPPER_PRECISION_CEILING
+                options["precision_ceiling"] = upper_precision_ceiling
             if position < top_gmm:
                 options["output"] = "log_responsibilities"
             options.update(gmm_options)
-            layers.append(GMMConfig(components=int(spec), **options))
+            layers.append(GMMConfig(**options))
             level += 1
         elif kind == "R":
             layers.append(ReadoutConfig(num_classes=num_classes))
@@ -97,5 +104,6 @@ def get(
         match = difflib.get_close_matches(name, names(), n=1)
         hint = f"; did you mean {match[0]!r}?" if match else ""
         raise ConfigError(f"unknown preset {name!r}; valid presets are {', '.join(names())}{hint}")
-    layers = parse_architecture(ARCHITECTURES[name], num_classes, **gmm_options)
+    ceiling = UPPER_PRECISION_CEILING.get(name, DEFAULT_UPPER_PRECISION_CEILING)
+    layers = parse_architecture(ARCHITECTURES[name], num_classes, ceiling, **gmm_options)
     return ModelConfig(preset=name, input_shape=tuple(input_shape), layers=layers)

@@ -47,7 +47,7 @@ def test_layer_choices_from_flags(tmp_path):
     assert [g.precision_ceiling for g in gmms] == [20.0, 300.0]
     default = evaluate.parse_args(["cluster", "--out", str(tmp_path)])
     gmms = [layer for layer in evaluate.preset_layers(default, (1, 8, 8)) if layer.type == "gmm"]
-    assert [g.precision_ceiling for g in gmms] == [20.0, presets.UPPER_PRECISION_CEILING]
+    assert [g.precision_ceiling for g in gmms] == [20.0, presets.UPPER_PRECISION_CEILING["digits"]]
     assert all(layer.type != "readout" for layer in evaluate.preset_layers(args, (1, 8, 8)))
     # The density models must resolve dequantisation noise of width 1/256 (precision ~7.9e5).
     assert evaluate.parse_args(["density", "--out", str(tmp_path)]).precision_ceiling >= 12 * 256**2

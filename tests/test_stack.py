@@ -158,6 +158,13 @@ def test_digits_preset_on_8x8():
     assert stack.predict_proba(x).shape == (2, 10)
 
 
+def test_preset_options_override_every_gmm_layer():
+    gmms = [layer for layer in presets.get("E", components=49).layers if layer.type == "gmm"]
+    assert [g.components for g in gmms] == [49, 49, 49]  # raised TypeError before
+    assert [g.precision_ceiling for g in gmms] == [20.0, 10.0, 10.0]
+    assert [g.output for g in gmms] == ["log_responsibilities"] * 2 + ["responsibilities"]
+
+
 def test_preset_that_does_not_fit_raises():
     with pytest.raises(ArchitectureError, match="larger than its input"):
         Stack.from_config(presets.get("C", (1, 8, 8)))
