@@ -1,7 +1,10 @@
-"""Deep Convolutional Gaussian Mixture Models as Pyro programs."""
+"""Deep Convolutional Gaussian Mixture Models as Pyro programs.
+
+The scikit-learn-style :class:`DCGMM` estimator (and with it scikit-learn, tqdm and the trainer) is
+imported on first use, so ``import pyro_dcgmm`` stays light.
+"""
 
 from pyro_dcgmm.annealing import AnnealingSchedule, torus_neighbourhood
-from pyro_dcgmm.estimator import DCGMM
 from pyro_dcgmm.fold import Fold
 from pyro_dcgmm.gmm import GMM
 from pyro_dcgmm.pool import MaxPool
@@ -9,6 +12,15 @@ from pyro_dcgmm.readout import Readout
 from pyro_dcgmm.stack import MAX_PLATE_NESTING, Stack
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    if name == "DCGMM":
+        from pyro_dcgmm.estimator import DCGMM
+
+        return DCGMM
+    raise AttributeError(f"module 'pyro_dcgmm' has no attribute {name!r}")
+
 
 __all__ = [
     "DCGMM",

@@ -1,16 +1,17 @@
-"""Figures: component prototypes and training curves (matplotlib, written without a display)."""
+"""Figures: component prototypes and training curves.
+
+Figures are matplotlib ``Figure`` objects written straight to files, without pyplot, so importing
+this module never changes the user's matplotlib backend and needs no display.
+"""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 import numpy as np
 import torch
+from matplotlib.figure import Figure
 
 from pyro_dcgmm.gmm import GMM
 
@@ -64,7 +65,8 @@ def plot_training_curve(records: list[dict], path: str | Path) -> None:
     """Per-layer training loss over steps and held-out log-likelihood per epoch."""
     steps = [r for r in records if "layer_loss" in r]
     epochs = [r for r in records if r.get("event") == "epoch"]
-    figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    figure = Figure(figsize=(11, 4))
+    left, right = figure.subplots(1, 2)
     if steps:
         losses = np.array([r["layer_loss"] for r in steps])
         for j in range(losses.shape[1]):
@@ -83,7 +85,6 @@ def plot_training_curve(records: list[dict], path: str | Path) -> None:
     right.set_ylabel("held-out log-likelihood (nats per sample)")
     figure.tight_layout()
     figure.savefig(path, dpi=120)
-    plt.close(figure)
 
 
 def save_image_grid(images, path: str | Path, columns: int, title: str = "", row_labels=None) -> None:
@@ -91,7 +92,8 @@ def save_image_grid(images, path: str | Path, columns: int, title: str = "", row
     images = images.detach().cpu().numpy() if torch.is_tensor(images) else np.asarray(images)
     grid = image_grid(images, columns)
     rows = int(np.ceil(len(images) / columns))
-    figure, axis = plt.subplots(figsize=(max(4.0, 0.6 * columns + 1), max(2.0, 0.6 * rows + 0.6)))
+    figure = Figure(figsize=(max(4.0, 0.6 * columns + 1), max(2.0, 0.6 * rows + 0.6)))
+    axis = figure.subplots()
     axis.imshow(
         grid[..., 0] if grid.shape[-1] == 1 else np.clip(grid, 0, 1),
         cmap="gray",
@@ -108,4 +110,3 @@ def save_image_grid(images, path: str | Path, columns: int, title: str = "", row
     axis.set_title(title)
     figure.tight_layout()
     figure.savefig(path, dpi=120)
-    plt.close(figure)

@@ -26,7 +26,8 @@ class Sharpening:
     ``objective(v) = log p_target(forward(v)) - pull * ||v - v0||^2``, clamped to the valid range
     after every step.
 
-    :param target: ``"next"`` (the first GMM layer at or above the step) or a GMM layer index.
+    :param target: ``"next"`` (the first GMM layer at or above the step) or a GMM layer index; a
+        step with no such GMM layer above it (or only lower ones) is left as it is.
     :param rate: step size of the gradient ascent.
     :param iterations: number of ascent steps.
     :param pull: weight of the squared distance to the unsharpened sample.

@@ -383,9 +383,12 @@ class Stack(PyroModule):
     def _sharpen(self, v: torch.Tensor, position: int, sharpening: Sharpening, fixed) -> torch.Tensor:
         """Sharpen ``v``, the input of stage ``position``, towards a GMM layer above it."""
         if sharpening.target == "next":
-            target = next(
+            above = [
                 p for p in range(position, len(self._stages)) if isinstance(self.layers[self._stages[p]], GMM)
-            )
+            ]
+            if not above:  # e.g. a MaxPool below the Readout: no layer above to sharpen towards
+                return v
+            target = above[0]
         else:
             target = self._stages.index(self.gmm_index(sharpening.target))
             if target < position:

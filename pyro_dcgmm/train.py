@@ -63,7 +63,8 @@ class TrainingState:
     """Where a run stands: epoch, step, this epoch's order and position in it, and the history.
 
     ``order is None`` between epochs.  ``epoch_losses`` sums the per-layer losses of this epoch's
-    ``epoch_steps`` steps.
+    ``epoch_steps`` steps.  ``seconds`` is the training wall time of the run before this call (a
+    resumed run's clock goes on from its checkpoint).
     """
 
     layers: int
@@ -75,6 +76,7 @@ class TrainingState:
     epoch_losses: torch.Tensor | None = None
     epoch_steps: int = 0
     skipped_in_a_row: int = 0
+    seconds: float = 0.0
 
     def start_epoch(self, num_data: int, generator: torch.Generator) -> None:
         self.order, self.offset = torch.randperm(num_data, generator=generator), 0
@@ -95,6 +97,7 @@ class TrainingState:
             "offset": self.offset,
             "epoch_losses": self.epoch_losses,
             "epoch_steps": self.epoch_steps,
+            "seconds": self.seconds,
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -103,6 +106,7 @@ class TrainingState:
         losses = state["epoch_losses"]
         self.epoch_losses = None if losses is None else losses.double()
         self.epoch_steps = state["epoch_steps"]
+        self.seconds = float(state["seconds"])
 
 
 @dataclass
@@ -154,11 +158,13 @@ class Checkpointer:
     def __init__(self, out_dir: Path, keep_epochs: bool, run_config=None):
         self.out_dir, self.keep_epochs, self.run_config = out_dir, keep_epochs, run_config
 
-    def save(self, stack: Stack, state: TrainingState, optimizer, generator: torch.Generator) -> None:
+    def save(self, stack: Stack, state: TrainingState, optimizer, generator, seconds: float) -> None:
+        """Save the run as it stands after ``seconds`` of training in this call."""
         training = {
             "optimizer": optimizer.state_dict(),
             "generator": generator.get_state(),
             **state.state_dict(),
+            "seconds": state.seconds + seconds,
         }
         if self.keep_epochs and state.order is None:
             save_checkpoint(self.out_dir / f"epoch-{state.epoch:04d}.pt", stack, training, self.run_config)
@@ -407,7 +413,7 @@ def _end_epoch(stack, state: TrainingState, validation, config, log: JsonLog, st
         "epoch": state.epoch,
         "train_loss": (state.epoch_losses / max(state.epoch_steps, 1)).tolist(),
         "width": [g.neighbourhood_width for g in stack.gmm_layers],
-        "seconds": time.perf_counter() - start_time,
+        "seconds": state.seconds + time.perf_counter() - start_time,
     }
     if validation is not None and distributed_rank_and_size()[0] == 0:
         record["validation_log_likelihood"] = evaluate(stack, validation, config.eval_batch_size)
@@ -506,5 +512,5 @@ def train(
             if state.offset >= num_data:
                 _end_epoch(stack, state, validation, config, log, start_time)
             if checkpointer is not None:
-                checkpointer.save(stack, state, optimizer, generator)
+                checkpointer.save(stack, state, optimizer, generator, time.perf_counter() - start_time)
     return TrainResult(state.history, state.step, time.perf_counter() - start_time)

@@ -151,6 +151,13 @@ def test_variants_stay_close_to_their_image(trained, digits):
     assert same < 0.5 * other
 
 
+def test_class_conditional_sharpening_with_a_pool_below_the_readout():
+    stack = Stack([Fold(3, 1), GMM(4), MaxPool(2), Readout(3)], (1, 8, 8))
+    options = SamplingOptions(sharpening=Sharpening(iterations=2))
+    images = stack.sample(4, classes=[0, 1, 2, 0], options=options)  # raised StopIteration before
+    assert images.shape == (4, 1, 8, 8) and torch.isfinite(images).all()
+
+
 def test_bad_sampling_requests_raise():
     stack = Stack([Fold(4, 2), GMM(4), MaxPool(1)], (1, 8, 8))
     with pytest.raises(ArchitectureError, match="needs a Readout"):

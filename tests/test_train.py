@@ -93,6 +93,10 @@ def test_resume_reproduces_uninterrupted_run(tmp_path, digits):
     assert [h["epoch"] for h in result.history] == [1, 2, 3, 4]
     steps = [json.loads(line)["step"] for line in (tmp_path / "log.jsonl").read_text().splitlines()]
     assert steps == sorted(steps)
+    seconds = [h["seconds"] for h in result.history]
+    assert seconds == sorted(seconds)  # the resumed run's clock goes on from the checkpoint
+    interrupted_seconds = torch.load(tmp_path / "checkpoint.pt", weights_only=True)["training"]["seconds"]
+    assert interrupted_seconds >= seconds[-1]
 
 
 def test_resume_from_other_architecture_fails(tmp_path, digits):
