@@ -13,11 +13,20 @@ The loop is built from small pieces: a :class:`TrainingState` (epoch, step, this
 position, history) with its own ``state_dict``, :func:`train_step` (one optimiser step, returning
 what happened), a :class:`JsonLog` and a :class:`Checkpointer`.  A GMM layer that starts to train
 (its ``wait`` over) is first initialised from its real inputs (:mod:`pyro_dcgmm.initialisation`).
+
+Data parallel: when a ``torch.distributed`` process group is initialised (``torchrun``), every
+process draws the same permutation, takes its share (``rank::world_size``) of each global mini-batch,
+and gradients and per-layer losses are summed over processes before every step, so all processes take
+the same step as one process with the whole batch (up to the order of floating-point sums).  Only
+rank 0 evaluates, logs and writes checkpoints.  The ``DistributedDataParallel`` wrapper is not used:
+Pyro's loss is built from the trace's factors, not from the module's output, which its
+gradient-readiness tracking relies on.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import math
 import time
@@ -344,7 +353,9 @@ def _checked_inputs(stack: Stack, images, labels, validation):
     labels = as_labels(labels, images.shape[0], readout.num_classes if readout else None)
     if validation is not None:
         validation = as_images(validation, stack.input_shape, stack.data_range, "validation")
-    return images, labels, validation
+    parameter = next(stack.parameters())  # training data go to the stack's device and dtype
+    images = images.to(parameter.device, parameter.dtype)
+    return images, labels.to(parameter.device) if labels is not None else None, validation
 
 
 def _place(stack: Stack, device: torch.device) -> None:
@@ -421,6 +432,58 @@ def _end_epoch(stack, state: TrainingState, validation, config, log: JsonLog, st
     log.write({"event": "epoch", **record})
 
 
+def _planned_steps(config: TrainConfig, num_data: int) -> tuple[int, int]:
+    """Steps of ``config.epochs`` epochs (what ``wait`` is a fraction of), and where to stop."""
+    planned = config.epochs * math.ceil(num_data / min(config.batch_size, num_data))
+    return planned, planned if config.max_steps is None else min(planned, config.max_steps)
+
+
+def _elbo(config: TrainConfig) -> TraceEnum_ELBO:
+    return TraceEnum_ELBO(
+        max_plate_nesting=MAX_PLATE_NESTING,
+        strict_enumeration_warning=config.objective == "enumerated",  # the closed form has no sites
+    )
+
+
+def _writers(out_dir, config: TrainConfig, run_config):
+    """The checkpointer (``None`` where nothing is written) and the log of this process."""
+    if out_dir is None or distributed_rank_and_size()[0] != 0:
+        return None, JsonLog(None)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return Checkpointer(out_dir, config.keep_epoch_checkpoints, run_config), JsonLog(out_dir / LOG_NAME)
+
+
+def _next_step(
+    stack,
+    images,
+    labels,
+    optimizer,
+    generator,
+    config,
+    dequantize_levels,
+    elbo,
+    state,
+    planned_steps,
+    log,
+    bar,
+):
+    """Initialise the layers whose wait is over, then take one SVI step on the next mini-batch."""
+    waiting = waiting_layers(stack, state.step / planned_steps)
+    initialise_ready_layers(stack, images, waiting, generator)
+    index = state.next_batch(min(config.batch_size, images.shape[0])).to(images.device)
+    batch = images[index]
+    if dequantize_levels is not None:
+        batch = dequantize(batch, dequantize_levels, generator)
+    batch_labels = labels[index] if labels is not None else None
+    outcome = train_step(stack, elbo, optimizer, batch, batch_labels, images.shape[0], waiting, config)
+    if outcome.problem is not None:
+        _skip(outcome, state, config, log)
+    else:
+        _record_step(stack, outcome, state, waiting, config, log, bar)
+    bar.update(1)
+
+
 def train(
     stack: Stack,
     images,
@@ -440,76 +503,43 @@ def train(
     :param labels: class indices (N,) for a Readout, or ``None``.
     :param TrainConfig config: optimiser, batch size, epochs, seed, device, logging.
     :param validation: held-out images, evaluated after every epoch.
-    :param out_dir: where ``checkpoint.pt`` (rewritten after every epoch and when ``max_steps``
-        stops a run mid-epoch), ``epoch-XXXX.pt`` (with ``config.keep_epoch_checkpoints``) and
-        ``log.jsonl`` go; ``None`` writes nothing.
+    :param out_dir: folder of ``checkpoint.pt`` (after every epoch, and where ``max_steps`` stops),
+        ``epoch-XXXX.pt`` (``config.keep_epoch_checkpoints``) and ``log.jsonl``; ``None``: nothing.
     :param resume: a checkpoint to continue from (same architecture and data); the run then
         reproduces the uninterrupted one.
-    :param int dequantize_levels: add uniform noise to every batch of data quantised to this many
-        levels (256 for 8-bit images); ``None`` trains on the data as they are.
+    :param int dequantize_levels: dequantise batches of data on this many levels (256: 8 bits).
     :param run_config: the full :class:`~pyro_dcgmm.config.RunConfig`, stored in checkpoints.
-
-    Data parallel: when a ``torch.distributed`` process group is initialised (``torchrun``), every
-    process draws the same permutation, takes its share (``rank::world_size``) of each global
-    mini-batch, and gradients and per-layer losses are summed over processes before every step,
-    so all processes take the same step as one process with the whole batch (up to the order of
-    floating-point sums).  Only rank 0 evaluates, logs and writes checkpoints.  The
-    ``DistributedDataParallel`` wrapper is not used: Pyro's loss is built from the trace's factors,
-    not from the module's output, which its gradient-readiness tracking relies on.
+        Data parallel under ``torchrun``: see the module docstring.
     """
     start_time = time.perf_counter()
     config = config if config is not None else TrainConfig()
     check_train_config(config)
-    images, labels, validation = _checked_inputs(stack, images, labels, validation)
     device = resolve_device(config.device)
     _place(stack, device)
-    images = images.to(device, next(stack.parameters()).dtype)
-    labels = labels.to(device) if labels is not None else None
+    images, labels, validation = _checked_inputs(stack, images, labels, validation)
     optimizer = make_optimizer(stack, config)
     generator = torch.Generator().manual_seed(config.seed)
-    elbo = TraceEnum_ELBO(
-        max_plate_nesting=MAX_PLATE_NESTING,
-        strict_enumeration_warning=config.objective == "enumerated",  # the closed form has no sites
-    )
-    num_data, batch_size = images.shape[0], min(config.batch_size, images.shape[0])
-    planned_steps = config.epochs * math.ceil(num_data / batch_size)
-    stop_step = planned_steps if config.max_steps is None else min(planned_steps, config.max_steps)
-    writes = out_dir is not None and distributed_rank_and_size()[0] == 0
-    if writes:
-        Path(out_dir).mkdir(parents=True, exist_ok=True)
-    checkpointer = Checkpointer(Path(out_dir), config.keep_epoch_checkpoints, run_config) if writes else None
+    checkpointer, log = _writers(out_dir, config, run_config)
     state = TrainingState(len(stack.gmm_layers))
-    log = JsonLog(Path(out_dir) / LOG_NAME if writes else None)
     if resume is not None:
         _resume(resume, stack, optimizer, generator, state, log, device)
+    step = functools.partial(
+        _next_step, stack, images, labels, optimizer, generator, config, dequantize_levels, _elbo(config)
+    )
+    planned_steps, stop_step = _planned_steps(config, images.shape[0])
     with contextlib.ExitStack() as context:
-        bar = context.enter_context(
-            tqdm(total=stop_step, initial=state.step, disable=not config.progress, unit="step")
-        )
+        bar = context.enter_context(tqdm(total=stop_step, initial=state.step, disable=not config.progress))
         context.enter_context(log)
         context.enter_context(pyro.validation_enabled(config.validate))
         while state.step < stop_step:
             # 1. A new epoch draws a new order of the training set.
             if state.order is None:
-                state.start_epoch(num_data, generator)
-            while state.offset < num_data and state.step < stop_step:
-                # 2. Layers whose wait is over are initialised from their inputs, then train.
-                waiting = waiting_layers(stack, state.step / planned_steps)
-                initialise_ready_layers(stack, images, waiting, generator)
-                index = state.next_batch(batch_size).to(device)
-                batch = images[index]
-                if dequantize_levels is not None:
-                    batch = dequantize(batch, dequantize_levels, generator)
-                batch_labels = labels[index] if labels is not None else None
-                # 3. One SVI step; a non-finite one is skipped or raises, as configured.
-                outcome = train_step(stack, elbo, optimizer, batch, batch_labels, num_data, waiting, config)
-                if outcome.problem is not None:
-                    _skip(outcome, state, config, log)
-                else:
-                    _record_step(stack, outcome, state, waiting, config, log, bar)
-                bar.update(1)
-            # 4. An epoch ends with a record (and validation); then the run is checkpointed.
-            if state.offset >= num_data:
+                state.start_epoch(images.shape[0], generator)
+            # 2. Steps until the epoch or the run ends (see _next_step).
+            while state.offset < images.shape[0] and state.step < stop_step:
+                step(state, planned_steps, log, bar)
+            # 3. An epoch ends with a record (and validation); then the run is checkpointed.
+            if state.offset >= images.shape[0]:
                 _end_epoch(stack, state, validation, config, log, start_time)
             if checkpointer is not None:
                 checkpointer.save(stack, state, optimizer, generator, time.perf_counter() - start_time)
