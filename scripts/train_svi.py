@@ -35,16 +35,8 @@ from pyro_dcgmm.files import atomic_write
 from pyro_dcgmm.plots import plot_prototypes, plot_training_curve, read_log
 from pyro_dcgmm.train import LOG_NAME, evaluate, train
 
-TRAIN_FLAGS = {
-    "epochs": "epochs",
-    "batch_size": "batch_size",
-    "lr": "lr",
-    "optimizer": "optimizer",
-    "seed": "seed",
-    "device": "device",
-    "max_steps": "max_steps",
-}
-DATA_FLAGS = {"dataset": "dataset", "root": "root", "classes": "classes", "train_limit": "train_limit"}
+TRAIN_FLAGS = ("epochs", "batch_size", "lr", "optimizer", "seed", "device", "max_steps")
+DATA_FLAGS = ("dataset", "root", "classes", "train_limit")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -61,7 +53,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("-n", "--epochs", type=int)
     parser.add_argument("-b", "--batch-size", type=int)
     parser.add_argument("--lr", type=float)
-    parser.add_argument("--optimizer", choices=["adam", "sgd"])
+    parser.add_argument("--optimizer", choices=["em", "adam", "sgd"])
     parser.add_argument("--seed", type=int)
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--max-steps", type=int)
@@ -80,10 +72,10 @@ def resolve_config(args: argparse.Namespace) -> RunConfig:
         config = load_config(args.config)
     else:
         config = RunConfig()
-    training = {f: getattr(args, a) for a, f in TRAIN_FLAGS.items() if getattr(args, a) is not None}
+    training = {name: getattr(args, name) for name in TRAIN_FLAGS if getattr(args, name) is not None}
     if args.no_progress:
         training["progress"] = False
-    data = {f: getattr(args, a) for a, f in DATA_FLAGS.items() if getattr(args, a) is not None}
+    data = {name: getattr(args, name) for name in DATA_FLAGS if getattr(args, name) is not None}
     if "classes" in data:
         data["classes"] = tuple(data["classes"])
     if args.download:
@@ -101,9 +93,14 @@ def resolve_config(args: argparse.Namespace) -> RunConfig:
 
 
 def resolve_model(config: ModelConfig, data: DataConfig, input_shape, per_position: bool):
-    """Fill in the layers (from the preset) and the input shape (from the data)."""
+    """Fill in the layers (from the preset) and the input shape (from the data); ``per_position``
+    makes every GMM layer one mixture per position, preset or listed."""
     if config.layers:
-        return dataclasses.replace(config, input_shape=config.input_shape or input_shape)
+        layers = tuple(
+            dataclasses.replace(layer, shared=False) if per_position and layer.type == "gmm" else layer
+            for layer in config.layers
+        )
+        return dataclasses.replace(config, input_shape=config.input_shape or input_shape, layers=layers)
     name = config.preset or ("digits" if data.dataset == "digits" else "E")
     options = {"shared": False} if per_position else {}
     preset = presets.get(name, config.input_shape or input_shape, **options)
@@ -162,12 +159,20 @@ def main(argv: list[str] | None = None) -> dict:
     if rank != 0:
         dist.destroy_process_group()
         return {}
+    summary = write_outputs(args, config, stack, dataset, before, result)
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    return summary
+
+
+def write_outputs(args, config: RunConfig, stack: Stack, dataset, before, result) -> dict:
+    """Evaluate the trained stack on the test set; write summary, config and figures; print a table."""
     stack.cpu()
     after = evaluate(stack, dataset.test_images)
     samples = result.steps * config.training.batch_size
     summary = {
         "dataset": dataset.name,
-        "model": to_dict(model_config),
+        "model": to_dict(config.model),
         "training": to_dict(config.training),
         "test_log_likelihood_before": before,
         "test_log_likelihood_after": after,
@@ -176,13 +181,19 @@ def main(argv: list[str] | None = None) -> dict:
         "train_samples_per_second": samples / result.seconds if result.seconds else None,
         "widths": [g.neighbourhood_width for g in stack.gmm_layers],
     }
-    if readout is not None:
+    if stack.readout is not None:
         predicted = stack.predict_proba(dataset.test_images).argmax(1)
         summary["test_accuracy"] = float((predicted == dataset.test_labels).float().mean())
     atomic_write(args.out / "summary.json", lambda h: h.write(json.dumps(summary, indent=2).encode()))
     atomic_write(args.out / "config.json", lambda h: h.write(json.dumps(to_dict(config), indent=2).encode()))
     plot_prototypes(stack.gmm_layers[0], args.out / "prototypes.png")
     plot_training_curve(read_log(args.out / LOG_NAME), args.out / "training_curve.png")
+    print_summary(stack, summary, args.out)
+    return summary
+
+
+def print_summary(stack: Stack, summary: dict, out: Path) -> None:
+    before, after = summary["test_log_likelihood_before"], summary["test_log_likelihood_after"]
     rows = [["GMM layer", "index", "K", "test LL before", "test LL after", "width"]]
     for j, index in enumerate(stack.gmm_indices):
         rows.append(
@@ -197,15 +208,12 @@ def main(argv: list[str] | None = None) -> dict:
         )
     print(format_table(rows))
     print(
-        f"{result.steps} steps in {result.seconds:.1f} s "
+        f"{summary['steps']} steps in {summary['train_seconds']:.1f} s "
         f"({summary['train_samples_per_second']:.0f} samples/s); log-likelihoods in nats per image"
     )
     if "test_accuracy" in summary:
         print(f"readout test accuracy: {summary['test_accuracy']:.4f}")
-    print(f"wrote {args.out}")
-    if dist.is_initialized():
-        dist.destroy_process_group()
-    return summary
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":
