@@ -81,6 +81,9 @@ class GMMConfig:
         uniform in ``[-mean_init_scale, mean_init_scale]``, every precision ``precision_init``).
     :param init_vectors: input vectors the initialisation looks at (per position when not shared).
     :param init_iterations: Lloyd iterations of the k-means initialisation.
+    :param dead_weight: at the end of every epoch a component whose mixing weight is below this
+        (in any of the layer's mixtures) is re-seeded at a random input vector with the inputs'
+        variance and weight ``1 / K``; 0 switches re-seeding off.
     :param precision_init: initial value of every precision with ``init = "random"``.
     :param mean_init_scale: with ``init = "random"``, means start uniform in ``[-scale, scale]``
         (the paper's ``muInit``).
@@ -104,6 +107,7 @@ class GMMConfig:
     init: Literal["kmeans", "data", "random"] = "kmeans"
     init_vectors: int = 5000
     init_iterations: int = 20
+    dead_weight: float = 1e-4
     precision_init: float = 10.0
     mean_init_scale: float = 0.1
     annealing: bool = False

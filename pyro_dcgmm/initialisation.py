@@ -11,6 +11,7 @@ through the layers below as trained so far and calls :func:`initialise`, which s
 - ``"data"``: means at randomly chosen input vectors, uniform weights, the inputs' variance.
 
 A per-position layer runs this independently at every position, on the vectors found there.
+:func:`reseed_dead` uses the same inputs to restart components whose weight has collapsed.
 """
 
 from __future__ import annotations
@@ -128,3 +129,37 @@ def initialise(gmm: GMM, inputs: torch.Tensor, generator: torch.Generator) -> No
         gmm.log_precision.copy_(precision.log().reshape(gmm.log_precision.shape))
         gmm.mixing_logits.copy_(weights.log().reshape(gmm.mixing_logits.shape))
         gmm.initialised.fill_(True)
+
+
+def dead_components(gmm: GMM) -> torch.Tensor:
+    """Boolean (P, K): components whose mixing weight is below ``dead_weight``, per mixture."""
+    weights = torch.softmax(gmm.mixing_logits.detach(), dim=-1).reshape(-1, gmm.components)
+    return weights < gmm.config.dead_weight
+
+
+def reseed_dead(gmm: GMM, inputs: torch.Tensor, generator: torch.Generator) -> int:
+    """Move every dead component to a random input vector, with the inputs' variance and weight 1/K.
+
+    :param torch.Tensor inputs: the layer's inputs (N, C, H, W).
+    :returns: how many components were re-seeded.
+    """
+    dead = dead_components(gmm)  # (P, K)
+    if not bool(dead.any()):
+        return 0
+    x = patch_vectors(gmm, inputs, generator).to(gmm.means.dtype)  # (P, M, D)
+    _, means, variances = _random_vectors(x, gmm.components, generator)  # (P, K, D)
+    precision = (1.0 / variances.clamp_min(1e-300)).clamp(
+        gmm.config.precision_floor, gmm.config.precision_ceiling
+    )
+    with torch.no_grad():
+        shape = (-1, gmm.components, means.shape[-1])
+        old_means, old_log_precision = gmm.means.view(shape), gmm.log_precision.view(shape)
+        mask = dead.unsqueeze(-1)
+        old_means.copy_(torch.where(mask, means, old_means))
+        old_log_precision.copy_(torch.where(mask, precision.log(), old_log_precision))
+        weights = torch.softmax(gmm.mixing_logits, dim=-1).reshape(-1, gmm.components)
+        weights = torch.where(dead, 1.0 / gmm.components, weights)
+        gmm.mixing_logits.copy_(
+            (weights / weights.sum(-1, keepdim=True)).log().reshape(gmm.mixing_logits.shape)
+        )
+    return int(dead.sum())

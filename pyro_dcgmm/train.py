@@ -43,7 +43,7 @@ from pyro_dcgmm.checkpoint import load_checkpoint, load_state_into, save_checkpo
 from pyro_dcgmm.config import TrainConfig
 from pyro_dcgmm.errors import CheckpointError, ConfigError, DataError, NonFiniteLossError
 from pyro_dcgmm.files import atomic_write
-from pyro_dcgmm.initialisation import images_needed, initialise
+from pyro_dcgmm.initialisation import dead_components, images_needed, initialise, reseed_dead
 from pyro_dcgmm.optim import make_optimizer
 from pyro_dcgmm.stack import MAX_PLATE_NESTING, Stack
 from pyro_dcgmm.validation import as_images, as_labels
@@ -248,15 +248,40 @@ def initialise_ready_layers(stack: Stack, images: torch.Tensor, waiting: list, g
     for index, gmm in zip(stack.gmm_indices, stack.gmm_layers, strict=True):
         if bool(gmm.initialised) or gmm in waiting:
             continue
-        count = min(images.shape[0], images_needed(gmm))
-        chosen = torch.randperm(images.shape[0], generator=generator)[:count].to(images.device)
-        with torch.no_grad():
-            inputs = torch.cat([stack.upward(chunk, index) for chunk in images[chosen].split(1000)])
-        initialise(gmm, inputs, generator)
-        if distributed_rank_and_size()[1] > 1:
-            for tensor in gmm.state_dict().values():
-                if torch.is_tensor(tensor):
-                    dist.broadcast(tensor, 0)
+        initialise(gmm, _layer_inputs(stack, images, index, gmm, generator), generator)
+        _broadcast_layer(gmm)
+
+
+def _layer_inputs(stack: Stack, images: torch.Tensor, index: int, gmm, generator) -> torch.Tensor:
+    """The inputs of ``layers[index]`` for a random subsample of ``images`` (enough for ``gmm``)."""
+    count = min(images.shape[0], images_needed(gmm))
+    chosen = torch.randperm(images.shape[0], generator=generator)[:count].to(images.device)
+    with torch.no_grad():
+        return torch.cat([stack.upward(chunk, index) for chunk in images[chosen].split(1000)])
+
+
+def _broadcast_layer(gmm) -> None:
+    """In a process group, give every process rank 0's values of ``gmm``'s tensors."""
+    if distributed_rank_and_size()[1] > 1:
+        for tensor in gmm.state_dict().values():
+            if torch.is_tensor(tensor):
+                dist.broadcast(tensor, 0)
+
+
+def reseed_dead_layers(stack: Stack, images: torch.Tensor, generator, optimizer, log) -> None:
+    """Re-seed the dead components of every trained GMM layer (see ``GMMConfig.dead_weight``).
+
+    The optimiser forgets what it kept about a re-seeded layer (online EM's running statistics).
+    """
+    for index, gmm in zip(stack.gmm_indices, stack.gmm_layers, strict=True):
+        if not bool(gmm.initialised) or not bool(dead_components(gmm).any()):
+            continue
+        count = reseed_dead(gmm, _layer_inputs(stack, images, index, gmm, generator), generator)
+        _broadcast_layer(gmm)
+        for optimizer_ in getattr(optimizer, "optimizers", [optimizer]):
+            for parameter in (gmm.means, gmm.log_precision, gmm.mixing_logits):
+                optimizer_.state.pop(parameter, None)
+        log.write({"event": "reseeded", "layer": index, "components": count})
 
 
 def _local_loss(stack, elbo, batch, batch_labels, num_data: int, enumerated: bool):
@@ -368,6 +393,9 @@ def _place(stack: Stack, device: torch.device) -> None:
 
 
 def _resume(path, stack, optimizer, generator, state: TrainingState, log: JsonLog, device) -> None:
+    """Continue from the checkpoint at ``path`` (``None``: a new run)."""
+    if path is None:
+        return
     checkpoint = load_checkpoint(path, map_location=device)
     load_state_into(stack, checkpoint)
     training = checkpoint["training"]
@@ -521,8 +549,7 @@ def train(
     generator = torch.Generator().manual_seed(config.seed)
     checkpointer, log = _writers(out_dir, config, run_config)
     state = TrainingState(len(stack.gmm_layers))
-    if resume is not None:
-        _resume(resume, stack, optimizer, generator, state, log, device)
+    _resume(resume, stack, optimizer, generator, state, log, device)
     step = functools.partial(
         _next_step, stack, images, labels, optimizer, generator, config, dequantize_levels, _elbo(config)
     )
@@ -538,8 +565,9 @@ def train(
             # 2. Steps until the epoch or the run ends (see _next_step).
             while state.offset < images.shape[0] and state.step < stop_step:
                 step(state, planned_steps, log, bar)
-            # 3. An epoch ends with a record (and validation); then the run is checkpointed.
+            # 3. An epoch ends: dead components re-seeded, a record (and validation); a checkpoint.
             if state.offset >= images.shape[0]:
+                reseed_dead_layers(stack, images, generator, optimizer, log)
                 _end_epoch(stack, state, validation, config, log, start_time)
             if checkpointer is not None:
                 checkpointer.save(stack, state, optimizer, generator, time.perf_counter() - start_time)
