@@ -198,26 +198,46 @@ def cluster(args, dataset, report) -> None:
         row = report[name]
         values = "  ".join(f"{metric} {row[metric]:.3f}" for metric in ("acc", "purity", "nmi", "ari"))
         print(f"{name:>20}: {values}")
+    plot_confusion(labels, clusters, k, dataset.class_names, args.out / "confusion.png")
+    plot_clusters(dataset, clusters, k, args.out / "clusters.png")
+
+
+def plot_confusion(labels: np.ndarray, clusters: np.ndarray, k: int, class_names, path: Path) -> None:
+    """Counts of test images per (class, cluster), with the counts written in the cells."""
     table = np.zeros((labels.max() + 1, k), dtype=int)
     np.add.at(table, (labels, clusters), 1)
-    figure, axis = plt.subplots(figsize=(8, 5))
-    axis.imshow(table, cmap="Blues")
-    axis.set_xlabel("DCGMM cluster")
-    axis.set_ylabel("class")
+    figure, axis = plt.subplots(figsize=(1.0 + 0.6 * k, 1.5 + 0.45 * table.shape[0]))
+    image = axis.imshow(table, cmap="Blues")
+    for (row, column), count in np.ndenumerate(table):
+        colour = "white" if count > table.max() / 2 else "black"
+        axis.text(column, row, str(count), ha="center", va="center", fontsize=7, color=colour)
+    axis.set_xticks(range(k))
+    axis.set_yticks(range(table.shape[0]), list(class_names)[: table.shape[0]])
+    axis.set_xlabel("DCGMM cluster (top-layer component)")
+    axis.set_ylabel("true class")
+    axis.set_title("Test images per class and cluster")
+    figure.colorbar(image, ax=axis, label="images")
     figure.tight_layout()
-    figure.savefig(args.out / "confusion.png", dpi=120)
+    figure.savefig(path, dpi=120)
     plt.close(figure)
-    rows = []
+
+
+def plot_clusters(dataset, clusters: np.ndarray, k: int, path: Path) -> None:
+    """One row per cluster: the mean of its test images, then up to 7 members (blank if fewer)."""
+    rows, labels = [], []
+    blank = torch.full((1, *dataset.input_shape), float("nan"))
     for c in range(k):
         members = dataset.test_images[torch.from_numpy(clusters == c)]
-        prototype = members.mean(0, keepdim=True) if len(members) else torch.zeros(1, *dataset.input_shape)
+        prototype = members.mean(0, keepdim=True) if len(members) else blank
         examples = members[:7]
-        rows.append(torch.cat([prototype, examples, torch.zeros(7 - len(examples), *dataset.input_shape)]))
+        rows.append(torch.cat([prototype, examples, blank.expand(7 - len(examples), -1, -1, -1)]))
+        labels.append(f"{c} ({len(members)})")
     save_image_grid(
         torch.cat(rows),
-        args.out / "clusters.png",
+        path,
         8,
-        "each row a DCGMM cluster: its mean, then members",
+        "DCGMM clusters, one per row: number (size),\nthe mean of its test images, then members",
+        row_labels=labels,
     )
 
 
