@@ -18,7 +18,7 @@ D     F3/1 - G25 - P2/2 - F4/1 - G25 - P2/2 - Ffull - G25 - R
 E     F3/1 - G25 - F4/2 - G25 - Ffull - G25 - R
 F     F3/1 - G25 - F4/2 - G25 - F4/2 - G25 - Ffull - G25 - R
 G     F3/1 - G25 - P2/2 - F3/1 - G25 - P2/2 - F3/1 - G25 - P2/2 - Ffull - G25 - R
-digits F4/2 - G64 - Ffull - G25 - R  (for 8x8 inputs)
+digits F4/2 - G100 - Ffull - G25 - R  (for 8x8 inputs)
 ===== =========================================================
 """
 
@@ -37,7 +37,7 @@ ARCHITECTURES = {
     "E": "F3/1 G25 F4/2 G25 Ffull G25 R",
     "F": "F3/1 G25 F4/2 G25 F4/2 G25 Ffull G25 R",
     "G": "F3/1 G25 P2/2 F3/1 G25 P2/2 F3/1 G25 P2/2 Ffull G25 R",
-    "digits": "F4/2 G64 Ffull G25 R",
+    "digits": "F4/2 G100 Ffull G25 R",
 }
 WAIT_PER_LEVEL = 0.1
 UPPER_PRECISION_CEILING = {"digits": 1.0}  # per preset, chosen on validation splits

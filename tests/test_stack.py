@@ -154,7 +154,7 @@ def test_presets_build_and_run_on_28x28(name):
 def test_digits_preset_on_8x8():
     stack = Stack.from_config(presets.get("digits", (1, 8, 8)))
     x = torch.rand(2, 1, 8, 8)
-    assert stack.responsibilities(x, 0).shape == (2, 3, 3, 64)
+    assert stack.responsibilities(x, 0).shape == (2, 3, 3, 100)
     assert stack.predict_proba(x).shape == (2, 10)
 
 
