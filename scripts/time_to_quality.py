@@ -30,6 +30,7 @@ from sklearn.metrics import normalized_mutual_info_score
 from sklearn.mixture import GaussianMixture
 
 from pyro_dcgmm import GMM, Fold, Stack
+from pyro_dcgmm.cli import add_data_flags, make_parser
 from pyro_dcgmm.config import DataConfig, TrainConfig
 from pyro_dcgmm.data import load_dataset
 from pyro_dcgmm.files import atomic_write
@@ -37,13 +38,8 @@ from pyro_dcgmm.train import train
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n")[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-        allow_abbrev=False,
-    )
-    parser.add_argument("--dataset", default="digits", choices=["digits", "fashion-mnist", "mnist"])
-    parser.add_argument("--root", help="folder with the data set's IDX files")
+    parser = make_parser(__doc__)
+    add_data_flags(parser)
     parser.add_argument("--components", type=int, default=10, help="K of every model")
     parser.add_argument("--variance-floor", type=float, default=1e-3, help="smallest variance")
     parser.add_argument("--epochs", type=int, default=10, help="epochs of our trainers")

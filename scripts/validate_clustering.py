@@ -26,28 +26,29 @@ from sklearn.metrics import normalized_mutual_info_score
 from sklearn.mixture import GaussianMixture
 
 from pyro_dcgmm import DCGMM, presets
+from pyro_dcgmm.cli import add_data_flags, make_parser
 from pyro_dcgmm.config import DataConfig
 from pyro_dcgmm.data import load_dataset, split_validation
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n")[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-        allow_abbrev=False,
-    )
-    parser.add_argument("--dataset", default="digits", choices=["digits", "fashion-mnist", "mnist"])
-    parser.add_argument("--root", help="folder with the data set's IDX files")
+    parser = make_parser(__doc__)
+    add_data_flags(parser)
     parser.add_argument("--subset", type=int, help="use a random subset of this many training images")
-    parser.add_argument("--validation-fraction", type=float, default=0.2)
+    parser.add_argument("--validation-fraction", type=float, default=0.2, help="part held out for validation")
     parser.add_argument("--architecture", default="digits", help="preset name or layer string")
     parser.add_argument("--top-components", type=int, default=10, help="K of the top GMM layer")
-    parser.add_argument("--upper-precision-ceiling", type=float, default=10.0)
+    parser.add_argument(
+        "--upper-precision-ceiling",
+        type=float,
+        default=10.0,
+        help="precision ceiling of the GMM layers above the first",
+    )
     parser.add_argument(
         "--first-output", default="log_responsibilities", choices=["responsibilities", "log_responsibilities"]
     )
-    parser.add_argument("--epochs", type=int, default=10)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--epochs", type=int, default=10, help="training epochs of the DCGMM")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="one run per seed")
     return parser.parse_args(argv)
 
 
