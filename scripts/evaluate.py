@@ -55,8 +55,6 @@ def parse_args(argv=None) -> argparse.Namespace:
         command = commands.add_parser(name, allow_abbrev=False)
         command.add_argument("--dataset", default="digits", choices=["digits", "fashion-mnist", "mnist"])
         command.add_argument("--root", help="folder with the data set's IDX files")
-        command.add_argument("--preset", default=None, help="architecture (default: digits or E)")
-        command.add_argument("--per-position", action="store_true")
         command.add_argument("--epochs", type=int, default=10)
         command.add_argument("--batch-size", type=int, default=100)
         command.add_argument("--lr", type=float, default=0.01, help="learning rate of Adam and SGD")
@@ -64,15 +62,18 @@ def parse_args(argv=None) -> argparse.Namespace:
         command.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
         command.add_argument("--seed", type=int, default=0)
         command.add_argument("--train-limit", type=int, help="use at most this many training images")
-        command.add_argument("--flat-components", type=int, default=25, help="K of the flat GMM")
-        command.add_argument(
-            "--upper-precision-ceiling",
-            type=float,
-            help="precision ceiling of the GMM layers above the first (default: the preset's)",
-        )
+        if name != "density":  # the density models are fixed: one full-image GMM, one of patches
+            command.add_argument("--preset", default=None, help="architecture (default: digits or E)")
+            command.add_argument("--per-position", action="store_true")
+            command.add_argument(
+                "--upper-precision-ceiling",
+                type=float,
+                help="precision ceiling of the GMM layers above the first (default: the preset's)",
+            )
         command.add_argument("--out", type=Path, required=True)
         if name == "outliers":
             command.add_argument("--heldout", default="0", help="a class index, or 'all' for every fold")
+            command.add_argument("--flat-components", type=int, default=25, help="K of the flat GMM")
         if name == "cluster":
             command.add_argument("--top-components", type=int, default=10, help="K of the top GMM layer")
         if name == "density":

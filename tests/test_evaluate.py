@@ -61,3 +61,18 @@ def test_metric_helpers():
     assert scores["auroc"] == 1.0 and scores["fpr_at_95_tpr"] == 0.0
     # A uniform density on [0, 1]^D has log-likelihood 0: 8 bits per dimension of 8-bit data.
     assert bits_per_dimension(np.zeros(10), dims=784) == pytest.approx(8.0)
+
+
+@pytest.mark.parametrize(
+    "command,flag",
+    [
+        ("density", ["--preset", "E"]),
+        ("density", ["--per-position"]),
+        ("density", ["--upper-precision-ceiling", "5"]),
+        ("density", ["--flat-components", "10"]),
+        ("cluster", ["--flat-components", "10"]),
+    ],
+)
+def test_each_sub_command_takes_only_the_flags_it_uses(tmp_path, command, flag):
+    with pytest.raises(SystemExit):  # were accepted and silently ignored
+        evaluate.parse_args([command, *flag, "--out", str(tmp_path)])
