@@ -1,6 +1,6 @@
 """Deep Convolutional Gaussian Mixture Models as Pyro programs.
 
-The scikit-learn-style :class:`DCGMM` estimator (and with it scikit-learn, tqdm and the trainer) is
+The scikit-learn-style :class:`DCGMM` estimator (and with it scikit-learn and the trainer) is
 imported on first use, so ``import pyro_dcgmm`` stays light.
 """
 

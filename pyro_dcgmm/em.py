@@ -33,11 +33,9 @@ with no mass keeps its parameters.
 
 from __future__ import annotations
 
-import math
-
 import torch
 
-from pyro_dcgmm.gmm import GMM
+from pyro_dcgmm.gmm import GMM, bounded_log_precision
 
 TINY_MASS = 1e-12
 
@@ -62,10 +60,7 @@ class OnlineEM(torch.optim.Optimizer):
             {
                 "params": [gmm.means, gmm.log_precision, gmm.mixing_logits],
                 "positions": gmm.positions,
-                "log_precision_bounds": (
-                    math.log(gmm.config.precision_floor),
-                    math.log(gmm.config.precision_ceiling),
-                ),
+                "log_precision_bounds": gmm.log_precision_bounds,
             }
             for gmm in gmms
         ]
@@ -114,8 +109,7 @@ def maximise(statistics, means, log_precision, logits, log_precision_bounds) -> 
     alive = s0 > TINY_MASS * s0.sum(-1, keepdim=True)  # (..., K)
     mass = s0.clamp_min(TINY_MASS).unsqueeze(-1)  # (..., K, 1)
     new_means = s1 / mass
-    variance = (s2 / mass - new_means * new_means).clamp_min(1e-300)
-    new_log_precision = (-variance.log()).clamp(*log_precision_bounds)
+    new_log_precision = bounded_log_precision(s2 / mass - new_means * new_means, log_precision_bounds)
     means.copy_(torch.where(alive.unsqueeze(-1), new_means, means))
     log_precision.copy_(torch.where(alive.unsqueeze(-1), new_log_precision, log_precision))
     logits.copy_(s0.clamp_min(TINY_MASS * s0.sum(-1, keepdim=True)).log())

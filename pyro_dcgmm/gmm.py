@@ -51,6 +51,11 @@ def _gaussian_terms(means: torch.Tensor, precision: torch.Tensor):
     return linear, quadratic, constant
 
 
+def bounded_log_precision(variance: torch.Tensor, bounds: tuple[float, float]) -> torch.Tensor:
+    """``log(1 / variance)`` clamped to ``bounds`` (a zero variance gives the upper bound)."""
+    return (-variance.clamp_min(torch.finfo(variance.dtype).tiny).log()).clamp(*bounds)
+
+
 def _features(x: torch.Tensor, mask: torch.Tensor | None, dim: int) -> torch.Tensor:
     """``[x, x^2]`` or, with a mask of observed entries, ``[m x, m x^2, m]`` along ``dim``."""
     if mask is None:
@@ -197,12 +202,15 @@ class GMM(Layer):
         _, out_h, out_w = self.output_shape
         return out_h * out_w if self.config.shared else 1
 
+    @property
+    def log_precision_bounds(self) -> tuple[float, float]:
+        """``(log precision_floor, log precision_ceiling)``: where every log-precision must lie."""
+        return math.log(self.config.precision_floor), math.log(self.config.precision_ceiling)
+
     def clamp_precision_(self) -> None:
         """Project the precisions into ``[precision_floor, precision_ceiling]`` (after a step)."""
         with torch.no_grad():
-            self.log_precision.clamp_(
-                math.log(self.config.precision_floor), math.log(self.config.precision_ceiling)
-            )
+            self.log_precision.clamp_(*self.log_precision_bounds)
 
     @property
     def neighbourhood_width(self) -> float:

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from sklearn.cluster import kmeans_plusplus
 
-from pyro_dcgmm.gmm import GMM
+from pyro_dcgmm.gmm import GMM, bounded_log_precision
 
 
 def images_needed(gmm: GMM) -> int:
@@ -123,10 +123,10 @@ def initialise(gmm: GMM, inputs: torch.Tensor, generator: torch.Generator) -> No
         )
     else:
         weights, means, variances = _random_vectors(x, config.components, generator)
-    precision = (1.0 / variances.clamp_min(1e-300)).clamp(config.precision_floor, config.precision_ceiling)
+    log_precision = bounded_log_precision(variances, gmm.log_precision_bounds)
     with torch.no_grad():
         gmm.means.copy_(means.reshape(gmm.means.shape))
-        gmm.log_precision.copy_(precision.log().reshape(gmm.log_precision.shape))
+        gmm.log_precision.copy_(log_precision.reshape(gmm.log_precision.shape))
         gmm.mixing_logits.copy_(weights.log().reshape(gmm.mixing_logits.shape))
         gmm.initialised.fill_(True)
 
@@ -148,15 +148,13 @@ def reseed_dead(gmm: GMM, inputs: torch.Tensor, generator: torch.Generator) -> i
         return 0
     x = patch_vectors(gmm, inputs, generator).to(gmm.means.dtype)  # (P, M, D)
     _, means, variances = _random_vectors(x, gmm.components, generator)  # (P, K, D)
-    precision = (1.0 / variances.clamp_min(1e-300)).clamp(
-        gmm.config.precision_floor, gmm.config.precision_ceiling
-    )
+    log_precision = bounded_log_precision(variances, gmm.log_precision_bounds)
     with torch.no_grad():
         shape = (-1, gmm.components, means.shape[-1])
         old_means, old_log_precision = gmm.means.view(shape), gmm.log_precision.view(shape)
         mask = dead.unsqueeze(-1)
         old_means.copy_(torch.where(mask, means, old_means))
-        old_log_precision.copy_(torch.where(mask, precision.log(), old_log_precision))
+        old_log_precision.copy_(torch.where(mask, log_precision, old_log_precision))
         weights = torch.softmax(gmm.mixing_logits, dim=-1).reshape(-1, gmm.components)
         weights = torch.where(dead, 1.0 / gmm.components, weights)
         gmm.mixing_logits.copy_(

@@ -38,6 +38,14 @@ class OptimizerChain:
             optimizer.load_state_dict(optimizer_state)
 
 
+def forget(optimizer, parameters) -> None:
+    """Drop what ``optimizer`` (a torch optimiser or an :class:`OptimizerChain`) keeps about
+    ``parameters``: their next step starts afresh (online EM from the current parameters)."""
+    for single in getattr(optimizer, "optimizers", [optimizer]):
+        for parameter in parameters:
+            single.state.pop(parameter, None)
+
+
 def _gradient_groups(layers, config: TrainConfig) -> list[dict]:
     """One parameter group per (layer, parameter kind) with its learning-rate factor.
 

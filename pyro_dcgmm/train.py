@@ -44,7 +44,7 @@ from pyro_dcgmm.config import TrainConfig
 from pyro_dcgmm.errors import CheckpointError, ConfigError, DataError, NonFiniteLossError
 from pyro_dcgmm.files import atomic_write
 from pyro_dcgmm.initialisation import dead_components, images_needed, initialise, reseed_dead
-from pyro_dcgmm.optim import make_optimizer
+from pyro_dcgmm.optim import forget, make_optimizer
 from pyro_dcgmm.stack import MAX_PLATE_NESTING, Stack
 from pyro_dcgmm.validation import as_images, as_labels
 
@@ -278,9 +278,7 @@ def reseed_dead_layers(stack: Stack, images: torch.Tensor, generator, optimizer,
             continue
         count = reseed_dead(gmm, _layer_inputs(stack, images, index, gmm, generator), generator)
         _broadcast_layer(gmm)
-        for optimizer_ in getattr(optimizer, "optimizers", [optimizer]):
-            for parameter in (gmm.means, gmm.log_precision, gmm.mixing_logits):
-                optimizer_.state.pop(parameter, None)
+        forget(optimizer, [gmm.means, gmm.log_precision, gmm.mixing_logits])
         log.write({"event": "reseeded", "layer": index, "components": count})
 
 
