@@ -70,6 +70,9 @@ class AnnealingSchedule:
     :param float decay: factor per plateau, in (0, 1).
     :param int window: iterations per plateau test.
     :param float tolerance: relative-improvement band for a plateau.
+
+    A GMM layer builds its schedule from its :class:`~pyro_dcgmm.config.GMMConfig`, which checks
+    every one of these values.
     """
 
     def __init__(
@@ -80,10 +83,6 @@ class AnnealingSchedule:
         window: int = 100,
         tolerance: float = 0.05,
     ):
-        if not 0.0 < decay < 1.0:
-            raise ValueError(f"decay must lie in (0, 1), got {decay}")
-        if window < 1:
-            raise ValueError(f"window must be >= 1 iteration, got {window}")
         self.floor = floor
         self.decay = decay
         self.window = window

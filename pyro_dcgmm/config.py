@@ -29,45 +29,127 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
+import math
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Any, ClassVar, Literal, Union
 
 try:
     import tomllib
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
-from pyro_dcgmm.errors import ConfigError
+from pyro_dcgmm.errors import ConfigError, LayerConfigError
 
 IntPair = int | tuple[int, int]
 
 
+def bounded(default: Any, **bounds: float) -> Any:
+    """A dataclass field whose value (when not ``None``) must be finite and lie within ``bounds``:
+    any of ``ge``, ``gt``, ``le``, ``lt`` (>=, >, <=, <)."""
+    return field(default=default, metadata={"bounds": bounds})
+
+
+def nearest(key: str, valid: typing.Iterable[str]) -> str:
+    """``"; did you mean 'x'?"`` for the valid name closest to ``key``, or ``""``."""
+    match = difflib.get_close_matches(key, list(valid), n=1, cutoff=0.0)
+    return f"; did you mean {match[0]!r}?" if match else ""
+
+
+def _bounds_text(bounds: dict[str, float]) -> str:
+    lower = [f"{'>=' if op == 'ge' else '>'} {bounds[op]:g}" for op in ("ge", "gt") if op in bounds]
+    upper = [f"{'<=' if op == 'le' else '<'} {bounds[op]:g}" for op in ("le", "lt") if op in bounds]
+    if lower and upper:
+        left, right = ("[", bounds["ge"]) if "ge" in bounds else ("(", bounds["gt"])
+        close, top = ("]", bounds["le"]) if "le" in bounds else (")", bounds["lt"])
+        return f"in {left}{right:g}, {top:g}{close}"
+    return " and ".join(lower + upper)
+
+
+def _within(value: float, bounds: dict[str, float]) -> bool:
+    checks = {"ge": value >= bounds.get("ge", -math.inf), "gt": value > bounds.get("gt", -math.inf)}
+    checks |= {"le": value <= bounds.get("le", math.inf), "lt": value < bounds.get("lt", math.inf)}
+    return math.isfinite(value) and all(checks.values())
+
+
+class Checked:
+    """Base of every config dataclass: constructing one (from TOML, a dict, the estimator or plain
+    Python) coerces every field to its annotation, checks its ``bounded`` range, then the rules
+    between fields in :meth:`check`.  A violation raises :attr:`error` naming the field, the value
+    and what is allowed."""
+
+    section: ClassVar[str]
+    error: ClassVar[type[ConfigError]] = ConfigError
+
+    def __post_init__(self) -> None:
+        hints = _type_hints(type(self))
+        for spec in dataclasses.fields(self):
+            where = f"{self.section}.{spec.name}"
+            value = _coerce(getattr(self, spec.name), hints[spec.name], where, self.error)
+            bounds = spec.metadata.get("bounds")
+            if bounds and value is not None and not _within(value, bounds):
+                finite = "" if math.isfinite(value) else "finite and "
+                self.fail(f"{where} must be {finite}{_bounds_text(bounds)}, got {value!r}")
+            object.__setattr__(self, spec.name, value)
+        self.check()
+
+    def check(self) -> None:
+        """Rules between fields (each field on its own is already checked)."""
+
+    def fail(self, message: str) -> typing.NoReturn:
+        raise self.error(message)
+
+    def check_pair(self, name: str, allow_none: bool = False) -> None:
+        """Field ``name`` is a positive int or a pair of them (or ``None`` if allowed)."""
+        value = getattr(self, name)
+        pair = (value, value) if isinstance(value, int) else value
+        if (value is None and not allow_none) or (value is not None and min(pair) < 1):
+            self.fail(f"{self.section}.{name} must be a positive int or a pair of them, got {value!r}")
+
+
+@functools.cache
+def _type_hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
 @dataclass(frozen=True)
-class FoldConfig:
+class FoldConfig(Checked):
     """Cut the input into patches and flatten each into a vector of length ``C * ph * pw``.
 
     ``patch=None`` takes the whole (remaining) input as one patch.
     """
 
-    type: Literal["fold"] = "fold"
+    section = "fold"
+    error = LayerConfigError
+    type: Literal["fold"] = field(default="fold", kw_only=True)
     patch: IntPair | None = None
     stride: IntPair = 1
 
+    def check(self) -> None:
+        self.check_pair("patch", allow_none=True)
+        self.check_pair("stride")
+
 
 @dataclass(frozen=True)
-class MaxPoolConfig:
+class MaxPoolConfig(Checked):
     """Spatial max pooling of every channel; ``stride=None`` means ``stride = kernel``."""
 
-    type: Literal["maxpool"] = "maxpool"
+    section = "maxpool"
+    error = LayerConfigError
+    type: Literal["maxpool"] = field(default="maxpool", kw_only=True)
     kernel: IntPair = 2
     stride: IntPair | None = None
 
+    def check(self) -> None:
+        self.check_pair("kernel")
+        self.check_pair("stride", allow_none=True)
+
 
 @dataclass(frozen=True)
-class GMMConfig:
+class GMMConfig(Checked):
     """A diagonal Gaussian mixture over every patch vector of its input.
 
     :param components: number of mixture components K.
@@ -99,37 +181,56 @@ class GMMConfig:
     :param means_lr_scale, precision_lr_scale, mixing_lr_scale: per-parameter learning-rate factors.
     """
 
-    type: Literal["gmm"] = "gmm"
-    components: int = 25
+    section = "gmm"
+    error = LayerConfigError
+    type: Literal["gmm"] = field(default="gmm", kw_only=True)
+    components: int = bounded(25, ge=1)
     shared: bool = True
-    precision_floor: float = 0.01
-    precision_ceiling: float = 20.0
+    precision_floor: float = bounded(0.01, gt=0)
+    precision_ceiling: float = bounded(20.0, gt=0)
     init: Literal["kmeans", "data", "random"] = "kmeans"
-    init_vectors: int = 5000
-    init_iterations: int = 20
-    dead_weight: float = 1e-4
-    precision_init: float = 10.0
-    mean_init_scale: float = 0.1
+    init_vectors: int = bounded(5000, ge=1)
+    init_iterations: int = bounded(20, ge=0)
+    dead_weight: float = bounded(1e-4, ge=0, lt=1)
+    precision_init: float = bounded(10.0, gt=0)
+    mean_init_scale: float = bounded(0.1, ge=0)
     annealing: bool = False
-    width_init: float | None = None
-    width_floor: float = 0.01
-    width_decay: float = 0.9
-    plateau_window: int = 100
-    plateau_tolerance: float = 0.05
-    wait: float = 0.0
+    width_init: float | None = bounded(None, gt=0)
+    width_floor: float = bounded(0.01, gt=0)
+    width_decay: float = bounded(0.9, gt=0, lt=1)
+    plateau_window: int = bounded(100, ge=1)
+    plateau_tolerance: float = bounded(0.05, ge=0)
+    wait: float = bounded(0.0, ge=0, lt=1)
     output: Literal["responsibilities", "log_responsibilities"] = "responsibilities"
-    means_lr_scale: float = 1.0
-    precision_lr_scale: float = 1.0
-    mixing_lr_scale: float = 1.0
+    means_lr_scale: float = bounded(1.0, ge=0)
+    precision_lr_scale: float = bounded(1.0, ge=0)
+    mixing_lr_scale: float = bounded(1.0, ge=0)
+
+    def check(self) -> None:
+        if not self.precision_floor < self.precision_ceiling:
+            self.fail(
+                "gmm precisions need precision_floor < precision_ceiling, got "
+                f"{self.precision_floor} and {self.precision_ceiling}"
+            )
+        if self.init == "random" and not self.precision_floor < self.precision_init < self.precision_ceiling:
+            self.fail(
+                "with init = 'random' gmm precisions need precision_floor < precision_init < "
+                f"precision_ceiling, got {self.precision_floor}, {self.precision_init}, "
+                f"{self.precision_ceiling}"
+            )
+        if self.init_vectors < self.components:
+            self.fail(f"gmm.init_vectors must be >= components ({self.components}), got {self.init_vectors}")
 
 
 @dataclass(frozen=True)
-class ReadoutConfig:
+class ReadoutConfig(Checked):
     """Linear classifier on the (detached) output of the layer below, trained on labels."""
 
-    type: Literal["readout"] = "readout"
-    num_classes: int = 10
-    wait: float = 0.0
+    section = "readout"
+    error = LayerConfigError
+    type: Literal["readout"] = field(default="readout", kw_only=True)
+    num_classes: int = bounded(10, ge=2)
+    wait: float = bounded(0.0, ge=0, lt=1)
 
 
 LayerConfig = FoldConfig | MaxPoolConfig | GMMConfig | ReadoutConfig
@@ -142,21 +243,29 @@ LAYER_CONFIGS: dict[str, type] = {
 
 
 @dataclass(frozen=True)
-class ModelConfig:
+class ModelConfig(Checked):
     """A layer stack: a preset name or an explicit list of layers, and the input shape (C, H, W).
 
     ``input_shape=None`` takes the shape of the data set.  ``data_range`` is the interval inputs
     must lie in (images scaled to [0, 1] by default).
     """
 
+    section = "model"
     preset: str | None = None
     input_shape: tuple[int, int, int] | None = None
     layers: tuple[LayerConfig, ...] = ()
     data_range: tuple[float, float] = (0.0, 1.0)
 
+    def check(self) -> None:
+        if self.input_shape is not None and min(self.input_shape) < 1:
+            self.fail(f"model.input_shape must be 3 positive ints (C, H, W), got {self.input_shape}")
+        low, high = self.data_range
+        if not (math.isfinite(low) and math.isfinite(high) and low < high):
+            self.fail(f"model.data_range must be two finite numbers, low < high, got {self.data_range}")
+
 
 @dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(Checked):
     """How :func:`pyro_dcgmm.train.train` optimises a stack.
 
     :param epochs: passes over the training set.
@@ -187,28 +296,29 @@ class TrainConfig:
     :param progress: show a tqdm progress bar.
     """
 
-    epochs: int = 1
-    batch_size: int = 100
+    section = "training"
+    epochs: int = bounded(1, ge=1)
+    batch_size: int = bounded(100, ge=1)
     optimizer: Literal["em", "adam", "sgd"] = "em"
-    lr: float = 0.01
-    momentum: float = 0.0
-    em_step_offset: float = 2.0
-    em_step_decay: float = 0.6
+    lr: float = bounded(0.01, gt=0)
+    momentum: float = bounded(0.0, ge=0)
+    em_step_offset: float = bounded(2.0, gt=0)
+    em_step_decay: float = bounded(0.6, ge=0, le=1)
     objective: Literal["closed_form", "enumerated"] = "closed_form"
-    seed: int = 0
+    seed: int = bounded(0, ge=0)
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    max_steps: int | None = None
+    max_steps: int | None = bounded(None, ge=1)
     non_finite: Literal["raise", "skip"] = "raise"
-    max_skipped_steps: int = 10
-    log_every: int = 20
-    eval_batch_size: int = 1000
+    max_skipped_steps: int = bounded(10, ge=0)
+    log_every: int = bounded(20, ge=1)
+    eval_batch_size: int = bounded(1000, ge=1)
     validate: bool = False
     keep_epoch_checkpoints: bool = False
     progress: bool = True
 
 
 @dataclass(frozen=True)
-class DataConfig:
+class DataConfig(Checked):
     """Which data set to train on.
 
     :param dataset: ``"digits"`` (scikit-learn, 8x8, embedded), ``"fashion-mnist"`` or ``"mnist"``.
@@ -220,27 +330,28 @@ class DataConfig:
     :param train_limit: use at most this many training images (``None``: all).
     """
 
+    section = "data"
     dataset: Literal["digits", "fashion-mnist", "mnist"] = "digits"
     root: str | None = None
     download: bool = False
     classes: tuple[int, ...] | None = None
     dequantize: bool = False
-    validation_fraction: float = 0.1
-    train_limit: int | None = None
+    validation_fraction: float = bounded(0.1, ge=0, lt=1)
+    train_limit: int | None = bounded(None, ge=2)
+
+    def check(self) -> None:
+        if self.classes is not None and (not self.classes or min(self.classes) < 0):
+            self.fail(f"data.classes must be a non-empty list of labels >= 0, got {self.classes}")
 
 
 @dataclass(frozen=True)
-class RunConfig:
+class RunConfig(Checked):
     """Everything ``scripts/train_svi.py`` needs."""
 
+    section = "run"
     model: ModelConfig = field(default_factory=ModelConfig)
     training: TrainConfig = field(default_factory=TrainConfig)
     data: DataConfig = field(default_factory=DataConfig)
-
-
-def _nearest(key: str, valid: typing.Iterable[str]) -> str:
-    match = difflib.get_close_matches(key, list(valid), n=1, cutoff=0.0)
-    return f"; did you mean {match[0]!r}?" if match else ""
 
 
 def _type_name(annotation: Any) -> str:
@@ -258,10 +369,12 @@ def _type_name(annotation: Any) -> str:
     return getattr(annotation, "__name__", str(annotation))
 
 
-def _coerce(value: Any, annotation: Any, where: str) -> Any:
+def _coerce(value: Any, annotation: Any, where: str, error: type[ConfigError] = ConfigError) -> Any:
     """Check ``value`` against a type annotation and return it in canonical form."""
     origin = typing.get_origin(annotation)
     args = typing.get_args(annotation)
+    if annotation == LayerConfig:
+        return layer_from_dict(value, where)
     if origin in (Union, types.UnionType):
         if value is None and type(None) in args:
             return None
@@ -269,7 +382,7 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
             if option is type(None):
                 continue
             try:
-                return _coerce(value, option, where)
+                return _coerce(value, option, where, error)
             except ConfigError:
                 continue
     elif origin is Literal:
@@ -278,7 +391,8 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
     elif origin is tuple:
         if isinstance(value, (list, tuple)) and (args[-1] is Ellipsis or len(value) == len(args)):
             item_types = [args[0]] * len(value) if args[-1] is Ellipsis else list(args)
-            return tuple(_coerce(v, t, where) for v, t in zip(value, item_types, strict=True))
+            items = zip(value, item_types, strict=True)
+            return tuple(_coerce(v, t, f"{where}[{i}]", error) for i, (v, t) in enumerate(items))
     elif annotation is bool:
         if isinstance(value, bool):
             return value
@@ -291,9 +405,9 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
     elif annotation is str:
         if isinstance(value, str):
             return value
-    elif typing.get_origin(annotation) is None and dataclasses.is_dataclass(annotation):
+    elif origin is None and dataclasses.is_dataclass(annotation):
         return from_dict(annotation, value, where)
-    raise ConfigError(f"{where}: expected {_type_name(annotation)}, got {value!r}")
+    raise error(f"{where}: expected {_type_name(annotation)}, got {value!r}")
 
 
 def layer_from_dict(data: Any, where: str = "layer") -> LayerConfig:
@@ -304,7 +418,7 @@ def layer_from_dict(data: Any, where: str = "layer") -> LayerConfig:
         raise ConfigError(f"{where}: expected a table with a 'type' key, got {data!r}")
     kind = data.get("type")
     if kind not in LAYER_CONFIGS:
-        hint = _nearest(str(kind), LAYER_CONFIGS) if kind is not None else ""
+        hint = nearest(str(kind), LAYER_CONFIGS) if kind is not None else ""
         raise ConfigError(
             f"{where}.type: unknown layer type {kind!r}; valid types are {', '.join(LAYER_CONFIGS)}{hint}"
         )
@@ -312,24 +426,22 @@ def layer_from_dict(data: Any, where: str = "layer") -> LayerConfig:
 
 
 def from_dict(cls: type, data: Any, where: str = "config") -> Any:
-    """Build dataclass ``cls`` from a mapping, rejecting unknown keys and wrong types."""
+    """Build dataclass ``cls`` from a mapping, rejecting unknown keys, wrong types and values out
+    of range; every message starts with ``where`` and the key."""
     if isinstance(data, cls):
         return data
     if not isinstance(data, dict):
         raise ConfigError(f"{where}: expected a table, got {data!r}")
-    hints = typing.get_type_hints(cls)
+    hints = _type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
-    values = {}
-    for key, value in data.items():
+    for key in data:
         if key not in names:
-            raise ConfigError(f"{where}: unknown key {key!r}{_nearest(key, names)}")
-        if key == "layers" and cls is ModelConfig:
-            if not isinstance(value, (list, tuple)):
-                raise ConfigError(f"{where}.layers: expected a list of layer tables")
-            values[key] = tuple(layer_from_dict(item, f"{where}.layers[{i}]") for i, item in enumerate(value))
-        else:
-            values[key] = _coerce(value, hints[key], f"{where}.{key}")
-    return cls(**values)
+            raise ConfigError(f"{where}: unknown key {key!r}{nearest(key, names)}")
+    values = {key: _coerce(value, hints[key], f"{where}.{key}", cls.error) for key, value in data.items()}
+    try:
+        return cls(**values)
+    except ConfigError as error:
+        raise type(error)(f"{where}: {error}") from None
 
 
 def to_dict(config: Any) -> Any:

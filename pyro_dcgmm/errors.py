@@ -13,6 +13,10 @@ class ArchitectureError(ValueError):
     """A layer stack cannot be built for the given input shape."""
 
 
+class LayerConfigError(ConfigError, ArchitectureError):
+    """A layer's options are invalid: a configuration error that also means no stack can be built."""
+
+
 class DataError(ValueError):
     """Input data (arrays, IDX files, downloads) are malformed or out of range."""
 

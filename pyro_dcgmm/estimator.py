@@ -140,7 +140,7 @@ class DCGMM(ClusterMixin, DensityMixin, BaseEstimator):
         """Top-layer responsibilities (N, K), averaged over its positions when it has several."""
         check_is_fitted(self)
         resp = self.stack_.responsibilities(self._images(X, self.input_shape_), layer=-1)
-        return resp.mean((1, 2)).numpy()
+        return resp.mean((2, 3)).numpy()
 
     def predict(self, X) -> np.ndarray:
         """Cluster (top-layer component) of every image."""

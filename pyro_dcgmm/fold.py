@@ -44,17 +44,18 @@ class Fold(Layer):
     :param stride: int or (vertical, horizontal) step between patches.
     """
 
+    config_class = FoldConfig
+
     def __init__(self, patch: int | tuple[int, int] | None = None, stride: int | tuple[int, int] = 1):
         super().__init__(FoldConfig(patch=patch, stride=stride))
+
+    def _init_state(self) -> None:
         self.patch: tuple[int, int] | None = None
-        self.stride = as_pair(stride, "Fold stride")
+        self.stride = as_pair(self.config.stride)
 
     def build(self, input_shape: Shape) -> Shape:
         channels, height, width = input_shape
-        if self.config.patch is None:
-            self.patch = (height, width)
-        else:
-            self.patch = as_pair(self.config.patch, "Fold patch")
+        self.patch = (height, width) if self.config.patch is None else as_pair(self.config.patch)
         out_h = window_output_size(height, self.patch[0], self.stride[0], "Fold patch height")
         out_w = window_output_size(width, self.patch[1], self.stride[1], "Fold patch width")
         self.input_shape = input_shape

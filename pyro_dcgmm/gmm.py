@@ -35,9 +35,8 @@ from pyro.ops.indexing import Vindex
 
 from pyro_dcgmm.annealing import AnnealingSchedule, torus_neighbourhood
 from pyro_dcgmm.config import GMMConfig, from_dict
-from pyro_dcgmm.errors import ArchitectureError
 from pyro_dcgmm.fold import Fold, fold_back, is_lossless
-from pyro_dcgmm.layer import Layer, Shape, local_params, window_output_size
+from pyro_dcgmm.layer import Layer, Shape, local_params, record, window_output_size
 
 LOG_2PI = math.log(2.0 * math.pi)
 RESPONSIBILITY_FLOOR = 1e-4  # log-responsibilities below log(1e-4) carry no information upward
@@ -140,10 +139,13 @@ class GMM(Layer):
     (:mod:`pyro_dcgmm.initialisation`) has run, so a resumed run never initialises again.
     """
 
+    config_class = GMMConfig
+
     def __init__(self, components: int = 25, shared: bool = True, **options):
-        config = from_dict(GMMConfig, {"components": components, "shared": shared, **options}, "GMM")
-        _check_gmm_config(config)
-        super().__init__(config)
+        super().__init__(from_dict(GMMConfig, {"components": components, "shared": shared, **options}, "GMM"))
+
+    def _init_state(self) -> None:
+        config = self.config
         self.patch = (1, 1)
         self.stride = (1, 1)
         width = (
@@ -157,7 +159,6 @@ class GMM(Layer):
             config.plateau_tolerance,
         )
         self._neighbourhood: tuple[float, torch.Tensor] | None = None
-        self.last_loss: torch.Tensor | None = None
 
     @property
     def components(self) -> int:
@@ -317,7 +318,9 @@ class GMM(Layer):
         component is marginalised in closed form: one factor ``obs = logsumexp_k table`` per
         position and no ``z`` site.  Both give ``TraceEnum_ELBO`` the same loss and gradients (the
         closed form is faster); queries such as ``compute_marginals`` and ``infer_discrete`` need
-        the enumerated site.
+        the enumerated site.  A deterministic site ``objective`` records, detached, what the
+        layer maximises at every position (``logsumexp_k table``: the log-likelihood once
+        annealing is over), so that a trace of the model tells every layer's loss apart.
 
         :param torch.Tensor x: layer input (N, C, H, W).
         :param bool annealed: use the neighbourhood-smoothed table while annealing is unfinished;
@@ -327,9 +330,9 @@ class GMM(Layer):
         scores, table = self.annealed_log_scores(x, annealed)
         _, out_h, out_w = self.output_shape
         with self._position_plate("h", out_h, -2), self._position_plate("w", out_w, -1):
+            record(self.site("objective"), table.detach().logsumexp(-1))  # (N, H', W')
             if enumerated:
                 log_mixing = self.log_mixing()  # (K,) or (H', W', K)
-                self.last_loss = -table.detach().logsumexp(-1).sum((1, 2))  # (N,)
                 z = pyro.sample(
                     self.site("z"),
                     dist.Categorical(logits=log_mixing),
@@ -337,16 +340,8 @@ class GMM(Layer):
                 )  # (K, 1, 1, 1) when enumerated
                 pyro.factor(self.site("obs"), Vindex(table - log_mixing)[..., z])  # (K, N, H', W')
             else:
-                log_likelihood = table.logsumexp(-1)  # (N, H', W')
-                self.last_loss = -log_likelihood.detach().sum((1, 2))  # (N,)
-                pyro.factor(self.site("obs"), log_likelihood)
+                pyro.factor(self.site("obs"), table.logsumexp(-1))  # (N, H', W')
         return self.output(scores.detach())
-
-    def loss(self, x: torch.Tensor, *, labels=None, annealed: bool = True):
-        """Hand-written (no Pyro) negative objective summed over the batch, and the detached
-        responsibilities: the same value as this layer's part of the ELBO."""
-        scores, table = self.annealed_log_scores(x, annealed)
-        return self.output(scores.detach()), -table.logsumexp(-1).sum()
 
     def generate(
         self,
@@ -431,36 +426,3 @@ class GMM(Layer):
             ([self.log_precision], self.config.precision_lr_scale),
             ([self.mixing_logits], self.config.mixing_lr_scale),
         ]
-
-
-def _check_gmm_config(config: GMMConfig) -> None:
-    if config.components < 1:
-        raise ArchitectureError(f"GMM components must be >= 1, got {config.components}")
-    if not 0.0 < config.precision_floor < config.precision_ceiling:
-        raise ArchitectureError(
-            "GMM precisions need 0 < precision_floor < precision_ceiling, got "
-            f"{config.precision_floor} and {config.precision_ceiling}"
-        )
-    if (
-        config.init == "random"
-        and not config.precision_floor < config.precision_init < config.precision_ceiling
-    ):
-        raise ArchitectureError(
-            "with init = 'random' GMM precisions need precision_floor < precision_init < "
-            f"precision_ceiling, got {config.precision_floor}, {config.precision_init}, "
-            f"{config.precision_ceiling}"
-        )
-    if config.width_floor <= 0.0:
-        raise ArchitectureError(f"GMM width_floor must be > 0, got {config.width_floor}")
-    if not 0.0 < config.width_decay < 1.0:
-        raise ArchitectureError(f"GMM width_decay must lie in (0, 1), got {config.width_decay}")
-    if config.plateau_window < 1:
-        raise ArchitectureError(f"GMM plateau_window must be >= 1, got {config.plateau_window}")
-    if not 0.0 <= config.wait < 1.0:
-        raise ArchitectureError(f"GMM wait must lie in [0, 1), got {config.wait}")
-    if config.init_vectors < config.components:
-        raise ArchitectureError(
-            f"GMM init_vectors must be >= components ({config.components}), got {config.init_vectors}"
-        )
-    if config.init_iterations < 0:
-        raise ArchitectureError(f"GMM init_iterations must be >= 0, got {config.init_iterations}")

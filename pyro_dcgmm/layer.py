@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 
 import pyro
+import pyro.distributions as dist
 import torch
 from pyro.nn import PyroModule
 
@@ -18,12 +19,9 @@ from pyro_dcgmm.errors import ArchitectureError
 Shape = tuple[int, int, int]
 
 
-def as_pair(value: int | tuple[int, int], name: str) -> tuple[int, int]:
-    """Normalise an int or a pair to a pair of positive ints."""
-    pair = (value, value) if isinstance(value, int) else tuple(value)
-    if len(pair) != 2 or not all(isinstance(v, int) and v >= 1 for v in pair):
-        raise ArchitectureError(f"{name} must be a positive int or a pair of them, got {value!r}")
-    return pair
+def as_pair(value: int | tuple[int, int]) -> tuple[int, int]:
+    """An int or a pair (checked by the layer's config) as a pair."""
+    return (value, value) if isinstance(value, int) else tuple(value)
 
 
 def window_output_size(size: int, window: int, stride: int, what: str) -> int:
@@ -34,6 +32,16 @@ def window_output_size(size: int, window: int, stride: int, what: str) -> int:
             "remove a layer below"
         )
     return (size - window) // stride + 1
+
+
+def record(name: str, value: torch.Tensor) -> None:
+    """``pyro.deterministic(name, value)`` with no event dimensions, in ``value``'s dtype.
+
+    Pyro 1.9's deterministic site returns float32 zeros as its log-density whatever the value's
+    dtype, which breaks ``TraceEnum_ELBO`` on float64 models; a tensor mask keeps the dtype.
+    """
+    off = torch.zeros((), dtype=torch.bool, device=value.device)
+    pyro.sample(name, dist.Delta(value).mask(off), obs=value, infer={"_deterministic": True})
 
 
 def local_params(model):
@@ -52,14 +60,36 @@ def local_params(model):
 
 
 class Layer(PyroModule):
-    """Base class: shape bookkeeping plus the upward pass and the Pyro model of one layer."""
+    """Base class: shape bookkeeping plus the upward pass and the Pyro model of one layer.
+
+    A layer is its config dataclass (checked when it was made) plus what :meth:`build` creates.
+    The subclasses' constructors only turn keyword arguments into that dataclass;
+    :meth:`from_config` builds a layer from the dataclass itself.
+    """
+
+    config_class: type
 
     def __init__(self, config):
         super().__init__()
+        if not isinstance(config, self.config_class):
+            raise ArchitectureError(
+                f"{type(self).__name__} needs a {self.config_class.__name__}, got {config!r}"
+            )
         self.config = config
         self.input_shape: Shape | None = None
         self.output_shape: Shape | None = None
         self.site_prefix = ""
+        self._init_state()
+
+    @classmethod
+    def from_config(cls, config) -> Layer:
+        """The layer ``config`` (an instance of :attr:`config_class`) describes."""
+        layer = cls.__new__(cls)
+        Layer.__init__(layer, config)
+        return layer
+
+    def _init_state(self) -> None:
+        """Create what the layer derives from its config before it is built (nothing by default)."""
 
     def build(self, input_shape: Shape) -> Shape:
         """Check ``input_shape`` (C, H, W), create parameters, return the output shape."""
@@ -77,11 +107,6 @@ class Layer(PyroModule):
         Layers without random variables just transform their input.
         """
         return self.transform(x)
-
-    def loss(self, x: torch.Tensor, *, labels=None, annealed: bool = True):
-        """Hand-written (no Pyro) version of :meth:`model`: the layer's output and its negative
-        log-likelihood summed over the batch (``None`` for layers without one)."""
-        return self.transform(x), None
 
     @property
     def lossless_down(self) -> bool:

@@ -17,10 +17,14 @@ class MaxPool(Layer):
     :param stride: int or pair; ``None`` means ``stride = kernel``.
     """
 
+    config_class = MaxPoolConfig
+
     def __init__(self, kernel: int | tuple[int, int] = 2, stride: int | tuple[int, int] | None = None):
         super().__init__(MaxPoolConfig(kernel=kernel, stride=stride))
-        self.kernel = as_pair(kernel, "MaxPool kernel")
-        self.stride = self.kernel if stride is None else as_pair(stride, "MaxPool stride")
+
+    def _init_state(self) -> None:
+        self.kernel = as_pair(self.config.kernel)
+        self.stride = self.kernel if self.config.stride is None else as_pair(self.config.stride)
 
     def build(self, input_shape: Shape) -> Shape:
         channels, height, width = input_shape

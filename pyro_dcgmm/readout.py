@@ -7,7 +7,6 @@ import pyro.distributions as dist
 import torch
 
 from pyro_dcgmm.config import ReadoutConfig
-from pyro_dcgmm.errors import ArchitectureError
 from pyro_dcgmm.layer import Layer, Shape
 
 
@@ -21,13 +20,14 @@ class Readout(Layer):
     :param int num_classes: number of classes.
     """
 
+    config_class = ReadoutConfig
+
     def __init__(self, num_classes: int = 10, wait: float = 0.0):
-        if num_classes < 2:
-            raise ArchitectureError(f"Readout num_classes must be >= 2, got {num_classes}")
-        if not 0.0 <= wait < 1.0:
-            raise ArchitectureError(f"Readout wait must lie in [0, 1), got {wait}")
         super().__init__(ReadoutConfig(num_classes=num_classes, wait=wait))
-        self.num_classes = num_classes
+
+    @property
+    def num_classes(self) -> int:
+        return self.config.num_classes
 
     def build(self, input_shape: Shape) -> Shape:
         features = input_shape[0] * input_shape[1] * input_shape[2]
@@ -58,13 +58,6 @@ class Readout(Layer):
                 obs=labels[:, None, None],
             )  # (N, 1, 1)
         return torch.softmax(logits.detach(), dim=-1)[:, :, None, None]
-
-    def loss(self, x: torch.Tensor, *, labels=None, annealed: bool = True):
-        logits = self.logits(x)  # (N, num_classes)
-        probs = torch.softmax(logits.detach(), dim=-1)[:, :, None, None]
-        if labels is None:
-            return probs, None
-        return probs, torch.nn.functional.cross_entropy(logits, labels, reduction="sum")
 
     def sample_down(self, signal, n, options):
         """Class labels (n,) to a top-down signal over the readout's input (n, C, H, W).

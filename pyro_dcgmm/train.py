@@ -36,6 +36,7 @@ from pathlib import Path
 import pyro
 import torch
 import torch.distributed as dist
+from pyro import poutine
 from pyro.infer import TraceEnum_ELBO
 from tqdm.auto import tqdm
 
@@ -207,32 +208,6 @@ def dequantize(x: torch.Tensor, levels: int, generator: torch.Generator) -> torc
     return (x * (levels - 1) + noise) / levels
 
 
-def check_train_config(config: TrainConfig) -> None:
-    """Reject settings no training can run with, naming the setting."""
-    positive = {
-        "epochs": config.epochs,
-        "batch_size": config.batch_size,
-        "log_every": config.log_every,
-        "eval_batch_size": config.eval_batch_size,
-    }
-    if config.max_steps is not None:
-        positive["max_steps"] = config.max_steps
-    for name, value in positive.items():
-        if value < 1:
-            raise ConfigError(f"training.{name} must be >= 1, got {value}")
-    if not config.lr > 0.0 or not math.isfinite(config.lr):
-        raise ConfigError(f"training.lr must be a positive number, got {config.lr}")
-    if config.momentum < 0.0:
-        raise ConfigError(f"training.momentum must be >= 0, got {config.momentum}")
-    if config.max_skipped_steps < 0:
-        raise ConfigError(f"training.max_skipped_steps must be >= 0, got {config.max_skipped_steps}")
-    if not config.em_step_offset > 0.0 or not 0.0 <= config.em_step_decay <= 1.0:
-        raise ConfigError(
-            "training.em_step_offset must be > 0 and training.em_step_decay in [0, 1], got "
-            f"{config.em_step_offset} and {config.em_step_decay}"
-        )
-
-
 def waiting_layers(stack: Stack, progress: float) -> list:
     """Layers still frozen at this fraction of training (their ``wait`` is not over)."""
     return [layer for layer in stack.layers if getattr(layer.config, "wait", 0.0) > progress]
@@ -291,12 +266,13 @@ def _local_loss(stack, elbo, batch, batch_labels, num_data: int, enumerated: boo
             used += list(stack.readout.parameters())
         zero = sum(p.sum() for p in used) * 0.0
         return zero, torch.zeros(len(stack.gmm_indices), device=zero.device, dtype=zero.dtype)
-    loss = elbo.differentiable_loss(
-        stack.model, stack.guide, batch, labels=batch_labels, num_data=num_data, enumerated=enumerated
-    )
+    with poutine.trace() as tape:
+        loss = elbo.differentiable_loss(
+            stack.model, stack.guide, batch, labels=batch_labels, num_data=num_data, enumerated=enumerated
+        )
     scale = batch.shape[0] / num_data  # undo the data plate's num_data / batch scaling
-    layer_sums = torch.stack([g.last_loss.sum() for g in stack.gmm_layers])
-    return loss * scale, layer_sums
+    objectives = [tape.trace.nodes[gmm.site("objective")]["value"] for gmm in stack.gmm_layers]
+    return loss * scale, -torch.stack([objective.sum() for objective in objectives])
 
 
 def _non_finite(names: list[str], loss: float, layer_losses: list[float], gradient: float) -> str | None:
@@ -539,7 +515,6 @@ def train(
     """
     start_time = time.perf_counter()
     config = config if config is not None else TrainConfig()
-    check_train_config(config)
     device = resolve_device(config.device)
     _place(stack, device)
     images, labels, validation = _checked_inputs(stack, images, labels, validation)

@@ -1,7 +1,7 @@
 """Throughput of DCGMM training and scoring: samples/s and peak memory per preset, batch and path.
 
 Paths:
-  hand       one training step on the hand-written loss ``Stack.loss`` (same math, no Pyro)
+  hand       one training step on the hand-written loss (``handwritten_loss.py``: same math, no Pyro)
   svi        one full training step as ``train`` runs it: TraceEnum_ELBO on the stack's model with
              the components marginalised in closed form, backward, Adam step
   svi-enum   the same with Pyro enumerating every component site (``objective="enumerated"``)
@@ -25,6 +25,7 @@ from pathlib import Path
 
 import pyro
 import torch
+from handwritten_loss import handwritten_loss
 from pyro.infer import TraceEnum_ELBO
 
 from pyro_dcgmm import MAX_PLATE_NESTING, Stack, presets
@@ -64,7 +65,7 @@ def make_step(path: str, stack: Stack, x: torch.Tensor, num_data: int):
 
     def loss():
         if path == "hand":
-            return stack.loss(x, num_data=num_data) / num_data
+            return handwritten_loss(stack, x, num_data=num_data) / num_data
         enumerated = path == "svi-enum"
         return (
             elbo.differentiable_loss(stack.model, stack.guide, x, num_data=num_data, enumerated=enumerated)

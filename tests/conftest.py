@@ -1,6 +1,11 @@
+import sys
+from pathlib import Path
+
 import pyro
 import pytest
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))  # the scripts, importable
 
 
 @pytest.fixture(autouse=True)

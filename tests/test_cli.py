@@ -5,8 +5,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 import train_svi
 
 from pyro_dcgmm.checkpoint import stack_from_checkpoint

@@ -2,8 +2,11 @@ import pytest
 
 from pyro_dcgmm import GMM, Stack
 from pyro_dcgmm.config import (
+    DataConfig,
+    FoldConfig,
     GMMConfig,
     ModelConfig,
+    ReadoutConfig,
     RunConfig,
     TrainConfig,
     from_dict,
@@ -86,3 +89,46 @@ def test_unknown_layer_keyword_fails():
 def test_model_config_needs_layers():
     with pytest.raises(ValueError, match="no layers"):
         Stack.from_config(ModelConfig(input_shape=(1, 8, 8)))
+
+
+@pytest.mark.parametrize(
+    "make,match",
+    [
+        (
+            lambda: TrainConfig(optimizer="rmsprop"),
+            r"training.optimizer: expected one of 'em', 'adam', 'sgd'",
+        ),
+        (lambda: TrainConfig(epochs=2.5), r"training.epochs: expected int, got 2.5"),
+        (lambda: TrainConfig(momentum=float("nan")), r"training.momentum must be finite and >= 0, got nan"),
+        (lambda: GMMConfig(width_floor=float("inf")), r"gmm.width_floor must be finite and > 0"),
+        (lambda: GMMConfig(means_lr_scale=-1.0), r"gmm.means_lr_scale must be >= 0, got -1.0"),
+        (lambda: GMMConfig(plateau_window=0), r"gmm.plateau_window must be >= 1, got 0"),
+        (lambda: ModelConfig(data_range=(0.0, float("nan"))), r"model.data_range must be two finite"),
+        (lambda: FoldConfig(patch=(3, 0)), r"fold.patch must be a positive int or a pair"),
+        (lambda: DataConfig(classes=(1, -2)), r"data.classes must be a non-empty list of labels >= 0"),
+    ],
+)
+def test_every_construction_checks_its_fields(make, match):
+    with pytest.raises(ConfigError, match=match):
+        make()
+
+
+def test_toml_and_python_give_the_same_check(tmp_path):
+    path = tmp_path / "run.toml"
+    path.write_text("[[model.layers]]\ntype = 'gmm'\ncomponents = 0\n")
+    with pytest.raises(ConfigError, match=r"run.toml.model.layers\[0\]: gmm.components must be >= 1, got 0"):
+        load_config(path)
+    with pytest.raises(ConfigError, match=r"gmm.components must be >= 1, got 0"):
+        GMM(0)
+
+
+def test_layers_are_built_from_their_config_dataclass():
+    config = ModelConfig(
+        input_shape=(1, 8, 8),
+        layers=(FoldConfig(patch=4, stride=2), GMMConfig(components=7, shared=False), ReadoutConfig(3)),
+    )
+    stack = Stack.from_config(config)
+    assert [layer.config for layer in stack.layers] == list(config.layers)
+    assert stack.layers[1].config is config.layers[1]
+    assert stack.layers[1].schedule.width == config.layers[1].width_floor
+    assert stack.config == config

@@ -1,12 +1,8 @@
 import json
-import sys
-from pathlib import Path
 
+import evaluate
 import numpy as np
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-import evaluate
 
 from pyro_dcgmm import presets
 from pyro_dcgmm.metrics import bits_per_dimension, clustering_metrics, outlier_metrics

@@ -58,7 +58,7 @@ def test_log_prob_and_responsibilities_match_mixture(shared):
     log_pi = torch.log_softmax(gmm.mixing_logits.detach(), -1)
     joint = log_n + log_pi
     torch.testing.assert_close(gmm.log_prob(x), joint.logsumexp(-1).sum((1, 2)))
-    torch.testing.assert_close(stack.responsibilities(x, 0), torch.softmax(joint, -1))
+    torch.testing.assert_close(stack.responsibilities(x, 0), torch.softmax(joint, -1).permute(0, 3, 1, 2))
 
 
 @pytest.mark.parametrize("shared", [True, False])

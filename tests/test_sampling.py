@@ -180,10 +180,6 @@ def test_ndb_separates_matching_from_mode_dropping_samples(digits):
 
 
 def test_sample_script_writes_figures_and_ndb(tmp_path):
-    import sys
-    from pathlib import Path
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
     import sample
     import train_svi
 

@@ -2,13 +2,14 @@ import json
 
 import pytest
 import torch
+from pyro.infer import TraceEnum_ELBO
 
-from pyro_dcgmm import GMM, Fold, Readout, Stack, presets
+from pyro_dcgmm import GMM, MAX_PLATE_NESTING, Fold, Readout, Stack, presets
 from pyro_dcgmm.checkpoint import load_checkpoint, save_checkpoint, stack_from_checkpoint
 from pyro_dcgmm.config import TrainConfig
 from pyro_dcgmm.data import load_digits
 from pyro_dcgmm.errors import CheckpointError, ConfigError, DataError, NonFiniteLossError
-from pyro_dcgmm.train import evaluate, make_optimizer, train
+from pyro_dcgmm.train import evaluate, make_optimizer, train, train_step
 
 
 @pytest.fixture(scope="module")
@@ -198,8 +199,8 @@ def test_training_rejects_bad_data(digits):
     [
         ({"epochs": 0}, "training.epochs must be >= 1"),
         ({"batch_size": -5}, "training.batch_size must be >= 1"),
-        ({"lr": 0.0}, "training.lr must be a positive number"),
-        ({"lr": float("nan")}, "training.lr must be a positive number"),
+        ({"lr": 0.0}, "training.lr must be > 0, got 0.0"),
+        ({"lr": float("nan")}, "training.lr must be finite and > 0, got nan"),
         ({"max_steps": 0}, "training.max_steps must be >= 1"),
     ],
 )
@@ -223,3 +224,18 @@ def test_truncated_checkpoint_fails_clearly(tmp_path):
         load_checkpoint(tmp_path / "t.pt")
     with pytest.raises(CheckpointError, match="does not exist"):
         load_checkpoint(tmp_path / "missing.pt")
+
+
+@pytest.mark.parametrize("objective", ["closed_form", "enumerated"])
+def test_step_reports_each_layers_own_loss(digits, objective):
+    # the per-layer losses come from the model's "objective" sites, not from state kept by the layers
+    stack = small_stack()
+    batch, labels = digits.train_images[:50], digits.train_labels[:50]
+    config = quick(objective=objective, optimizer="adam")
+    expected = [-mean for mean in evaluate(stack, batch)]  # before the step, exact (no annealing)
+    elbo = TraceEnum_ELBO(max_plate_nesting=MAX_PLATE_NESTING, strict_enumeration_warning=False)
+    optimizer = make_optimizer(stack, config)
+    outcome = train_step(stack, elbo, optimizer, batch, labels, 500, [], config)
+    assert outcome.problem is None
+    assert outcome.layer_losses == pytest.approx(expected, rel=1e-5)
+    assert not any(hasattr(gmm, "last_loss") for gmm in stack.gmm_layers)

@@ -1,0 +1,115 @@
+"""Queries of a stack on images: posteriors, MAP components, log-likelihoods, class probabilities.
+
+Every query checks its images (and optional mask of observed pixels) once, then runs over chunks
+of ``batch_size`` images on the stack's device, without gradients.  Responsibilities keep the
+layers' axis order, (N, K, H', W'): components on the channel axis, like images' (N, C, H, W).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import torch
+
+from pyro_dcgmm.errors import ArchitectureError, DataError
+from pyro_dcgmm.gmm import GMM
+from pyro_dcgmm.validation import as_images
+
+Chunk = Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor]
+
+
+def checked_inputs(stack, x, mask=None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Images (N, C, H, W) checked against the stack, and the boolean mask (1 = observed) or ``None``.
+
+    Missing entries may hold anything (NaN included): they are zeroed before the range check.
+    """
+    if mask is None:
+        return as_images(x, stack.input_shape, stack.data_range), None
+    if stack.layers[stack.stages[0]] is not stack.gmm_layers[0]:
+        raise ArchitectureError("masked inputs need a GMM (after an optional Fold) as the first layer")
+    x, mask = torch.as_tensor(x), torch.as_tensor(mask)
+    if stack.input_shape[0] == 1:
+        x = x.unsqueeze(1) if x.dim() == 3 else x
+        mask = mask.unsqueeze(1) if mask.dim() == 3 else mask
+    if mask.shape != x.shape:
+        raise DataError(f"mask has shape {tuple(mask.shape)}; expected the images' shape {tuple(x.shape)}")
+    if mask.dtype != torch.bool:
+        if not bool(((mask == 0) | (mask == 1)).all()):
+            raise DataError("mask must be boolean or hold only 0 and 1 (1 = observed)")
+        mask = mask.bool()
+    x = torch.where(mask, x, torch.zeros((), dtype=x.dtype))
+    return as_images(x, stack.input_shape, stack.data_range), mask
+
+
+def map_chunks(stack, x: torch.Tensor, mask, fn: Chunk, batch_size: int) -> torch.Tensor:
+    """``fn(chunk, chunk_mask)`` over chunks of checked images, on the stack's device, concatenated."""
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise DataError(f"batch_size must be a positive int, got {batch_size!r}")
+    parameter = next(stack.parameters())
+    outputs = []
+    with torch.no_grad():
+        for start in range(0, x.shape[0], batch_size):
+            chunk = x[start : start + batch_size].to(device=parameter.device, dtype=parameter.dtype)
+            chunk_mask = None if mask is None else mask[start : start + batch_size].to(parameter.device)
+            outputs.append(fn(chunk, chunk_mask))
+    return torch.cat(outputs).to(x.device)
+
+
+def query(stack, x, fn: Chunk, batch_size: int, mask=None) -> torch.Tensor:
+    """:func:`map_chunks` on images and mask checked by :func:`checked_inputs`."""
+    return map_chunks(stack, *checked_inputs(stack, x, mask), fn, batch_size)
+
+
+def upward_scores(stack, x: torch.Tensor, mask: torch.Tensor | None) -> Iterator[tuple[int, torch.Tensor]]:
+    """(index, log-scores (N, K, H', W')) of every GMM layer, in one upward pass.
+
+    With a ``mask`` of observed pixels the first layer marginalises the missing ones, and every
+    layer above sees what the first layer computed from the observed pixels only.
+    """
+    h = x
+    for i in stack.stages:
+        layer = stack.layers[i]
+        if isinstance(layer, GMM):
+            scores = layer.log_scores(h, mask if i == stack.stages[0] else None)
+            yield i, scores
+            h = layer.output(scores)
+        else:
+            h = layer.transform(h)
+
+
+def scores_at(stack, x: torch.Tensor, index: int, mask: torch.Tensor | None) -> torch.Tensor:
+    """Log-scores (N, K, H', W') of the GMM at ``layers[index]``."""
+    return next(scores for i, scores in upward_scores(stack, x, mask) if i == index)
+
+
+def responsibilities(stack, x, layer: int, batch_size: int, mask=None) -> torch.Tensor:
+    index = stack.gmm_index(layer)
+    return query(stack, x, lambda c, m: torch.softmax(scores_at(stack, c, index, m), 1), batch_size, mask)
+
+
+def map_components(stack, x, layer: int, batch_size: int, mask=None) -> torch.Tensor:
+    index = stack.gmm_index(layer)
+    return query(stack, x, lambda c, m: scores_at(stack, c, index, m).argmax(dim=1), batch_size, mask)
+
+
+def layer_log_probs(stack, x, batch_size: int, mask=None) -> torch.Tensor:
+    def all_layers(chunk, chunk_mask):
+        scores = upward_scores(stack, chunk, chunk_mask)
+        return torch.stack([s.logsumexp(dim=1).sum((1, 2)) for _, s in scores], dim=1)
+
+    return query(stack, x, all_layers, batch_size, mask)
+
+
+def log_prob(stack, x, layer: int, batch_size: int, mask=None) -> torch.Tensor:
+    index = stack.gmm_index(layer)
+    return query(
+        stack, x, lambda c, m: scores_at(stack, c, index, m).logsumexp(dim=1).sum((1, 2)), batch_size, mask
+    )
+
+
+def predict_proba(stack, x, batch_size: int) -> torch.Tensor:
+    readout = stack.readout
+    if readout is None:
+        raise ArchitectureError("this stack has no Readout layer to predict classes with")
+    top = len(stack.layers) - 1
+    return query(stack, x, lambda c, _: torch.softmax(readout.logits(stack.upward(c, top)), -1), batch_size)

@@ -1,0 +1,93 @@
+"""Top-down sampling through a stack: unconditional and class-conditional samples, variants of
+images and in-painting (see :mod:`pyro_dcgmm.sampling` for the options and the sharpening)."""
+
+from __future__ import annotations
+
+import torch
+
+from pyro_dcgmm import queries
+from pyro_dcgmm.errors import ArchitectureError, DataError
+from pyro_dcgmm.gmm import GMM
+from pyro_dcgmm.sampling import SamplingOptions, Sharpening, sharpen
+from pyro_dcgmm.validation import as_labels
+
+
+def sample(stack, n: int, classes=None, options: SamplingOptions | None = None) -> torch.Tensor:
+    """``n`` images (n, C, H, W) drawn from the top stage down, conditioned on ``classes`` if given."""
+    if not isinstance(n, int) or n < 1:
+        raise DataError(f"n must be a positive int, got {n!r}")
+    if classes is not None:
+        if stack.readout is None:
+            raise ArchitectureError("class-conditional sampling needs a Readout as the top layer")
+        classes = as_labels(torch.as_tensor(classes), n, stack.readout.num_classes, "classes")
+    return sample_from(stack, len(stack.stages) - 1, classes, n, options or SamplingOptions())
+
+
+def variants(stack, x, layer: int, n_per_image: int, options=None, mask=None) -> torch.Tensor:
+    """Images drawn down from the responsibilities of ``x`` at GMM layer ``layer``: (N * n_per_image,
+    C, H, W), variants of image ``i`` in rows ``i * n_per_image ...``; with a ``mask``, the observed
+    pixels are kept and the posterior comes from them alone."""
+    index = stack.gmm_index(layer)
+    x, mask = queries.checked_inputs(stack, x, mask)
+
+    def posterior(chunk, chunk_mask):
+        return torch.softmax(queries.scores_at(stack, chunk, index, chunk_mask), 1)  # (n, K, H', W')
+
+    responsibilities = queries.map_chunks(stack, x, mask, posterior, 1024)
+    parameter = next(stack.parameters())
+    signal = responsibilities.to(parameter.device).repeat_interleave(n_per_image, dim=0)
+    observed = None
+    if mask is not None:
+        observed = (
+            mask.to(parameter.device).repeat_interleave(n_per_image, 0),
+            x.to(parameter.device, parameter.dtype).repeat_interleave(n_per_image, 0),
+        )
+    position = stack.stages.index(index)
+    samples = sample_from(stack, position, signal, signal.shape[0], options or SamplingOptions(), observed)
+    return samples.to(responsibilities.device)
+
+
+def sample_from(stack, position: int, signal, n: int, options: SamplingOptions, observed=None):
+    """Run ``sample_down`` from stage ``position`` to the pixels; ``observed`` = (mask, images)."""
+    with torch.no_grad():
+        for pos in range(position, -1, -1):
+            layer = stack.layers[stack.stages[pos]]
+            signal = layer.sample_down(signal, n, options)
+            if signal is None:
+                continue
+            fixed = None
+            if pos == 0 and observed is not None:
+                fixed = observed[0]
+                signal = torch.where(fixed, observed[1], signal)
+            if options.sharpening is not None and not layer.lossless_down:
+                signal = sharpen_towards(stack, signal, pos, options.sharpening, fixed)
+    signal = signal.clamp(*stack.data_range)
+    return signal if observed is None else torch.where(observed[0], observed[1], signal)
+
+
+def sharpen_target(stack, position: int, target) -> int | None:
+    """Stage of the GMM layer that sharpening the input of stage ``position`` aims at, if any."""
+    if target == "next":
+        stages = range(position, len(stack.stages))
+        above = (p for p in stages if isinstance(stack.layers[stack.stages[p]], GMM))
+        return next(above, None)  # None e.g. for a MaxPool below the Readout
+    stage = stack.stages.index(stack.gmm_index(target))
+    return stage if stage >= position else None
+
+
+def sharpen_towards(stack, v: torch.Tensor, position: int, sharpening: Sharpening, fixed) -> torch.Tensor:
+    """Sharpen ``v``, the input of stage ``position``, towards the GMM layer it aims at."""
+    target = sharpen_target(stack, position, sharpening.target)
+    if target is None:
+        return v
+    gmm = stack.layers[stack.stages[target]]
+
+    def log_likelihood(h):
+        for p in range(position, target):
+            h = stack.layers[stack.stages[p]].transform(h)
+        return gmm.log_prob(h)
+
+    below = [stack.layers[stack.stages[p]] for p in range(position)]
+    gmms_below = [layer for layer in below if isinstance(layer, GMM)]
+    value_range = gmms_below[-1].output_range if gmms_below else stack.data_range
+    return sharpen(v, log_likelihood, sharpening, value_range, fixed)
