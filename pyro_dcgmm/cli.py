@@ -1,29 +1,58 @@
-"""What the command-line scripts share: a parser that shows defaults, and the data-set flags."""
+"""What the command-line scripts share: a parser that shows defaults, and the flags several take."""
 
 from __future__ import annotations
 
 import argparse
 
+from pyro_dcgmm.config import TrainConfig
+
 DATASETS = ("digits", "fashion-mnist", "mnist")
+DEVICES = ("auto", "cpu", "cuda")
+OPTIMIZERS = ("em", "adam", "sgd")
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
     """Shows every flag's default and keeps the epilog's examples as written."""
 
 
-def make_parser(doc: str) -> argparse.ArgumentParser:
+def make_parser(doc: str, parser_class=argparse.ArgumentParser, **options) -> argparse.ArgumentParser:
     """A parser described by the first line of ``doc``, with defaults shown and the rest of ``doc``
-    (its examples) as epilog; abbreviated flags are errors."""
+    (its examples) as epilog; abbreviated flags are errors.  ``parser_class`` and ``options`` serve
+    sub-command parsers (``subparsers.add_parser``)."""
     first, _, rest = doc.partition("\n")
-    return argparse.ArgumentParser(
+    return parser_class(
         description=first,
         epilog=rest.strip() or None,
         formatter_class=HelpFormatter,
         allow_abbrev=False,
+        **options,
     )
 
 
-def add_data_flags(parser: argparse.ArgumentParser, default: str = "digits") -> None:
+def add_data_flags(parser: argparse.ArgumentParser, default: str | None = "digits") -> None:
     """``--dataset`` and ``--root``."""
     parser.add_argument("--dataset", default=default, choices=DATASETS, help="data set")
     parser.add_argument("--root", help="folder with the data set's IDX files (none: its usual place)")
+
+
+def add_device_flag(parser: argparse.ArgumentParser, default: str | None = "auto") -> None:
+    """``--device``: ``auto`` takes CUDA when it is available."""
+    parser.add_argument("--device", default=default, choices=DEVICES, help="where to compute")
+
+
+def add_training_flags(parser: argparse.ArgumentParser, epochs: int | None = None) -> None:
+    """``--epochs``, ``--batch-size``, ``--lr``, ``--optimizer`` and ``--seed``.
+
+    With ``epochs=None`` every flag defaults to ``None`` (the run's configuration decides);
+    otherwise to ``epochs`` and :class:`~pyro_dcgmm.config.TrainConfig`'s defaults.
+    """
+    defaults = None if epochs is None else TrainConfig(epochs=epochs)
+
+    def default(name: str):
+        return None if defaults is None else getattr(defaults, name)
+
+    parser.add_argument("-n", "--epochs", type=int, default=default("epochs"), help="passes over the data")
+    parser.add_argument("-b", "--batch-size", type=int, default=default("batch_size"), help="mini-batch size")
+    parser.add_argument("--lr", type=float, default=default("lr"), help="learning rate of Adam and SGD")
+    parser.add_argument("--optimizer", default=default("optimizer"), choices=OPTIMIZERS, help="optimiser")
+    parser.add_argument("--seed", type=int, default=default("seed"), help="seed of all randomness")

@@ -327,7 +327,8 @@ class DataConfig(Checked):
     :param classes: keep only these labels (``None``: all).
     :param dequantize: add uniform noise of one quantisation step to every training batch.
     :param validation_fraction: part of the training set held out for evaluation during training.
-    :param train_limit: use at most this many training images (``None``: all).
+    :param train_limit: train on a random subset of this many training images, drawn with the
+        training seed (``None``: all).
     """
 
     section = "data"

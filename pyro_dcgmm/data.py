@@ -6,6 +6,7 @@ labels as int64 tensors (N,).
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import hashlib
 import os
@@ -259,8 +260,22 @@ def subset_classes(dataset: Dataset, classes) -> Dataset:
     )
 
 
-def load_dataset(config: DataConfig) -> Dataset:
-    """The data set a :class:`~pyro_dcgmm.config.DataConfig` names, with its class subset."""
+def limit_training_set(dataset: Dataset, limit: int | None, seed: int = 0) -> Dataset:
+    """A random ``limit`` of the training images, drawn with ``seed`` (all when ``limit`` is ``None``
+    or larger); the test set is kept whole."""
+    if limit is None or limit >= dataset.train_images.shape[0]:
+        return dataset
+    keep = torch.randperm(dataset.train_images.shape[0], generator=torch.Generator().manual_seed(seed))[
+        :limit
+    ]
+    return dataclasses.replace(
+        dataset, train_images=dataset.train_images[keep], train_labels=dataset.train_labels[keep]
+    )
+
+
+def load_dataset(config: DataConfig, seed: int = 0) -> Dataset:
+    """The data set a :class:`~pyro_dcgmm.config.DataConfig` names, with its class subset and its
+    ``train_limit`` (a random subset drawn with ``seed``)."""
     if config.dataset == "digits":
         dataset = load_digits()
     elif config.dataset == "fashion-mnist":
@@ -269,13 +284,12 @@ def load_dataset(config: DataConfig) -> Dataset:
         dataset = load_mnist(config.root, download=config.download)
     if config.classes is not None:
         dataset = subset_classes(dataset, config.classes)
-    return dataset
+    return limit_training_set(dataset, config.train_limit, seed)
 
 
 def split_validation(images: torch.Tensor, labels: torch.Tensor, fraction: float, seed: int = 0):
-    """Random ``(train_images, train_labels, val_images, val_labels)`` split of a training set."""
-    if not 0.0 <= fraction < 1.0:
-        raise DataError(f"validation_fraction must lie in [0, 1), got {fraction}")
+    """Random ``(train_images, train_labels, val_images, val_labels)`` split of a training set,
+    ``fraction`` (in [0, 1), as :class:`~pyro_dcgmm.config.DataConfig` checks it) held out."""
     order = torch.randperm(images.shape[0], generator=torch.Generator().manual_seed(seed))
     held = round(fraction * images.shape[0])
     val, train = order[:held], order[held:]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -10,11 +11,11 @@ from sklearn.base import BaseEstimator, ClusterMixin, DensityMixin
 from sklearn.utils.validation import check_is_fitted
 
 from pyro_dcgmm import presets
-from pyro_dcgmm.config import ModelConfig, TrainConfig, layer_from_dict
-from pyro_dcgmm.errors import DataError
+from pyro_dcgmm.config import ModelConfig, TrainConfig
 from pyro_dcgmm.sampling import SamplingOptions
 from pyro_dcgmm.stack import Stack
 from pyro_dcgmm.train import train
+from pyro_dcgmm.validation import as_images, image_shape
 
 
 class DCGMM(ClusterMixin, DensityMixin, BaseEstimator):
@@ -29,8 +30,8 @@ class DCGMM(ClusterMixin, DensityMixin, BaseEstimator):
     :param input_shape: (C, H, W) of the images; ``None`` infers it from ``X``.
     :param epochs, batch_size, lr, optimizer: training settings (:class:`TrainConfig`); the default
         ``"em"`` trains the GMM layers by online EM from a k-means initialisation.
-    :param plateau_window: steps per plateau test of every GMM layer's annealing; ``None`` takes one
-        epoch, at most the paper's 100 steps, so that small data sets anneal within a few dozen epochs.
+    :param plateau_window: steps per plateau test of every GMM layer's annealing (used by layers
+        with ``annealing=True``); ``None`` keeps each layer's own.
     :param score_layer: GMM layer whose log-likelihood :meth:`score_samples` returns.
     :param device: ``"cpu"``, ``"cuda"`` or ``"auto"``.
     :param random_state: seed of initialisation, shuffling and sampling (``None``: 0).
@@ -69,43 +70,21 @@ class DCGMM(ClusterMixin, DensityMixin, BaseEstimator):
         self.verbose = verbose
 
     def _images(self, X, shape=None) -> torch.Tensor:
-        """``X`` as a float32 tensor (N, C, H, W)."""
-        x = torch.as_tensor(np.asarray(X) if not torch.is_tensor(X) else X)
-        if not x.dtype.is_floating_point:
-            raise DataError(f"X has dtype {x.dtype}; convert it to floating point in [0, 1] first")
-        x = x.float()
-        shape = shape or (tuple(self.input_shape) if self.input_shape is not None else None)
-        if x.dim() == 2:
-            if shape is None:
-                side = math.isqrt(x.shape[1])
-                if side * side != x.shape[1]:
-                    raise DataError(
-                        f"X has {x.shape[1]} features, not a square image; pass input_shape=(C, H, W)"
-                    )
-                shape = (1, side, side)
-            if math.prod(shape) != x.shape[1]:
-                raise DataError(f"X has {x.shape[1]} features; input_shape {shape} needs {math.prod(shape)}")
-            return x.view(-1, *shape)
-        if x.dim() == 3:
-            x = x.unsqueeze(1)
-        if x.dim() != 4:
-            raise DataError(f"X has shape {tuple(x.shape)}; expected (N, C, H, W), (N, H, W) or (N, D)")
-        return x
+        """``X`` as a checked float32 tensor (N, C, H, W); ``shape`` (C, H, W) or the one ``X`` has."""
+        x = torch.as_tensor(X) if torch.is_tensor(X) else torch.as_tensor(np.asarray(X))
+        if shape is None:
+            shape = tuple(self.input_shape) if self.input_shape is not None else image_shape(x, "X")
+        return as_images(x, shape, name="X").float()
 
-    def _model_config(self, shape, num_data: int) -> ModelConfig:
-        window = self.plateau_window or min(100, math.ceil(num_data / self.batch_size))
-        preset = isinstance(self.layers, str) or (
-            isinstance(self.layers, ModelConfig) and not self.layers.layers
-        )
-        if preset:
-            name = self.layers if isinstance(self.layers, str) else self.layers.preset or "digits"
-            return presets.get(name, shape, plateau_window=window)
-        if isinstance(self.layers, ModelConfig):
-            return ModelConfig(
-                input_shape=shape, layers=self.layers.layers, data_range=self.layers.data_range
-            )
-        layers = tuple(layer_from_dict(layer, f"layers[{i}]") for i, layer in enumerate(self.layers))
-        return ModelConfig(input_shape=shape, layers=layers)
+    def _model_config(self, shape) -> ModelConfig:
+        if isinstance(self.layers, str):
+            config = ModelConfig(preset=self.layers)
+        elif isinstance(self.layers, ModelConfig):
+            config = dataclasses.replace(self.layers, input_shape=None)
+        else:
+            config = ModelConfig(layers=tuple(self.layers))
+        options = {} if self.plateau_window is None else {"plateau_window": self.plateau_window}
+        return presets.resolve(config, shape, **options)
 
     def fit(self, X, y=None):
         """Train the stack on ``X`` (and ``y`` for a Readout, if it has one)."""
@@ -114,7 +93,7 @@ class DCGMM(ClusterMixin, DensityMixin, BaseEstimator):
         seed = 0 if self.random_state is None else int(self.random_state)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            stack = Stack.from_config(self._model_config(shape, x.shape[0]))
+            stack = Stack.from_config(self._model_config(shape))
         labels = None
         if y is not None and stack.readout is not None:
             labels = torch.as_tensor(np.asarray(y)).long()

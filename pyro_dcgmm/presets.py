@@ -24,9 +24,9 @@ digits F4/2 - G100 - Ffull - G25 - R  (for 8x8 inputs)
 
 from __future__ import annotations
 
-import difflib
+import dataclasses
 
-from pyro_dcgmm.config import FoldConfig, GMMConfig, MaxPoolConfig, ModelConfig, ReadoutConfig
+from pyro_dcgmm.config import FoldConfig, GMMConfig, MaxPoolConfig, ModelConfig, ReadoutConfig, nearest
 from pyro_dcgmm.errors import ConfigError
 
 ARCHITECTURES = {
@@ -94,16 +94,43 @@ def get(
     name: str,
     input_shape: tuple[int, int, int] = (1, 28, 28),
     num_classes: int = 10,
+    upper_precision_ceiling: float | None = None,
     **gmm_options,
 ) -> ModelConfig:
     """The preset ``name`` for inputs of ``input_shape`` (C, H, W).
 
+    :param upper_precision_ceiling: precision ceiling of the GMM layers above the first
+        (``None``: the preset's own, chosen on validation splits).
     :param gmm_options: overrides for every GMM layer, e.g. ``shared=False`` or ``components=49``.
     """
     if name not in ARCHITECTURES:
-        match = difflib.get_close_matches(name, names(), n=1)
-        hint = f"; did you mean {match[0]!r}?" if match else ""
-        raise ConfigError(f"unknown preset {name!r}; valid presets are {', '.join(names())}{hint}")
-    ceiling = UPPER_PRECISION_CEILING.get(name, DEFAULT_UPPER_PRECISION_CEILING)
-    layers = parse_architecture(ARCHITECTURES[name], num_classes, ceiling, **gmm_options)
+        raise ConfigError(
+            f"unknown preset {name!r}; valid presets are {', '.join(names())}{nearest(name, names())}"
+        )
+    if upper_precision_ceiling is None:
+        upper_precision_ceiling = UPPER_PRECISION_CEILING.get(name, DEFAULT_UPPER_PRECISION_CEILING)
+    layers = parse_architecture(ARCHITECTURES[name], num_classes, upper_precision_ceiling, **gmm_options)
     return ModelConfig(preset=name, input_shape=tuple(input_shape), layers=layers)
+
+
+def default_preset(input_shape: tuple[int, int, int]) -> str:
+    """The preset for images of ``input_shape``: ``digits`` up to 12x12 pixels (the 8x8 digits),
+    else ``E`` (the paper's choice for 28x28 images)."""
+    return "digits" if max(input_shape[1:]) <= 12 else "E"
+
+
+def resolve(config: ModelConfig, input_shape: tuple[int, int, int], **gmm_options) -> ModelConfig:
+    """``config`` ready to build: its input shape (``input_shape`` if it has none) and its layers,
+    the listed ones, else its preset's, else :func:`default_preset`'s for that shape.
+
+    ``gmm_options`` (e.g. ``shared=False``) override every GMM layer, listed or from a preset.
+    """
+    shape = tuple(config.input_shape or input_shape)
+    if config.layers:
+        layers = tuple(
+            dataclasses.replace(layer, **gmm_options) if layer.type == "gmm" else layer
+            for layer in config.layers
+        )
+        return dataclasses.replace(config, input_shape=shape, layers=layers)
+    preset = get(config.preset or default_preset(shape), shape, **gmm_options)
+    return dataclasses.replace(preset, data_range=config.data_range)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 
@@ -16,9 +18,9 @@ def as_images(
 ) -> torch.Tensor:
     """Return ``x`` as a floating tensor of shape (N, C, H, W) after checking it.
 
-    Accepts tensors or numpy arrays of shape (N, C, H, W), or (N, H, W) when C == 1.  Raises
-    :class:`~pyro_dcgmm.errors.DataError` for a wrong rank or shape, a non-float dtype, an empty
-    batch, NaN/inf values and values outside ``data_range``.
+    Accepts tensors or numpy arrays of shape (N, C, H, W), (N, H, W) when C == 1, or flattened
+    (N, C * H * W).  Raises :class:`~pyro_dcgmm.errors.DataError` for a wrong rank or shape, a
+    non-float dtype, an empty batch, NaN/inf values and values outside ``data_range``.
     """
     if isinstance(x, np.ndarray):
         x = torch.from_numpy(x)
@@ -32,6 +34,8 @@ def as_images(
     channels, height, width = input_shape
     if x.dim() == 3 and channels == 1:
         x = x.unsqueeze(1)
+    if x.dim() == 2 and x.shape[1] == math.prod(input_shape):
+        x = x.view(-1, *input_shape)
     if x.dim() != 4 or tuple(x.shape[1:]) != tuple(input_shape):
         raise DataError(
             f"{name} has shape {tuple(x.shape)}; expected (N, {channels}, {height}, {width})"
@@ -50,6 +54,23 @@ def as_images(
             f"[{low}, {high}]; rescale it (e.g. divide 8-bit images by 255)"
         )
     return x
+
+
+def image_shape(x: torch.Tensor, name: str = "x") -> tuple[int, int, int]:
+    """(C, H, W) of images given as (N, C, H, W), (N, H, W) (one channel) or flattened (N, H * W)
+    (one channel, square)."""
+    if x.dim() == 4:
+        return tuple(x.shape[1:])
+    if x.dim() == 3:
+        return (1, *x.shape[1:])
+    if x.dim() == 2:
+        side = math.isqrt(x.shape[1])
+        if side * side != x.shape[1]:
+            raise DataError(
+                f"{name} has {x.shape[1]} features, not a square image; pass input_shape=(C, H, W)"
+            )
+        return (1, side, side)
+    raise DataError(f"{name} has shape {tuple(x.shape)}; expected (N, C, H, W), (N, H, W) or (N, D)")
 
 
 def as_labels(labels, num_samples: int, num_classes: int | None = None, name: str = "labels"):

@@ -29,6 +29,7 @@ from handwritten_loss import handwritten_loss
 from pyro.infer import TraceEnum_ELBO
 
 from pyro_dcgmm import MAX_PLATE_NESTING, Stack, presets
+from pyro_dcgmm.cli import add_device_flag, make_parser
 from pyro_dcgmm.files import atomic_write
 from pyro_dcgmm.train import resolve_device
 
@@ -37,9 +38,9 @@ DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], allow_abbrev=False)
+    parser = make_parser(__doc__)
     parser.add_argument("--preset", nargs="+", default=["A", "B", "C", "E"], choices=presets.names())
-    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    add_device_flag(parser)
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[100, 1000])
     parser.add_argument("--dtype", default="float32", choices=list(DTYPES))
     parser.add_argument("--paths", nargs="+", default=list(PATHS), choices=PATHS)

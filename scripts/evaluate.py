@@ -1,19 +1,11 @@
 """Evaluate DCGMMs against flat GMMs in the same run: outlier detection, clustering, density.
 
-Sub-commands (each writes ``report.json`` and figures into ``--out``)::
+Each sub-command writes ``report.json`` and figures into ``--out``; ``evaluate.py COMMAND --help``
+describes it.  Examples::
 
     python scripts/evaluate.py outliers --dataset fashion-mnist --heldout all --epochs 10 --out runs/o
     python scripts/evaluate.py cluster --dataset fashion-mnist --preset E --epochs 10 --out runs/c
     python scripts/evaluate.py density --dataset fashion-mnist --epochs 10 --out runs/d
-
-``outliers``: train on all classes but the held-out one, score the test set (held-out class =
-outliers) with every GMM layer's log-likelihood and with the likelihood ratio ``z(top) - z(first)``
-(each layer's score standardised on held-out inliers of the training split), beside a scikit-learn
-diagonal GMM.  ``cluster``: ACC (Hungarian), purity, NMI and ARI of the top layer's components on the
-test set beside k-means and a diagonal GMM.  ``density``: bits/dim with uniform dequantisation of the
-configurations that are densities over pixels (one full-image GMM, one GMM of non-overlapping
-patches) beside a diagonal GMM; overlapping stacks score every pixel several times and model
-responsibilities above the first layer, so they report per-layer log-likelihoods, not bits/dim.
 """
 
 from __future__ import annotations
@@ -36,6 +28,7 @@ from sklearn.metrics import RocCurveDisplay
 from sklearn.mixture import GaussianMixture
 
 from pyro_dcgmm import DCGMM, presets
+from pyro_dcgmm.cli import add_data_flags, add_device_flag, add_training_flags, make_parser
 from pyro_dcgmm.config import DataConfig, FoldConfig, GMMConfig
 from pyro_dcgmm.data import load_dataset, split_validation
 from pyro_dcgmm.files import atomic_write
@@ -47,30 +40,45 @@ from pyro_dcgmm.metrics import (
 from pyro_dcgmm.plots import save_image_grid
 from pyro_dcgmm.train import dequantize
 
+COMMANDS = {
+    "outliers": """Outlier detection: train on all classes but a held-out one, then score the test set.
+
+The held-out class is the outlier class.  Scores: every GMM layer's log-likelihood, and the
+likelihood ratio ``z(top) - z(first)`` (each layer's score standardised on held-out inliers of the
+training split), beside a scikit-learn diagonal GMM.  Reports AUROC, AUPR and FPR at 95% TPR.""",
+    "cluster": """Clustering: the top GMM layer's components as clusters of the test set.
+
+Reports ACC (Hungarian matching), purity, NMI and ARI beside k-means and a diagonal GMM.""",
+    "density": """Density: bits/dim with uniform dequantisation, beside a diagonal GMM.
+
+Only configurations that are densities over pixels are scored in bits/dim: one full-image GMM and
+one GMM of non-overlapping patches.  Overlapping stacks score every pixel several times and model
+responsibilities above the first layer, so they report per-layer log-likelihoods instead.""",
+}
+
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], allow_abbrev=False)
+    parser = make_parser(__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
-    for name in ("outliers", "cluster", "density"):
-        command = commands.add_parser(name, allow_abbrev=False)
-        command.add_argument("--dataset", default="digits", choices=["digits", "fashion-mnist", "mnist"])
-        command.add_argument("--root", help="folder with the data set's IDX files")
-        command.add_argument("--epochs", type=int, default=10)
-        command.add_argument("--batch-size", type=int, default=100)
-        command.add_argument("--lr", type=float, default=0.01, help="learning rate of Adam and SGD")
-        command.add_argument("--optimizer", default="em", choices=["em", "adam", "sgd"])
-        command.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-        command.add_argument("--seed", type=int, default=0)
-        command.add_argument("--train-limit", type=int, help="use at most this many training images")
+    for name, doc in COMMANDS.items():
+        command = make_parser(doc, commands.add_parser, name=name, help=doc.partition("\n")[0])
+        add_data_flags(command)
+        add_training_flags(command, epochs=10)
+        add_device_flag(command)
+        command.add_argument("--train-limit", type=int, help="train on a random subset of this many images")
         if name != "density":  # the density models are fixed: one full-image GMM, one of patches
-            command.add_argument("--preset", default=None, help="architecture (default: digits or E)")
-            command.add_argument("--per-position", action="store_true")
+            command.add_argument(
+                "--preset",
+                choices=presets.names(),
+                help="architecture (default: the one for the image size, digits for 8x8, else E)",
+            )
+            command.add_argument("--per-position", action="store_true", help="one mixture per position")
             command.add_argument(
                 "--upper-precision-ceiling",
                 type=float,
                 help="precision ceiling of the GMM layers above the first (default: the preset's)",
             )
-        command.add_argument("--out", type=Path, required=True)
+        command.add_argument("--out", type=Path, required=True, help="output folder")
         if name == "outliers":
             command.add_argument("--heldout", default="0", help="a class index, or 'all' for every fold")
             command.add_argument("--flat-components", type=int, default=25, help="K of the flat GMM")
@@ -90,23 +98,16 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def load(args):
-    dataset = load_dataset(DataConfig(dataset=args.dataset, root=args.root))
-    if args.train_limit is not None:
-        generator = torch.Generator().manual_seed(args.seed)
-        keep = torch.randperm(dataset.train_images.shape[0], generator=generator)[: args.train_limit]
-        dataset.train_images, dataset.train_labels = dataset.train_images[keep], dataset.train_labels[keep]
-    return dataset
+    config = DataConfig(dataset=args.dataset, root=args.root, train_limit=args.train_limit)
+    return load_dataset(config, seed=args.seed)
 
 
-def preset_layers(args, shape, **gmm_options):
-    name = args.preset or ("digits" if args.dataset == "digits" else "E")
+def preset_layers(args, shape) -> list:
+    """The preset the flags name (the default for ``shape`` when none), without its Readout."""
     options = {"shared": False} if args.per_position else {}
-    layers = list(presets.get(name, shape, **options, **gmm_options).layers)
-    gmms = [i for i, layer in enumerate(layers) if layer.type == "gmm"]
-    if args.upper_precision_ceiling is not None:
-        for i in gmms[1:]:
-            layers[i] = dataclasses.replace(layers[i], precision_ceiling=args.upper_precision_ceiling)
-    return [layer for layer in layers if layer.type != "readout"]
+    name = args.preset or presets.default_preset(shape)
+    config = presets.get(name, shape, upper_precision_ceiling=args.upper_precision_ceiling, **options)
+    return [layer for layer in config.layers if layer.type != "readout"]
 
 
 def estimator(args, layers) -> DCGMM:

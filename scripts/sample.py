@@ -10,13 +10,15 @@ Fashion-MNIST; the pull keeps sharpening from drawing every sample to the same m
 
 Writes into ``--out``: ``samples.png`` (the same draws before and after sharpening),
 ``class_samples.png`` (one row per class, if the stack has a Readout), ``variants.png``,
-``inpainting.png`` (right half missing) and ``ndb.json``, and prints the NDB/K table comparing
-DCGMM samples, samples of a flat diagonal GMM (scikit-learn) and held-out real images.
+``inpainting.png`` (right half missing) and, unless ``--no-ndb``, ``ndb.json`` with the NDB/K table
+(also printed) comparing DCGMM samples, samples of a flat diagonal GMM (scikit-learn) and held-out
+real images.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -26,57 +28,68 @@ import torch
 from sklearn.mixture import GaussianMixture
 
 from pyro_dcgmm.checkpoint import load_checkpoint, stack_from_checkpoint
+from pyro_dcgmm.cli import add_device_flag, make_parser
 from pyro_dcgmm.config import DataConfig, from_dict, to_dict
 from pyro_dcgmm.data import load_dataset
 from pyro_dcgmm.files import atomic_write
 from pyro_dcgmm.metrics import NDB
 from pyro_dcgmm.plots import save_image_grid
 from pyro_dcgmm.sampling import SamplingOptions, Sharpening
+from pyro_dcgmm.train import resolve_device
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], allow_abbrev=False)
-    parser.add_argument("--checkpoint", type=Path, required=True)
-    parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--root", help="folder with the data set's IDX files")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--top-s", type=int, default=1)
+    parser = make_parser(__doc__)
+    parser.add_argument("--checkpoint", type=Path, required=True, help="checkpoint of a trained stack")
+    parser.add_argument("--out", type=Path, required=True, help="output folder")
+    parser.add_argument("--root", help="folder with the data set's IDX files (none: its usual place)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the draws")
+    parser.add_argument("--top-s", type=int, default=1, help="components kept per position")
     parser.add_argument("--divisor", type=float, default=10.0, help="standard-deviation divisor")
-    parser.add_argument("--pool-mode", choices=["dense", "sparse"], default="dense")
-    parser.add_argument("--sharpen-rate", type=float, default=2.5e-4)
-    parser.add_argument("--sharpen-iterations", type=int, default=200)
+    parser.add_argument("--pool-mode", choices=["dense", "sparse"], default="dense", help="unpooling")
+    parser.add_argument("--sharpen-rate", type=float, default=2.5e-4, help="sharpening step size")
+    parser.add_argument("--sharpen-iterations", type=int, default=200, help="sharpening steps")
     parser.add_argument(
         "--sharpen-pull", type=float, default=1000.0, help="pull toward the unsharpened sample"
     )
     parser.add_argument("--variant-layer", type=int, default=-1, help="GMM layer of the variants")
     parser.add_argument("--inpaint-layer", type=int, default=-1, help="GMM layer of the in-painting")
-    parser.add_argument("--ndb-bins", type=int, default=100)
-    parser.add_argument("--ndb-samples", type=int, default=2000)
+    parser.add_argument("--ndb-bins", type=int, default=100, help="NDB bins (k-means clusters)")
+    parser.add_argument("--ndb-samples", type=int, default=2000, help="samples per model for NDB")
     parser.add_argument("--ndb-train", type=int, default=20000, help="training images for the bins")
     parser.add_argument("--flat-components", type=int, default=25, help="K of the flat GMM baseline")
-    parser.add_argument("--no-ndb", action="store_true")
-    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--no-ndb", action="store_true", help="skip the NDB table (the slow part)")
+    add_device_flag(parser)
     return parser.parse_args(argv)
 
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
     state = load_checkpoint(args.checkpoint)
-    stack = stack_from_checkpoint(state).to(args.device)
+    stack = stack_from_checkpoint(state).to(resolve_device(args.device))
     run = state["run_config"] or {}
     data_config = from_dict(DataConfig, run.get("data", {}), "checkpoint run_config.data")
     if args.root is not None:
-        data_config = DataConfig(**{**vars(data_config), "root": args.root})
+        data_config = dataclasses.replace(data_config, root=args.root)
     dataset = load_dataset(data_config)
     args.out.mkdir(parents=True, exist_ok=True)
     sharpening = Sharpening(
         rate=args.sharpen_rate, iterations=args.sharpen_iterations, pull=args.sharpen_pull
     )
     plain = SamplingOptions(top_s=args.top_s, divisor=args.divisor, pool_mode=args.pool_mode)
-    sharp = SamplingOptions(
-        top_s=args.top_s, divisor=args.divisor, pool_mode=args.pool_mode, sharpening=sharpening
-    )
+    sharp = dataclasses.replace(plain, sharpening=sharpening)
+    save_figures(stack, dataset, args, plain, sharp)
+    report = {"checkpoint": str(args.checkpoint), "options": to_dict(sharp)}
+    if not args.no_ndb:
+        report["ndb"] = ndb_table(stack, dataset, args, sharp)
+        atomic_write(
+            args.out / "ndb.json", lambda h: h.write(json.dumps(report, indent=2, default=str).encode())
+        )
+    return report
 
+
+def save_figures(stack, dataset, args, plain: SamplingOptions, sharp: SamplingOptions) -> None:
+    """Samples (plain and sharpened), class-conditional samples, variants and in-paintings."""
     torch.manual_seed(args.seed)
     before = stack.sample(32, options=plain)
     torch.manual_seed(args.seed)
@@ -111,11 +124,6 @@ def main(argv=None) -> dict:
     for name in ["samples.png", "class_samples.png", "variants.png", "inpainting.png"]:
         if (args.out / name).exists():
             print(f"wrote {args.out / name}")
-    report = {"checkpoint": str(args.checkpoint), "options": to_dict(sharp)}
-    if not args.no_ndb:
-        report["ndb"] = ndb_table(stack, dataset, args, sharp)
-    atomic_write(args.out / "ndb.json", lambda h: h.write(json.dumps(report, indent=2, default=str).encode()))
-    return report
 
 
 def ndb_table(stack, dataset, args, options: SamplingOptions) -> dict:
@@ -138,8 +146,8 @@ def ndb_table(stack, dataset, args, options: SamplingOptions) -> dict:
         f"flat_gmm_diag_k{args.flat_components}": ndb.evaluate(flat).as_dict(),
         "held_out_real": ndb.evaluate(real).as_dict(),
     }
-    print(f"NDB with K={args.ndb_bins} bins on {len(train)} training images, {n} samples each "
-          f"({time.perf_counter() - start:.0f} s)")  # fmt: skip
+    print(f"NDB with K={args.ndb_bins} bins on {len(train)} training images: {n} samples of each model, "
+          f"{len(real)} held-out real images ({time.perf_counter() - start:.0f} s)")  # fmt: skip
     print(f"{'samples':>24} {'NDB':>5} {'NDB/K':>7} {'JS':>8}")
     for name, row in results.items():
         print(f"{name:>24} {row['ndb']:>5} {row['ndb_over_k']:>7.3f} {row['js_divergence']:>8.4f}")

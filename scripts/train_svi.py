@@ -29,7 +29,8 @@ import torch.distributed as dist
 
 from pyro_dcgmm import Stack, presets
 from pyro_dcgmm.checkpoint import load_checkpoint
-from pyro_dcgmm.config import DataConfig, ModelConfig, RunConfig, from_dict, load_config, to_dict
+from pyro_dcgmm.cli import add_data_flags, add_device_flag, add_training_flags, make_parser
+from pyro_dcgmm.config import ModelConfig, RunConfig, from_dict, load_config, to_dict
 from pyro_dcgmm.data import load_dataset, split_validation
 from pyro_dcgmm.files import atomic_write
 from pyro_dcgmm.plots import plot_prototypes, plot_training_curve, read_log
@@ -40,23 +41,18 @@ DATA_FLAGS = ("dataset", "root", "classes", "train_limit")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], allow_abbrev=False)
+    parser = make_parser(__doc__)
     parser.add_argument("--config", type=Path, help="TOML run configuration")
     parser.add_argument("--preset", choices=presets.names(), help="architecture preset")
     parser.add_argument("--per-position", action="store_true", help="one mixture per position")
-    parser.add_argument("--dataset", choices=["digits", "fashion-mnist", "mnist"])
-    parser.add_argument("--root", help="folder with the data set's IDX files")
+    add_data_flags(parser, default=None)
     parser.add_argument("--download", action="store_true", help="download MNIST if missing")
     parser.add_argument("--classes", type=int, nargs="+", help="train on these labels only")
-    parser.add_argument("--train-limit", type=int, help="use at most this many training images")
+    parser.add_argument("--train-limit", type=int, help="train on a random subset of this many images")
     parser.add_argument("--dequantize", action="store_true", help="uniform dequantisation")
-    parser.add_argument("-n", "--epochs", type=int)
-    parser.add_argument("-b", "--batch-size", type=int)
-    parser.add_argument("--lr", type=float)
-    parser.add_argument("--optimizer", choices=["em", "adam", "sgd"])
-    parser.add_argument("--seed", type=int)
-    parser.add_argument("--device", choices=["auto", "cpu", "cuda"])
-    parser.add_argument("--max-steps", type=int)
+    add_training_flags(parser)
+    add_device_flag(parser, default=None)
+    parser.add_argument("--max-steps", type=int, help="stop after this many optimiser steps")
     parser.add_argument("--out", type=Path, required=True, help="output folder")
     parser.add_argument("--resume", type=Path, help="checkpoint to continue from")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -92,21 +88,6 @@ def resolve_config(args: argparse.Namespace) -> RunConfig:
     )
 
 
-def resolve_model(config: ModelConfig, data: DataConfig, input_shape, per_position: bool):
-    """Fill in the layers (from the preset) and the input shape (from the data); ``per_position``
-    makes every GMM layer one mixture per position, preset or listed."""
-    if config.layers:
-        layers = tuple(
-            dataclasses.replace(layer, shared=False) if per_position and layer.type == "gmm" else layer
-            for layer in config.layers
-        )
-        return dataclasses.replace(config, input_shape=config.input_shape or input_shape, layers=layers)
-    name = config.preset or ("digits" if data.dataset == "digits" else "E")
-    options = {"shared": False} if per_position else {}
-    preset = presets.get(name, config.input_shape or input_shape, **options)
-    return dataclasses.replace(preset, data_range=config.data_range)
-
-
 def init_distributed(device: str) -> int:
     """Join the process group ``torchrun`` describes; return this process's rank (0 alone)."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
@@ -127,15 +108,13 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     config = resolve_config(args)
-    dataset = load_dataset(config.data)
-    train_x, train_y = dataset.train_images, dataset.train_labels
-    if config.data.train_limit is not None:
-        train_x, train_y = train_x[: config.data.train_limit], train_y[: config.data.train_limit]
+    dataset = load_dataset(config.data, seed=config.training.seed)
     train_x, train_y, val_x, _ = split_validation(
-        train_x, train_y, config.data.validation_fraction, config.training.seed
+        dataset.train_images, dataset.train_labels, config.data.validation_fraction, config.training.seed
     )
     rank = init_distributed(config.training.device)
-    model_config = resolve_model(config.model, config.data, dataset.input_shape, args.per_position)
+    options = {"shared": False} if args.per_position else {}
+    model_config = presets.resolve(config.model, dataset.input_shape, **options)
     config = dataclasses.replace(config, model=model_config)
     torch.manual_seed(config.training.seed)
     stack = Stack.from_config(model_config)

@@ -7,6 +7,21 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))  # the scripts, importable
 
+from pyro_dcgmm import GMM, Fold, Readout, Stack
+
+
+def digits_stack(lower: int, upper: int, wait: float = 0.2, seed: int = 0, **gmm_options) -> Stack:
+    """Fold(4, 2) - GMM(lower) - Fold - GMM(upper, waiting) - Readout(10) for 8x8 digits, seeded."""
+    torch.manual_seed(seed)
+    layers = [
+        Fold(4, 2),
+        GMM(lower, **gmm_options),
+        Fold(None),
+        GMM(upper, wait=wait, **gmm_options),
+        Readout(10),
+    ]
+    return Stack(layers, (1, 8, 8))
+
 
 @pytest.fixture(autouse=True)
 def _fresh_pyro_state():

@@ -80,11 +80,12 @@ def test_preset_e_one_epoch_on_fashion_mnist(tmp_path):
 
 
 def test_per_position_applies_to_the_layers_a_config_lists():
+    from pyro_dcgmm import presets
     from pyro_dcgmm.config import load_config
 
     config = load_config(ROOT / "configs/digits.toml")
-    resolved = train_svi.resolve_model(config.model, config.data, (1, 8, 8), per_position=True)
+    resolved = presets.resolve(config.model, (1, 8, 8), shared=False)
     gmms = [layer for layer in resolved.layers if layer.type == "gmm"]
     assert len(gmms) == 2 and not any(g.shared for g in gmms)  # was ignored for listed layers
-    kept = train_svi.resolve_model(config.model, config.data, (1, 8, 8), per_position=False)
+    kept = presets.resolve(config.model, (1, 8, 8))
     assert kept.layers == config.model.layers

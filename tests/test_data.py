@@ -9,9 +9,11 @@ import numpy as np
 import pytest
 import torch
 
+from pyro_dcgmm.config import DataConfig
 from pyro_dcgmm.data import (
     FASHION_MNIST_ROOT,
     download_mnist,
+    load_dataset,
     load_digits,
     load_fashion_mnist,
     load_mnist,
@@ -154,3 +156,14 @@ def test_mnist_download_offline_fails_clearly(tmp_path):
 def test_mnist_missing_without_download(tmp_path):
     with pytest.raises(DataError, match="pass download=True"):
         load_mnist(tmp_path)
+
+
+def test_train_limit_is_one_seeded_random_subset_for_every_script():
+    full = load_dataset(DataConfig())
+    first = load_dataset(DataConfig(train_limit=100), seed=3)
+    again = load_dataset(DataConfig(train_limit=100), seed=3)
+    other = load_dataset(DataConfig(train_limit=100), seed=4)
+    assert first.train_images.shape[0] == 100 and torch.equal(first.train_images, again.train_images)
+    assert not torch.equal(first.train_images, full.train_images[:100])  # was "the first N" in train_svi
+    assert not torch.equal(first.train_images, other.train_images)
+    assert torch.equal(first.test_images, full.test_images)

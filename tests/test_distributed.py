@@ -4,8 +4,9 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from conftest import digits_stack
 
-from pyro_dcgmm import GMM, Fold, Readout, Stack
+from pyro_dcgmm import Stack
 from pyro_dcgmm.config import TrainConfig
 from pyro_dcgmm.data import load_digits
 
@@ -13,15 +14,7 @@ CONFIG = TrainConfig(epochs=2, batch_size=61, lr=0.03, progress=False, device="c
 
 
 def build_stack() -> Stack:
-    torch.manual_seed(0)
-    layers = [
-        Fold(4, 2),
-        GMM(9, plateau_window=3),
-        Fold(None),
-        GMM(4, plateau_window=3, wait=0.2),
-        Readout(10),
-    ]
-    return Stack(layers, (1, 8, 8))
+    return digits_stack(9, 4, plateau_window=3)
 
 
 def digits_subset(count: int, with_labels: bool):

@@ -1,5 +1,6 @@
 import pytest
 import torch
+from conftest import digits_stack
 from pyro import poutine
 from torch.distributions import Normal
 
@@ -18,15 +19,7 @@ def digits():
 
 @pytest.fixture(scope="module")
 def trained(digits):
-    torch.manual_seed(0)
-    layers = [
-        Fold(4, 2),
-        GMM(25, plateau_window=5),
-        Fold(None),
-        GMM(25, plateau_window=5, wait=0.1),
-        Readout(10),
-    ]
-    stack = Stack(layers, (1, 8, 8))
+    stack = digits_stack(25, 25, wait=0.1, plateau_window=5)
     config = TrainConfig(epochs=40, batch_size=100, lr=0.03, progress=False, device="cpu")
     train(stack, digits.train_images, digits.train_labels, config=config)
     return stack
@@ -194,3 +187,9 @@ def test_sample_script_writes_figures_and_ndb(tmp_path):
     for name in ["samples.png", "class_samples.png", "variants.png", "inpainting.png", "ndb.json"]:
         assert (tmp_path / "s" / name).is_file(), name
     assert set(report["ndb"]) == {"dcgmm", "flat_gmm_diag_k25", "held_out_real"}
+    report = sample.main(
+        ["--checkpoint", str(run / "checkpoint.pt"), "--out", str(tmp_path / "quick"), "--no-ndb",
+         "--sharpen-iterations", "1", "--device", "auto"]
+    )  # fmt: skip
+    assert "ndb" not in report and not (tmp_path / "quick" / "ndb.json").exists()  # was written empty
+    assert (tmp_path / "quick" / "samples.png").is_file()

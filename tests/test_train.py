@@ -2,9 +2,10 @@ import json
 
 import pytest
 import torch
+from conftest import digits_stack
 from pyro.infer import TraceEnum_ELBO
 
-from pyro_dcgmm import GMM, MAX_PLATE_NESTING, Fold, Readout, Stack, presets
+from pyro_dcgmm import MAX_PLATE_NESTING, Stack, presets
 from pyro_dcgmm.checkpoint import load_checkpoint, save_checkpoint, stack_from_checkpoint
 from pyro_dcgmm.config import TrainConfig
 from pyro_dcgmm.data import load_digits
@@ -18,10 +19,7 @@ def digits():
 
 
 def small_stack(seed=0, **gmm_options):
-    torch.manual_seed(seed)
-    options = {"plateau_window": 5, **gmm_options}
-    layers = [Fold(4, 2), GMM(16, **options), Fold(None), GMM(9, wait=0.2, **options), Readout(10)]
-    return Stack(layers, (1, 8, 8))
+    return digits_stack(16, 9, seed=seed, **{"plateau_window": 5, **gmm_options})
 
 
 def quick(**overrides):
