@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import sys
+from collections.abc import Callable
+from pathlib import Path
 
 from pyro_dcgmm.config import TrainConfig
+from pyro_dcgmm.errors import ArchitectureError, CheckpointError, ConfigError, DataError, NonFiniteLossError
+
+USER_ERRORS = (ConfigError, ArchitectureError, DataError, CheckpointError, NonFiniteLossError)
 
 DATASETS = ("digits", "fashion-mnist", "mnist")
 DEVICES = ("auto", "cpu", "cuda")
@@ -56,3 +62,18 @@ def add_training_flags(parser: argparse.ArgumentParser, epochs: int | None = Non
     parser.add_argument("--lr", type=float, default=default("lr"), help="learning rate of Adam and SGD")
     parser.add_argument("--optimizer", default=default("optimizer"), choices=OPTIMIZERS, help="optimiser")
     parser.add_argument("--seed", type=int, default=default("seed"), help="seed of all randomness")
+
+
+def run_script(main: Callable[[], object]) -> None:
+    """Run a script's ``main``.  What a user can cause (a bad setting or file, data that do not fit,
+    training that diverged) ends it with one line on stderr and exit code 2; Ctrl-C with the line
+    that says how to resume and exit code 130.  Anything else is a bug and keeps its traceback."""
+    name = Path(sys.argv[0]).name
+    try:
+        main()
+    except USER_ERRORS as error:
+        print(f"{name}: error: {error}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt as interrupt:
+        print(f"{name}: {interrupt or 'interrupted'}", file=sys.stderr)
+        sys.exit(130)

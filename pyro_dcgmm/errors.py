@@ -27,3 +27,8 @@ class CheckpointError(ValueError):
 
 class NonFiniteLossError(RuntimeError):
     """Training produced a NaN or infinite loss."""
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Training stopped at a Ctrl-C (SIGINT) after its current step; the message says where it
+    stood and how to resume from the checkpoint it saved (if it writes checkpoints)."""

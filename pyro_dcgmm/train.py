@@ -25,10 +25,10 @@ gradient-readiness tracking relies on.
 
 from __future__ import annotations
 
-import contextlib
 import functools
-import json
 import math
+import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,17 +40,20 @@ from pyro import poutine
 from pyro.infer import TraceEnum_ELBO
 from tqdm.auto import tqdm
 
-from pyro_dcgmm.checkpoint import load_checkpoint, load_state_into, save_checkpoint
+from pyro_dcgmm.checkpoint import load_checkpoint, load_state_into
 from pyro_dcgmm.config import TrainConfig
-from pyro_dcgmm.errors import CheckpointError, ConfigError, DataError, NonFiniteLossError
-from pyro_dcgmm.files import atomic_write
+from pyro_dcgmm.errors import (
+    CheckpointError,
+    ConfigError,
+    DataError,
+    NonFiniteLossError,
+    TrainingInterrupted,
+)
 from pyro_dcgmm.initialisation import dead_components, images_needed, initialise, reseed_dead
 from pyro_dcgmm.optim import forget, make_optimizer
+from pyro_dcgmm.run_folder import CHECKPOINT_NAME, LOG_NAME, Checkpointer, JsonLog, claim_run_folder
 from pyro_dcgmm.stack import MAX_PLATE_NESTING, Stack
 from pyro_dcgmm.validation import as_images, as_labels
-
-CHECKPOINT_NAME = "checkpoint.pt"
-LOG_NAME = "log.jsonl"
 
 
 @dataclass
@@ -74,10 +77,12 @@ class TrainingState:
 
     ``order is None`` between epochs.  ``epoch_losses`` sums the per-layer losses of this epoch's
     ``epoch_steps`` steps.  ``seconds`` is the training wall time of the run before this call (a
-    resumed run's clock goes on from its checkpoint).
+    resumed run's clock goes on from its checkpoint).  ``num_data`` is the size of the training set
+    the run draws its orders from, so that a resumed run can refuse other data.
     """
 
     layers: int
+    num_data: int | None = None
     epoch: int = 0
     step: int = 0
     order: torch.Tensor | None = None
@@ -89,6 +94,7 @@ class TrainingState:
     seconds: float = 0.0
 
     def start_epoch(self, num_data: int, generator: torch.Generator) -> None:
+        self.num_data = num_data
         self.order, self.offset = torch.randperm(num_data, generator=generator), 0
         self.epoch_losses, self.epoch_steps = torch.zeros(self.layers, dtype=torch.float64), 0
 
@@ -100,6 +106,7 @@ class TrainingState:
 
     def state_dict(self) -> dict:
         return {
+            "num_data": self.num_data,
             "epoch": self.epoch,
             "step": self.step,
             "history": self.history,
@@ -111,6 +118,7 @@ class TrainingState:
         }
 
     def load_state_dict(self, state: dict) -> None:
+        self.num_data = state.get("num_data")  # None in checkpoints written before it was recorded
         self.epoch, self.step, self.history = state["epoch"], state["step"], list(state["history"])
         self.order, self.offset = state["order"], state["offset"]
         losses = state["epoch_losses"]
@@ -127,58 +135,6 @@ class StepOutcome:
     loss: float
     layer_losses: list[float]
     problem: str | None
-
-
-class JsonLog:
-    """Append-only JSON-lines log (``None`` path: logs nothing)."""
-
-    def __init__(self, path: Path | None):
-        self.path = path
-        self._file = None
-
-    def __enter__(self):
-        if self.path is not None:
-            self._file = open(self.path, "a")
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self._file is not None:
-            self._file.close()
-
-    def write(self, record: dict) -> None:
-        if self._file is not None:
-            self._file.write(json.dumps(record) + "\n")
-            self._file.flush()
-
-    def truncate(self, step: int) -> None:
-        """Drop records written after ``step`` (by a run that died after its last checkpoint)."""
-        if self.path is None or not self.path.exists():
-            return
-        kept = [
-            line
-            for line in self.path.read_text().splitlines()
-            if line.strip() and json.loads(line).get("step", 0) <= step
-        ]
-        atomic_write(self.path, lambda handle: handle.write("".join(f"{line}\n" for line in kept).encode()))
-
-
-class Checkpointer:
-    """Writes ``checkpoint.pt`` (and ``epoch-XXXX.pt`` when kept) into ``out_dir``."""
-
-    def __init__(self, out_dir: Path, keep_epochs: bool, run_config=None):
-        self.out_dir, self.keep_epochs, self.run_config = out_dir, keep_epochs, run_config
-
-    def save(self, stack: Stack, state: TrainingState, optimizer, generator, seconds: float) -> None:
-        """Save the run as it stands after ``seconds`` of training in this call."""
-        training = {
-            "optimizer": optimizer.state_dict(),
-            "generator": generator.get_state(),
-            **state.state_dict(),
-            "seconds": state.seconds + seconds,
-        }
-        if self.keep_epochs and state.order is None:
-            save_checkpoint(self.out_dir / f"epoch-{state.epoch:04d}.pt", stack, training, self.run_config)
-        save_checkpoint(self.out_dir / CHECKPOINT_NAME, stack, training, self.run_config)
 
 
 def distributed_rank_and_size() -> tuple[int, int]:
@@ -337,11 +293,25 @@ def train_step(stack, elbo, optimizer, batch, batch_labels, num_data: int, waiti
     names = [f"L{i}" for i in stack.gmm_indices]
     problem = _non_finite(names, loss_value, layer_losses, gradient_value)
     if problem is None:
-        optimizer.step()
-        for gmm in stack.gmm_layers:
-            gmm.clamp_precision_()
+        problem = _finite_update(stack, optimizer)
     optimizer.zero_grad(set_to_none=True)
     return StepOutcome(loss_value, layer_losses, problem)
+
+
+def _finite_update(stack: Stack, optimizer) -> str | None:
+    """Take the optimiser step and project the precisions; if that left any parameter NaN or
+    infinite (a learning rate far too large, say), put every parameter back and say so."""
+    parameters = [p for p in stack.parameters() if p.grad is not None]
+    before = [p.detach().clone() for p in parameters]
+    optimizer.step()
+    for gmm in stack.gmm_layers:
+        gmm.clamp_precision_()
+    if bool(torch.cat([p.detach().flatten() for p in parameters]).isfinite().all()):
+        return None
+    with torch.no_grad():
+        for parameter, value in zip(parameters, before, strict=True):
+            parameter.copy_(value)
+    return "the optimiser step made parameters non-finite"
 
 
 def _checked_inputs(stack: Stack, images, labels, validation):
@@ -366,7 +336,7 @@ def _place(stack: Stack, device: torch.device) -> None:
                 dist.broadcast(tensor, 0)
 
 
-def _resume(path, stack, optimizer, generator, state: TrainingState, log: JsonLog, device) -> None:
+def _resume(path, stack, optimizer, generator, state: TrainingState, log: JsonLog, device, num_data) -> None:
     """Continue from the checkpoint at ``path`` (``None``: a new run)."""
     if path is None:
         return
@@ -378,6 +348,11 @@ def _resume(path, stack, optimizer, generator, state: TrainingState, log: JsonLo
     optimizer.load_state_dict(training["optimizer"])
     generator.set_state(training["generator"])
     state.load_state_dict(training)
+    if state.num_data is not None and state.num_data != num_data:
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} was trained on {state.num_data} images; this run has "
+            f"{num_data}: resume with the same data (data set, classes, train_limit, seed)"
+        )
     log.truncate(state.step)
 
 
@@ -434,6 +409,36 @@ def _end_epoch(stack, state: TrainingState, validation, config, log: JsonLog, st
     log.write({"event": "epoch", **record})
 
 
+class Interruption:
+    """Within its ``with`` block, the first Ctrl-C (SIGINT) only sets :attr:`requested`, so that
+    training stops between two steps; a second one interrupts at once.  Off outside the main thread
+    and in a process group (every process must stop at the same step)."""
+
+    def __enter__(self) -> Interruption:
+        self.requested = False
+        self._previous = None
+        alone = distributed_rank_and_size()[1] == 1
+        if alone and threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._request)
+        return self
+
+    def _request(self, signum, frame) -> None:
+        self.requested = True
+        signal.signal(signal.SIGINT, self._previous)
+
+    def __exit__(self, *exc) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+
+def _interrupted(state: TrainingState, checkpointer) -> TrainingInterrupted:
+    where = f"training interrupted at step {state.step} (epoch {state.epoch}, {state.offset} images into it)"
+    if checkpointer is None:
+        return TrainingInterrupted(f"{where}; nothing was saved (no output folder)")
+    path = checkpointer.out_dir / CHECKPOINT_NAME
+    return TrainingInterrupted(f"{where}; saved {path}: continue with --resume {path} (resume= in Python)")
+
+
 def _planned_steps(config: TrainConfig, num_data: int) -> tuple[int, int]:
     """Steps of ``config.epochs`` epochs (what ``wait`` is a fraction of), and where to stop."""
     planned = config.epochs * math.ceil(num_data / min(config.batch_size, num_data))
@@ -447,12 +452,11 @@ def _elbo(config: TrainConfig) -> TraceEnum_ELBO:
     )
 
 
-def _writers(out_dir, config: TrainConfig, run_config):
+def _writers(out_dir, config: TrainConfig, run_config, resume, overwrite: bool):
     """The checkpointer (``None`` where nothing is written) and the log of this process."""
     if out_dir is None or distributed_rank_and_size()[0] != 0:
         return None, JsonLog(None)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = claim_run_folder(out_dir, resume, overwrite)
     return Checkpointer(out_dir, config.keep_epoch_checkpoints, run_config), JsonLog(out_dir / LOG_NAME)
 
 
@@ -497,21 +501,22 @@ def train(
     resume: str | Path | None = None,
     dequantize_levels: int | None = None,
     run_config=None,
+    overwrite: bool = False,
 ) -> TrainResult:
-    """Train ``stack`` on ``images`` by SVI with ``TraceEnum_ELBO`` and an empty guide.
+    """Train ``stack`` (its parameters, in place) on ``images`` by SVI with ``TraceEnum_ELBO``.
 
-    :param Stack stack: the model; its parameters are updated in place.
     :param images: training images (N, C, H, W) in the stack's data range.
     :param labels: class indices (N,) for a Readout, or ``None``.
     :param TrainConfig config: optimiser, batch size, epochs, seed, device, logging.
     :param validation: held-out images, evaluated after every epoch.
-    :param out_dir: folder of ``checkpoint.pt`` (after every epoch, and where ``max_steps`` stops),
-        ``epoch-XXXX.pt`` (``config.keep_epoch_checkpoints``) and ``log.jsonl``; ``None``: nothing.
+    :param out_dir: folder of ``checkpoint.pt`` (every epoch, at ``max_steps`` and at Ctrl-C),
+        ``epoch-XXXX.pt`` and ``log.jsonl`` (:mod:`~pyro_dcgmm.run_folder`); ``None``: nothing.
+        A folder holding another run is refused unless ``resume`` is its checkpoint or ``overwrite``.
     :param resume: a checkpoint to continue from (same architecture and data); the run then
         reproduces the uninterrupted one.
     :param int dequantize_levels: dequantise batches of data on this many levels (256: 8 bits).
     :param run_config: the full :class:`~pyro_dcgmm.config.RunConfig`, stored in checkpoints.
-        Data parallel under ``torchrun``: see the module docstring.
+    :raises TrainingInterrupted: at Ctrl-C, after the step under way and a checkpoint.
     """
     start_time = time.perf_counter()
     config = config if config is not None else TrainConfig()
@@ -520,23 +525,21 @@ def train(
     images, labels, validation = _checked_inputs(stack, images, labels, validation)
     optimizer = make_optimizer(stack, config)
     generator = torch.Generator().manual_seed(config.seed)
-    checkpointer, log = _writers(out_dir, config, run_config)
+    checkpointer, log = _writers(out_dir, config, run_config, resume, overwrite)
     state = TrainingState(len(stack.gmm_layers))
-    _resume(resume, stack, optimizer, generator, state, log, device)
+    _resume(resume, stack, optimizer, generator, state, log, device, images.shape[0])
     step = functools.partial(
         _next_step, stack, images, labels, optimizer, generator, config, dequantize_levels, _elbo(config)
     )
     planned_steps, stop_step = _planned_steps(config, images.shape[0])
-    with contextlib.ExitStack() as context:
-        bar = context.enter_context(tqdm(total=stop_step, initial=state.step, disable=not config.progress))
-        context.enter_context(log)
-        context.enter_context(pyro.validation_enabled(config.validate))
-        while state.step < stop_step:
+    bar = tqdm(total=stop_step, initial=state.step, disable=not config.progress)
+    with bar, log, pyro.validation_enabled(config.validate), Interruption() as interruption:
+        while state.step < stop_step and not interruption.requested:
             # 1. A new epoch draws a new order of the training set.
             if state.order is None:
                 state.start_epoch(images.shape[0], generator)
-            # 2. Steps until the epoch or the run ends (see _next_step).
-            while state.offset < images.shape[0] and state.step < stop_step:
+            # 2. Steps until the epoch or the run ends, or Ctrl-C (see _next_step).
+            while state.offset < images.shape[0] and state.step < stop_step and not interruption.requested:
                 step(state, planned_steps, log, bar)
             # 3. An epoch ends: dead components re-seeded, a record (and validation); a checkpoint.
             if state.offset >= images.shape[0]:
@@ -544,4 +547,6 @@ def train(
                 _end_epoch(stack, state, validation, config, log, start_time)
             if checkpointer is not None:
                 checkpointer.save(stack, state, optimizer, generator, time.perf_counter() - start_time)
+    if interruption.requested:
+        raise _interrupted(state, checkpointer)
     return TrainResult(state.history, state.step, time.perf_counter() - start_time)

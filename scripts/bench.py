@@ -29,7 +29,7 @@ from handwritten_loss import handwritten_loss
 from pyro.infer import TraceEnum_ELBO
 
 from pyro_dcgmm import MAX_PLATE_NESTING, Stack, presets
-from pyro_dcgmm.cli import add_device_flag, make_parser
+from pyro_dcgmm.cli import add_device_flag, make_parser, run_script
 from pyro_dcgmm.files import atomic_write
 from pyro_dcgmm.train import resolve_device
 
@@ -187,4 +187,4 @@ def main(argv=None) -> list[dict]:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

@@ -28,7 +28,7 @@ from sklearn.metrics import RocCurveDisplay
 from sklearn.mixture import GaussianMixture
 
 from pyro_dcgmm import DCGMM, presets
-from pyro_dcgmm.cli import add_data_flags, add_device_flag, add_training_flags, make_parser
+from pyro_dcgmm.cli import add_data_flags, add_device_flag, add_training_flags, make_parser, run_script
 from pyro_dcgmm.config import DataConfig, FoldConfig, GMMConfig
 from pyro_dcgmm.data import load_dataset, split_validation
 from pyro_dcgmm.files import atomic_write
@@ -296,4 +296,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

@@ -28,7 +28,7 @@ import torch
 from sklearn.mixture import GaussianMixture
 
 from pyro_dcgmm.checkpoint import load_checkpoint, stack_from_checkpoint
-from pyro_dcgmm.cli import add_device_flag, make_parser
+from pyro_dcgmm.cli import add_device_flag, make_parser, run_script
 from pyro_dcgmm.config import DataConfig, from_dict, to_dict
 from pyro_dcgmm.data import load_dataset
 from pyro_dcgmm.files import atomic_write
@@ -155,4 +155,4 @@ def ndb_table(stack, dataset, args, options: SamplingOptions) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

@@ -33,7 +33,7 @@ from sklearn.metrics import normalized_mutual_info_score
 from sklearn.mixture import GaussianMixture
 
 from pyro_dcgmm import GMM, Fold, Stack
-from pyro_dcgmm.cli import add_data_flags, make_parser
+from pyro_dcgmm.cli import add_data_flags, make_parser, run_script
 from pyro_dcgmm.config import DataConfig, TrainConfig
 from pyro_dcgmm.data import load_dataset
 from pyro_dcgmm.files import atomic_write
@@ -187,4 +187,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

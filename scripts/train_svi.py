@@ -29,15 +29,23 @@ import torch.distributed as dist
 
 from pyro_dcgmm import Stack, presets
 from pyro_dcgmm.checkpoint import load_checkpoint
-from pyro_dcgmm.cli import add_data_flags, add_device_flag, add_training_flags, make_parser
+from pyro_dcgmm.cli import add_data_flags, add_device_flag, add_training_flags, make_parser, run_script
 from pyro_dcgmm.config import ModelConfig, RunConfig, from_dict, load_config, to_dict
 from pyro_dcgmm.data import load_dataset, split_validation
+from pyro_dcgmm.errors import ConfigError, DataError
 from pyro_dcgmm.files import atomic_write
 from pyro_dcgmm.plots import plot_prototypes, plot_training_curve, read_log
-from pyro_dcgmm.train import LOG_NAME, evaluate, train
+from pyro_dcgmm.run_folder import LOG_NAME, claim_run_folder
+from pyro_dcgmm.train import evaluate, train
 
 TRAIN_FLAGS = ("epochs", "batch_size", "lr", "optimizer", "seed", "device", "max_steps")
 DATA_FLAGS = ("dataset", "root", "classes", "train_limit")
+FIXED_ON_RESUME = {  # what a resumed run may not change: its data, its split and its model
+    "data": ("dataset", "classes", "train_limit", "dequantize", "validation_fraction"),
+    "training": ("seed",),
+    "model": ("preset", "layers", "input_shape", "data_range"),
+}
+OUTPUTS = ("summary.json", "config.json", "prototypes.png", "training_curve.png")  # besides the run files
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -55,37 +63,58 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max-steps", type=int, help="stop after this many optimiser steps")
     parser.add_argument("--out", type=Path, required=True, help="output folder")
     parser.add_argument("--resume", type=Path, help="checkpoint to continue from")
+    parser.add_argument("--overwrite", action="store_true", help="replace a run that --out already holds")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser.parse_args(argv)
 
 
 def resolve_config(args: argparse.Namespace) -> RunConfig:
     """The run configuration: resumed checkpoint or TOML file, then command-line overrides."""
+    if args.resume is not None and args.config is not None:
+        raise ConfigError(
+            "--config and --resume exclude each other: a resumed run keeps its checkpoint's configuration"
+        )
     if args.resume is not None:
-        saved = load_checkpoint(args.resume)["run_config"]
-        config = from_dict(RunConfig, saved or {}, "checkpoint run_config")
-    elif args.config is not None:
-        config = load_config(args.config)
+        saved = from_dict(
+            RunConfig, load_checkpoint(args.resume)["run_config"] or {}, "checkpoint run_config"
+        )
+        config = dataclasses.replace(saved, training=dataclasses.replace(saved.training, max_steps=None))
     else:
-        config = RunConfig()
+        config = load_config(args.config) if args.config is not None else RunConfig()
     training = {name: getattr(args, name) for name in TRAIN_FLAGS if getattr(args, name) is not None}
     if args.no_progress:
         training["progress"] = False
     data = {name: getattr(args, name) for name in DATA_FLAGS if getattr(args, name) is not None}
     if "classes" in data:
         data["classes"] = tuple(data["classes"])
-    if args.download:
-        data["download"] = True
-    if args.dequantize:
-        data["dequantize"] = True
+    data.update({name: True for name in ("download", "dequantize") if getattr(args, name)})
     model = config.model
     if args.preset is not None:
         model = ModelConfig(preset=args.preset, data_range=model.data_range)
-    return RunConfig(
+    resolved = RunConfig(
         model=model,
         training=dataclasses.replace(config.training, **training),
         data=dataclasses.replace(config.data, **data),
     )
+    if args.resume is not None:
+        check_resumable(saved, resolved, args.per_position)
+    return resolved
+
+
+def check_resumable(saved: RunConfig, resolved: RunConfig, per_position: bool) -> None:
+    """Refuse command-line settings that would resume a run on other data or another model."""
+    changed = []
+    for section, names in FIXED_ON_RESUME.items():
+        for name in names:
+            before, after = getattr(getattr(saved, section), name), getattr(getattr(resolved, section), name)
+            if before != after:
+                changed.append(f"{section}.{name} would change from {before!r} to {after!r}")
+    changed += ["--per-position"] if per_position else []
+    if changed:
+        raise ConfigError(
+            f"a resumed run keeps its data and model, but {'; '.join(changed)}; start a new run "
+            "(another --out) to change them"
+        )
 
 
 def init_distributed(device: str) -> int:
@@ -121,8 +150,11 @@ def main(argv: list[str] | None = None) -> dict:
     readout = stack.readout
     labels = train_y if readout is not None else None
     if readout is not None and int(train_y.max()) >= readout.num_classes:
-        raise SystemExit(f"labels go up to {int(train_y.max())} but the readout has {readout.num_classes}")
-    args.out.mkdir(parents=True, exist_ok=True)
+        raise DataError(
+            f"labels go up to {int(train_y.max())} but the readout has {readout.num_classes} classes"
+        )
+    if rank == 0:
+        claim_run_folder(args.out, args.resume, args.overwrite, OUTPUTS)
     before = evaluate(stack, dataset.test_images) if args.resume is None and rank == 0 else None
     result = train(
         stack,
@@ -196,4 +228,4 @@ def print_summary(stack: Stack, summary: dict, out: Path) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

@@ -26,7 +26,7 @@ from sklearn.metrics import normalized_mutual_info_score
 from sklearn.mixture import GaussianMixture
 
 from pyro_dcgmm import DCGMM, presets
-from pyro_dcgmm.cli import add_data_flags, make_parser
+from pyro_dcgmm.cli import add_data_flags, make_parser, run_script
 from pyro_dcgmm.config import DataConfig
 from pyro_dcgmm.data import load_dataset, split_validation
 
@@ -97,4 +97,4 @@ def main(argv=None) -> dict:
 if __name__ == "__main__":
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
-        main()
+        run_script(main)

@@ -1,86 +1,160 @@
 """Crash safety, numerical robustness over seeds and presets, and property-based checks."""
 
 import json
-import os
-import subprocess
-import sys
-import time
+import signal
 from pathlib import Path
 
 import pytest
 import torch
+import train_svi
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import pyro_dcgmm.train as training
 from pyro_dcgmm import GMM, Fold, MaxPool, Stack, presets
+from pyro_dcgmm.cli import run_script
 from pyro_dcgmm.config import GMMConfig, TrainConfig, from_dict, to_dict
 from pyro_dcgmm.data import FASHION_MNIST_ROOT, load_fashion_mnist
-from pyro_dcgmm.errors import ArchitectureError, ConfigError
-from pyro_dcgmm.files import atomic_write
+from pyro_dcgmm.errors import (
+    ArchitectureError,
+    CheckpointError,
+    ConfigError,
+    NonFiniteLossError,
+    TrainingInterrupted,
+)
 from pyro_dcgmm.train import train
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run_cli(*args: str) -> subprocess.Popen:
-    command = [sys.executable, str(ROOT / "scripts/train_svi.py"), *args, "--device", "cpu", "--no-progress"]
-    return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+def train_cli(*args: str) -> dict:
+    return train_svi.main([*args, "--device", "cpu", "--no-progress"])
 
 
-def finished_epochs(log: Path) -> int:
-    if not log.exists():
-        return 0
-    return sum('"event": "epoch"' in line for line in log.read_text().splitlines())
+def final_state(folder: Path) -> dict:
+    return torch.load(folder / "checkpoint.pt", weights_only=True)
 
 
-def test_atomic_write_keeps_the_old_file_on_failure_and_plain_permissions(tmp_path):
-    path = tmp_path / "report.json"
-    atomic_write(path, lambda handle: handle.write(b"old"))
-    umask = os.umask(0o022)
-    try:
-        atomic_write(path, lambda handle: handle.write(b"new"))
-    finally:
-        os.umask(umask)
-    assert path.read_bytes() == b"new" and path.stat().st_mode & 0o777 == 0o644
+def stop_at_step(monkeypatch, step: int, stop) -> None:
+    """Make training call ``stop()`` just before it takes step number ``step``."""
+    original = training._next_step
 
-    def fail(handle):
-        handle.write(b"partial")
-        raise OSError("disk full")
+    def next_step(*args):
+        state = args[8]
+        if state.step == step:
+            stop()
+        original(*args)
 
-    with pytest.raises(OSError, match="disk full"):
-        atomic_write(path, fail)
-    assert path.read_bytes() == b"new"
-    assert [p.name for p in tmp_path.iterdir()] == ["report.json"]
+    monkeypatch.setattr(training, "_next_step", next_step)
 
 
-def test_killed_training_resumes_to_identical_parameters(tmp_path):
-    common = ["--config", str(ROOT / "configs/digits.toml"), "--epochs", "24"]
-    straight = run_cli(*common, "--out", str(tmp_path / "straight"))
-    killed = run_cli(*common, "--out", str(tmp_path / "killed"))
-    deadline = time.monotonic() + 120
-    while finished_epochs(tmp_path / "killed" / "log.jsonl") < 3 and time.monotonic() < deadline:
-        time.sleep(0.02)
-    killed.kill()  # SIGKILL, somewhere inside a later epoch
-    killed.wait()
-    assert killed.returncode != 0, "the run finished before it could be killed"
-    checkpoint = tmp_path / "killed" / "checkpoint.pt"
-    saved_epoch = torch.load(checkpoint, weights_only=True)["training"]["epoch"]
-    assert 2 <= saved_epoch < 24  # the log gets an epoch's record just before its checkpoint
-    resumed = run_cli("--resume", str(checkpoint), "--epochs", "24", "--out", str(tmp_path / "killed"))
-    assert resumed.wait() == 0, resumed.stderr.read()
-    assert straight.wait() == 0, straight.stderr.read()
-    a = torch.load(tmp_path / "straight" / "checkpoint.pt", weights_only=True)
-    b = torch.load(checkpoint, weights_only=True)
-    assert a["training"]["step"] == b["training"]["step"]
+def injected_crash():
+    raise RuntimeError("injected crash")
+
+
+@pytest.mark.parametrize("stop", ["crash", "ctrl-c"])
+def test_stopped_training_resumes_to_identical_parameters(tmp_path, monkeypatch, stop):
+    # 13 steps per epoch: step 33 lies inside the third epoch
+    common = ["--config", str(ROOT / "configs/digits.toml"), "--epochs", "5"]
+    train_cli(*common, "--out", str(tmp_path / "straight"))
+    if stop == "crash":  # the process dies: the checkpoint of the last finished epoch remains
+        stop_at_step(monkeypatch, 33, injected_crash)
+        with pytest.raises(RuntimeError, match="injected crash"):
+            train_cli(*common, "--out", str(tmp_path / "stopped"))
+    else:  # Ctrl-C: the step under way ends, then a checkpoint of exactly where training stands
+        stop_at_step(monkeypatch, 33, lambda: signal.raise_signal(signal.SIGINT))
+        with pytest.raises(TrainingInterrupted, match=r"at step 34 .* --resume"):
+            train_cli(*common, "--out", str(tmp_path / "stopped"))
+    monkeypatch.undo()
+    checkpoint = tmp_path / "stopped" / "checkpoint.pt"
+    assert final_state(tmp_path / "stopped")["training"]["step"] == {"crash": 26, "ctrl-c": 34}[stop]
+    train_cli("--resume", str(checkpoint), "--out", str(tmp_path / "stopped"))
+    a, b = final_state(tmp_path / "straight"), final_state(tmp_path / "stopped")
+    assert a["training"]["step"] == b["training"]["step"] == 65
     for name, value in a["state_dict"].items():
-        assert (
+        same = (
             torch.equal(value, b["state_dict"][name])
             if torch.is_tensor(value)
             else value == b["state_dict"][name]
         )
-    log = [json.loads(line) for line in (tmp_path / "killed" / "log.jsonl").read_text().splitlines()]
-    epochs = [r["epoch"] for r in log if r.get("event") == "epoch"]
-    assert epochs == list(range(1, 25))  # no epoch logged twice after the resume
+        assert same, name
+    log = [json.loads(line) for line in (tmp_path / "stopped" / "log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in log if r.get("event") == "epoch"] == [1, 2, 3, 4, 5]  # none twice
+
+
+def test_a_new_run_never_overwrites_another(tmp_path):
+    common = ["--config", str(ROOT / "configs/digits.toml"), "--epochs", "1", "--out", str(tmp_path / "x")]
+    train_cli(*common)
+    first = (tmp_path / "x" / "checkpoint.pt").read_bytes()
+    with pytest.raises(ConfigError, match=r"already holds a run .*checkpoint.pt.*--overwrite"):
+        train_cli(*common, "--seed", "5")
+    assert (tmp_path / "x" / "checkpoint.pt").read_bytes() == first
+    with pytest.raises(ConfigError, match="already holds a run"):
+        train(Stack([Fold(4, 2), GMM(4)], (1, 8, 8)), torch.rand(10, 1, 8, 8), out_dir=tmp_path / "x")
+    train_cli(*common, "--seed", "5", "--overwrite")
+    steps = [json.loads(line)["step"] for line in (tmp_path / "x" / "log.jsonl").read_text().splitlines()]
+    assert steps == sorted(steps) and len(steps) == len(set(steps))  # one run in the log, not two
+
+
+@pytest.mark.parametrize(
+    "flags,match",
+    [
+        (["--seed", "7"], r"training.seed would change from 0 to 7"),
+        (["--train-limit", "1000"], r"data.train_limit would change from None to 1000"),
+        (["--classes", "1", "2"], r"data.classes would change"),
+        (["--per-position"], r"--per-position"),
+        (["--config", str(ROOT / "configs/digits.toml")], r"--config and --resume exclude each other"),
+    ],
+)
+def test_resume_refuses_other_data_or_model(tmp_path, flags, match):
+    train_cli("--config", str(ROOT / "configs/digits.toml"), "--epochs", "1", "--out", str(tmp_path))
+    with pytest.raises(ConfigError, match=match):
+        train_cli("--resume", str(tmp_path / "checkpoint.pt"), "--out", str(tmp_path), *flags)
+
+
+def test_resume_applies_new_epochs_and_forgets_the_old_stop(tmp_path):
+    common = ["--config", str(ROOT / "configs/digits.toml"), "--out", str(tmp_path)]
+    train_cli(*common, "--epochs", "3", "--max-steps", "5")
+    assert final_state(tmp_path)["training"]["step"] == 5
+    train_cli("--resume", str(tmp_path / "checkpoint.pt"), "--out", str(tmp_path), "--epochs", "2")
+    assert final_state(tmp_path)["training"]["step"] == 26  # was: no step, since max_steps = 5 stayed
+
+
+def test_resume_with_other_data_fails_clearly(tmp_path):
+    stack = Stack([Fold(4, 2), GMM(4)], (1, 8, 8))
+    images = torch.rand(40, 1, 8, 8)
+    config = TrainConfig(epochs=1, batch_size=10, progress=False, device="cpu")
+    train(stack, images, config=config, out_dir=tmp_path)
+    with pytest.raises(CheckpointError, match="trained on 40 images; this run has 30"):
+        train(stack, images[:30], config=config, out_dir=tmp_path, resume=tmp_path / "checkpoint.pt")
+
+
+def test_a_step_that_makes_parameters_non_finite_is_undone(tmp_path):
+    stack = Stack([Fold(4, 2), GMM(4, init="random")], (1, 8, 8))
+    images = torch.rand(40, 1, 8, 8)
+    before = {name: value.clone() for name, value in stack.state_dict().items() if torch.is_tensor(value)}
+    config = TrainConfig(epochs=1, batch_size=10, optimizer="sgd", lr=3e38, progress=False, device="cpu")
+    with pytest.raises(NonFiniteLossError, match="made parameters non-finite at step 0"):
+        train(stack, images, config=config, out_dir=tmp_path)
+    for name, value in stack.state_dict().items():
+        if torch.is_tensor(value):
+            assert torch.equal(value, before[name]), name
+    assert not (tmp_path / "checkpoint.pt").exists()
+
+
+def test_scripts_end_user_errors_and_ctrl_c_with_one_line(capsys):
+    def bad_setting():
+        raise ConfigError("training.epochs must be >= 1, got 0")
+
+    def interrupted():
+        raise TrainingInterrupted("training interrupted at step 3; saved x: continue with --resume x")
+
+    for main, code, line in [(bad_setting, 2, "error: training.epochs"), (interrupted, 130, "--resume x")]:
+        with pytest.raises(SystemExit) as stop:
+            run_script(main)
+        assert stop.value.code == code
+        printed = capsys.readouterr().err
+        assert line in printed and printed.count("\n") == 1 and "Traceback" not in printed
 
 
 @pytest.fixture(scope="module")
