@@ -41,17 +41,30 @@ def save_checkpoint(path: str | Path, stack: Stack, training: dict | None = None
         },
         "training": training,
     }
-    atomic_write(path, lambda handle: torch.save(state, handle))
+    try:
+        atomic_write(path, lambda handle: torch.save(state, handle))
+    except (OSError, RuntimeError) as error:  # disk full, permissions: torch reports both ways
+        raise CheckpointError(
+            f"could not write checkpoint {str(path)!r} ({str(error).splitlines()[0]}); any earlier "
+            "checkpoint there is intact"
+        ) from None
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
     """Read and check a checkpoint written by :func:`save_checkpoint`."""
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"checkpoint {str(path)!r} is a folder; give the checkpoint file in it")
     if not path.is_file():
         raise CheckpointError(f"checkpoint {str(path)!r} does not exist")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as error:
+    except pickle.UnpicklingError:  # torch's message would suggest weights_only=False: never do that
+        raise CheckpointError(
+            f"{str(path)!r} holds objects other than tensors and plain data; it was not written by "
+            "pyro_dcgmm and will not be loaded"
+        ) from None
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as error:
         raise CheckpointError(
             f"checkpoint {str(path)!r} is truncated, corrupt or not a pyro_dcgmm checkpoint "
             f"({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''})"
@@ -63,6 +76,9 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
             f"checkpoint {str(path)!r} has format version {state.get('version')!r}; this "
             f"pyro_dcgmm reads version {CHECKPOINT_VERSION}"
         )
+    missing = [key for key in ("model_config", "run_config", "state_dict", "training") if key not in state]
+    if missing:
+        raise CheckpointError(f"checkpoint {str(path)!r} lacks {', '.join(missing)}; it is damaged")
     return state
 
 
@@ -82,7 +98,17 @@ def load_state_into(stack: Stack, state: dict) -> None:
             "the checkpoint was written by a different architecture: checkpoint "
             f"{to_dict(saved)} vs model {to_dict(stack.config)}"
         )
+    values = state["state_dict"]
+    broken = [
+        k
+        for k, v in values.items()
+        if torch.is_tensor(v) and v.is_floating_point() and not v.isfinite().all()
+    ]
+    if broken:
+        raise CheckpointError(
+            f"the checkpoint holds NaN or infinite values in {', '.join(broken)}; it is damaged"
+        )
     try:
-        stack.load_state_dict(state["state_dict"])
+        stack.load_state_dict(values)
     except RuntimeError as error:
         raise CheckpointError(f"the checkpoint's parameters do not fit the model: {error}") from None

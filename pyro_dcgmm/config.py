@@ -218,7 +218,7 @@ class GMMConfig(Checked):
                 f"precision_ceiling, got {self.precision_floor}, {self.precision_init}, "
                 f"{self.precision_ceiling}"
             )
-        if self.init_vectors < self.components:
+        if self.init != "random" and self.init_vectors < self.components:
             self.fail(f"gmm.init_vectors must be >= components ({self.components}), got {self.init_vectors}")
 
 
@@ -247,7 +247,7 @@ class ModelConfig(Checked):
     """A layer stack: a preset name or an explicit list of layers, and the input shape (C, H, W).
 
     ``input_shape=None`` takes the shape of the data set.  ``data_range`` is the interval inputs
-    must lie in (images scaled to [0, 1] by default).
+    must lie in (images scaled to [0, 1] by default; ``[-inf, inf]`` for unbounded data).
     """
 
     section = "model"
@@ -260,8 +260,11 @@ class ModelConfig(Checked):
         if self.input_shape is not None and min(self.input_shape) < 1:
             self.fail(f"model.input_shape must be 3 positive ints (C, H, W), got {self.input_shape}")
         low, high = self.data_range
-        if not (math.isfinite(low) and math.isfinite(high) and low < high):
-            self.fail(f"model.data_range must be two finite numbers, low < high, got {self.data_range}")
+        if not low < high:  # False for NaN too; infinite ends mean no bound
+            self.fail(
+                f"model.data_range must be two numbers, low < high (infinite ends: no bound), got "
+                f"{self.data_range}"
+            )
 
 
 @dataclass(frozen=True)
@@ -461,10 +464,14 @@ def to_dict(config: Any) -> Any:
 def load_config(path: str | Path) -> RunConfig:
     """Read a TOML run configuration (sections ``model``, ``training``, ``data``)."""
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"config file {str(path)!r} is a folder")
     try:
-        data = tomllib.loads(path.read_text())
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"config file {str(path)!r} does not exist") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {str(path)!r} is not UTF-8 text, so not TOML") from None
     except tomllib.TOMLDecodeError as error:
         raise ConfigError(f"config file {str(path)!r} is not valid TOML: {error}") from None
     return from_dict(RunConfig, data, where=path.name)

@@ -122,6 +122,8 @@ def _find_idx(root: Path, stem: str) -> Path:
 def _images_and_labels(images: np.ndarray, labels: np.ndarray, what: str):
     if images.ndim != 3:
         raise DataError(f"{what} images must have 3 dimensions (N, H, W), got shape {images.shape}")
+    if images.shape[0] == 0:
+        raise DataError(f"{what} holds no images")
     if labels.ndim != 1 or labels.shape[0] != images.shape[0]:
         raise DataError(
             f"{what} has {images.shape[0]} images but {labels.shape[0] if labels.ndim else 0} "

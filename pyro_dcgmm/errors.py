@@ -32,3 +32,7 @@ class NonFiniteLossError(RuntimeError):
 class TrainingInterrupted(KeyboardInterrupt):
     """Training stopped at a Ctrl-C (SIGINT) after its current step; the message says where it
     stood and how to resume from the checkpoint it saved (if it writes checkpoints)."""
+
+
+class TrainingWarning(UserWarning):
+    """A finished run shows a sign that it did not learn (see :mod:`pyro_dcgmm.diagnostics`)."""

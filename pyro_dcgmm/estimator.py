@@ -15,19 +15,24 @@ from pyro_dcgmm.config import ModelConfig, TrainConfig
 from pyro_dcgmm.sampling import SamplingOptions
 from pyro_dcgmm.stack import Stack
 from pyro_dcgmm.train import train
-from pyro_dcgmm.validation import as_images, image_shape
+from pyro_dcgmm.validation import as_images, as_labels, as_tensor, image_shape
 
 
 class DCGMM(ClusterMixin, DensityMixin, BaseEstimator):
     """Deep convolutional GMM with the scikit-learn estimator interface.
 
-    ``X`` is images (N, C, H, W), (N, H, W), or flattened (N, C*H*W) with ``input_shape`` given (or a
-    square single-channel image inferred), with values in [0, 1].  Clusters are the components of
-    the top GMM layer.
+    ``X`` is images (N, C, H, W), (N, H, W), or flattened (N, D) with values in [0, 1].  Flattened
+    rows are images of ``input_shape`` if it is given, else square one-channel images when D is a
+    square, else D features at one position (tabular data).  Clusters are the components of the top
+    GMM layer.
 
     :param layers: a preset name (:mod:`pyro_dcgmm.presets`), a :class:`ModelConfig`, or a list of
-        layer configs (dataclasses or dicts with ``type``).
+        layer configs (dataclasses or dicts with ``type``); ``None`` takes the preset for the
+        images' size (:func:`~pyro_dcgmm.presets.default_preset`: ``digits`` for 8x8 digits, ``E``
+        for 28x28 images, the flat ``A`` for tabular data).
     :param input_shape: (C, H, W) of the images; ``None`` infers it from ``X``.
+    :param data_range: (low, high) every value of ``X`` must lie in; ``None``: unbounded (tabular
+        data), which also leaves samples unclipped.
     :param epochs, batch_size, lr, optimizer: training settings (:class:`TrainConfig`); the default
         ``"em"`` trains the GMM layers by online EM from a k-means initialisation.
     :param plateau_window: steps per plateau test of every GMM layer's annealing (used by layers
@@ -45,8 +50,9 @@ class DCGMM(ClusterMixin, DensityMixin, BaseEstimator):
 
     def __init__(
         self,
-        layers="digits",
+        layers=None,
         input_shape=None,
+        data_range=(0.0, 1.0),
         epochs: int = 10,
         batch_size: int = 100,
         lr: float = 0.01,
@@ -59,6 +65,7 @@ class DCGMM(ClusterMixin, DensityMixin, BaseEstimator):
     ):
         self.layers = layers
         self.input_shape = input_shape
+        self.data_range = data_range
         self.epochs = epochs
         self.batch_size = batch_size
         self.lr = lr
@@ -71,20 +78,24 @@ class DCGMM(ClusterMixin, DensityMixin, BaseEstimator):
 
     def _images(self, X, shape=None) -> torch.Tensor:
         """``X`` as a checked float32 tensor (N, C, H, W); ``shape`` (C, H, W) or the one ``X`` has."""
-        x = torch.as_tensor(X) if torch.is_tensor(X) else torch.as_tensor(np.asarray(X))
+        x = as_tensor(X, "X")
+        x = x if x.dtype.is_floating_point else x.double()  # integers are values like any other here
         if shape is None:
             shape = tuple(self.input_shape) if self.input_shape is not None else image_shape(x, "X")
-        return as_images(x, shape, name="X").float()
+        return as_images(x, shape, self._data_range(), name="X", model=type(self).__name__).float()
+
+    def _data_range(self) -> tuple[float, float]:
+        return (-math.inf, math.inf) if self.data_range is None else tuple(self.data_range)
 
     def _model_config(self, shape) -> ModelConfig:
-        if isinstance(self.layers, str):
+        if self.layers is None or isinstance(self.layers, str):
             config = ModelConfig(preset=self.layers)
         elif isinstance(self.layers, ModelConfig):
             config = dataclasses.replace(self.layers, input_shape=None)
         else:
             config = ModelConfig(layers=tuple(self.layers))
         options = {} if self.plateau_window is None else {"plateau_window": self.plateau_window}
-        return presets.resolve(config, shape, **options)
+        return presets.resolve(dataclasses.replace(config, data_range=self._data_range()), shape, **options)
 
     def fit(self, X, y=None):
         """Train the stack on ``X`` (and ``y`` for a Readout, if it has one)."""
@@ -96,7 +107,7 @@ class DCGMM(ClusterMixin, DensityMixin, BaseEstimator):
             stack = Stack.from_config(self._model_config(shape))
         labels = None
         if y is not None and stack.readout is not None:
-            labels = torch.as_tensor(np.asarray(y)).long()
+            labels = as_labels(y, x.shape[0], stack.readout.num_classes, "y")
         config = TrainConfig(
             epochs=self.epochs,
             batch_size=self.batch_size,

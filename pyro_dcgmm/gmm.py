@@ -36,7 +36,14 @@ from pyro.ops.indexing import Vindex
 from pyro_dcgmm.annealing import AnnealingSchedule, torus_neighbourhood
 from pyro_dcgmm.config import GMMConfig, from_dict
 from pyro_dcgmm.fold import Fold, fold_back, is_lossless
-from pyro_dcgmm.layer import Layer, Shape, local_params, record, window_output_size
+from pyro_dcgmm.layer import (
+    Layer,
+    Shape,
+    check_parameter_memory,
+    local_params,
+    record,
+    window_output_size,
+)
 
 LOG_2PI = math.log(2.0 * math.pi)
 RESPONSIBILITY_FLOOR = 1e-4  # log-responsibilities below log(1e-4) carry no information upward
@@ -175,6 +182,7 @@ class GMM(Layer):
         dim = channels * self.patch[0] * self.patch[1]
         k = self.config.components
         shape = (k, dim) if self.config.shared else (out_h, out_w, k, dim)
+        check_parameter_memory(2 * math.prod(shape) + math.prod(shape[:-1]), f"GMM with K={k} on D={dim}")
         scale = self.config.mean_init_scale
         self.means = torch.nn.Parameter((2.0 * torch.rand(shape) - 1.0) * scale)
         start = min(

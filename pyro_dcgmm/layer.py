@@ -8,6 +8,7 @@ parameters whose shapes depend on that input.
 from __future__ import annotations
 
 import functools
+import os
 
 import pyro
 import pyro.distributions as dist
@@ -42,6 +43,25 @@ def record(name: str, value: torch.Tensor) -> None:
     """
     off = torch.zeros((), dtype=torch.bool, device=value.device)
     pyro.sample(name, dist.Delta(value).mask(off), obs=value, infer={"_deterministic": True})
+
+
+def physical_memory() -> int | None:
+    """Bytes of physical memory of this machine (``None`` where the system does not say)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def check_parameter_memory(count: int, what: str) -> None:
+    """Refuse parameters that could not train in this machine's memory: float32 values, gradients and
+    two optimiser moments, 16 bytes each."""
+    needed, total = 16 * count, physical_memory()
+    if total is not None and needed > total:
+        raise ArchitectureError(
+            f"{what} would have {count:,} parameters, {needed / 2**30:.1f} GiB to train with "
+            f"gradients and optimiser state; this machine has {total / 2**30:.1f} GiB"
+        )
 
 
 def local_params(model):

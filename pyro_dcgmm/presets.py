@@ -114,9 +114,10 @@ def get(
 
 
 def default_preset(input_shape: tuple[int, int, int]) -> str:
-    """The preset for images of ``input_shape``: ``digits`` up to 12x12 pixels (the 8x8 digits),
-    else ``E`` (the paper's choice for 28x28 images)."""
-    return "digits" if max(input_shape[1:]) <= 12 else "E"
+    """The preset for images of ``input_shape``: ``E`` (the paper's choice for 28x28) from 13 pixels
+    a side, ``digits`` (4x4 patches) from 4, the flat ``A`` (one mixture over the whole input) below."""
+    side = min(input_shape[1:])
+    return "E" if side >= 13 else "digits" if side >= 4 else "A"
 
 
 def resolve(config: ModelConfig, input_shape: tuple[int, int, int], **gmm_options) -> ModelConfig:

@@ -8,6 +8,7 @@ import torch
 from pyro_dcgmm import queries
 from pyro_dcgmm.errors import ArchitectureError, DataError
 from pyro_dcgmm.gmm import GMM
+from pyro_dcgmm.readout import Readout
 from pyro_dcgmm.sampling import SamplingOptions, Sharpening, sharpen
 from pyro_dcgmm.validation import as_labels
 
@@ -20,7 +21,13 @@ def sample(stack, n: int, classes=None, options: SamplingOptions | None = None) 
         if stack.readout is None:
             raise ArchitectureError("class-conditional sampling needs a Readout as the top layer")
         classes = as_labels(torch.as_tensor(classes), n, stack.readout.num_classes, "classes")
-    return sample_from(stack, len(stack.stages) - 1, classes, n, options or SamplingOptions())
+    return sample_from(stack, top_model_stage(stack), classes, n, options or SamplingOptions())
+
+
+def top_model_stage(stack) -> int:
+    """The highest stage with a generative model (a GMM or the Readout): sampling starts there,
+    since a Fold or MaxPool above the top GMM only transforms what it outputs."""
+    return max(p for p, i in enumerate(stack.stages) if isinstance(stack.layers[i], (GMM, Readout)))
 
 
 def variants(stack, x, layer: int, n_per_image: int, options=None, mask=None) -> torch.Tensor:

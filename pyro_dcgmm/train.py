@@ -30,6 +30,7 @@ import math
 import signal
 import threading
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -42,12 +43,14 @@ from tqdm.auto import tqdm
 
 from pyro_dcgmm.checkpoint import load_checkpoint, load_state_into
 from pyro_dcgmm.config import TrainConfig
+from pyro_dcgmm.diagnostics import learning_problems
 from pyro_dcgmm.errors import (
     CheckpointError,
     ConfigError,
     DataError,
     NonFiniteLossError,
     TrainingInterrupted,
+    TrainingWarning,
 )
 from pyro_dcgmm.initialisation import dead_components, images_needed, initialise, reseed_dead
 from pyro_dcgmm.optim import forget, make_optimizer
@@ -91,6 +94,7 @@ class TrainingState:
     epoch_losses: torch.Tensor | None = None
     epoch_steps: int = 0
     skipped_in_a_row: int = 0
+    skipped: int = 0
     seconds: float = 0.0
 
     def start_epoch(self, num_data: int, generator: torch.Generator) -> None:
@@ -114,6 +118,7 @@ class TrainingState:
             "offset": self.offset,
             "epoch_losses": self.epoch_losses,
             "epoch_steps": self.epoch_steps,
+            "skipped": self.skipped,
             "seconds": self.seconds,
         }
 
@@ -124,6 +129,7 @@ class TrainingState:
         losses = state["epoch_losses"]
         self.epoch_losses = None if losses is None else losses.double()
         self.epoch_steps = state["epoch_steps"]
+        self.skipped = int(state.get("skipped", 0))
         self.seconds = float(state["seconds"])
 
 
@@ -231,13 +237,14 @@ def _local_loss(stack, elbo, batch, batch_labels, num_data: int, enumerated: boo
     return loss * scale, -torch.stack([objective.sum() for objective in objectives])
 
 
-def _non_finite(names: list[str], loss: float, layer_losses: list[float], gradient: float) -> str | None:
+def _non_finite(stack, loss: float, layer_losses: list[float], gradient: float) -> str | None:
     """What is not finite in one step's loss and gradients, or ``None``."""
+    names = [f"L{i}" for i in stack.gmm_indices]
     bad = [name for name, value in zip(names, layer_losses, strict=True) if not math.isfinite(value)]
     if bad:
         return f"non-finite loss in layer(s) {', '.join(bad)}"
     if not math.isfinite(loss):
-        return "non-finite loss in the readout"
+        return "non-finite loss in the readout" if stack.readout is not None else "non-finite total loss"
     if not math.isfinite(gradient):
         return "non-finite gradient"
     return None
@@ -290,8 +297,7 @@ def train_step(stack, elbo, optimizer, batch, batch_labels, num_data: int, waiti
     gradients = [p.grad.sum() for p in stack.parameters() if p.grad is not None]
     gradient_sum = torch.stack(gradients).sum() if gradients else totals.new_zeros(())
     loss_value, *layer_losses, gradient_value = torch.cat([totals, gradient_sum.reshape(1)]).tolist()
-    names = [f"L{i}" for i in stack.gmm_indices]
-    problem = _non_finite(names, loss_value, layer_losses, gradient_value)
+    problem = _non_finite(stack, loss_value, layer_losses, gradient_value)
     if problem is None:
         problem = _finite_update(stack, optimizer)
     optimizer.zero_grad(set_to_none=True)
@@ -345,20 +351,33 @@ def _resume(path, stack, optimizer, generator, state: TrainingState, log: JsonLo
     training = checkpoint["training"]
     if training is None:
         raise CheckpointError(f"checkpoint {str(path)!r} holds no training state to resume")
-    optimizer.load_state_dict(training["optimizer"])
-    generator.set_state(training["generator"])
-    state.load_state_dict(training)
+    try:
+        optimizer.load_state_dict(training["optimizer"])
+        generator.set_state(training["generator"])
+        state.load_state_dict(training)
+    except (KeyError, ValueError, RuntimeError, TypeError) as error:
+        raise CheckpointError(f"checkpoint {str(path)!r} has a damaged training state ({error!r})") from None
+    _check_resumed(str(path), state, num_data)
+    log.truncate(state.step)
+
+
+def _check_resumed(path: str, state: TrainingState, num_data: int) -> None:
+    """A resumed state must be one this data could have produced."""
+    epoch_size = len(state.order) if state.order is not None else state.num_data  # None: between epochs
+    if state.step < 0 or (state.order is not None and not 0 <= state.offset <= epoch_size):
+        position = f"step {state.step}, offset {state.offset} of {epoch_size}"
+        raise CheckpointError(f"checkpoint {path!r} has a damaged training state ({position})")
     if state.num_data is not None and state.num_data != num_data:
         raise CheckpointError(
-            f"checkpoint {str(path)!r} was trained on {state.num_data} images; this run has "
-            f"{num_data}: resume with the same data (data set, classes, train_limit, seed)"
+            f"checkpoint {path!r} was trained on {state.num_data} images; this run has {num_data}: "
+            "resume with the same data (data set, classes, train_limit, seed)"
         )
-    log.truncate(state.step)
 
 
 def _skip(outcome: StepOutcome, state: TrainingState, config: TrainConfig, log: JsonLog) -> None:
     """Count a step that was not taken; raise once the policy says so."""
     state.skipped_in_a_row += 1
+    state.skipped += 1
     if config.non_finite == "raise" or state.skipped_in_a_row > config.max_skipped_steps:
         in_a_row = f", {state.skipped_in_a_row} steps in a row" if state.skipped_in_a_row > 1 else ""
         raise NonFiniteLossError(
@@ -437,6 +456,13 @@ def _interrupted(state: TrainingState, checkpointer) -> TrainingInterrupted:
         return TrainingInterrupted(f"{where}; nothing was saved (no output folder)")
     path = checkpointer.out_dir / CHECKPOINT_NAME
     return TrainingInterrupted(f"{where}; saved {path}: continue with --resume {path} (resume= in Python)")
+
+
+def _finish(stack: Stack, state: TrainingState, start_time: float) -> TrainResult:
+    """Warn of every sign that the run did not learn; the result."""
+    for problem in learning_problems(stack, state.history, state.skipped):
+        warnings.warn(problem, TrainingWarning, stacklevel=3)
+    return TrainResult(state.history, state.step, time.perf_counter() - start_time)
 
 
 def _planned_steps(config: TrainConfig, num_data: int) -> tuple[int, int]:
@@ -549,4 +575,4 @@ def train(
                 checkpointer.save(stack, state, optimizer, generator, time.perf_counter() - start_time)
     if interruption.requested:
         raise _interrupted(state, checkpointer)
-    return TrainResult(state.history, state.step, time.perf_counter() - start_time)
+    return _finish(stack, state, start_time)

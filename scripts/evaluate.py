@@ -31,6 +31,7 @@ from pyro_dcgmm import DCGMM, presets
 from pyro_dcgmm.cli import add_data_flags, add_device_flag, add_training_flags, make_parser, run_script
 from pyro_dcgmm.config import DataConfig, FoldConfig, GMMConfig
 from pyro_dcgmm.data import load_dataset, split_validation
+from pyro_dcgmm.errors import DataError
 from pyro_dcgmm.files import atomic_write
 from pyro_dcgmm.metrics import (
     bits_per_dimension,
@@ -129,6 +130,10 @@ def flat(x: torch.Tensor) -> np.ndarray:
 def outliers(args, dataset, report) -> None:
     classes = sorted(set(dataset.train_labels.tolist()))
     folds = classes if args.heldout == "all" else [int(args.heldout)]
+    if not set(folds) <= set(classes):
+        raise DataError(
+            f"--heldout {args.heldout} is not a class of {dataset.name}; its classes are {classes}"
+        )
     report["folds"] = {}
     figure, axes = plt.subplots(1, 2, figsize=(11, 4))
     for heldout in folds:

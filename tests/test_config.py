@@ -103,7 +103,7 @@ def test_model_config_needs_layers():
         (lambda: GMMConfig(width_floor=float("inf")), r"gmm.width_floor must be finite and > 0"),
         (lambda: GMMConfig(means_lr_scale=-1.0), r"gmm.means_lr_scale must be >= 0, got -1.0"),
         (lambda: GMMConfig(plateau_window=0), r"gmm.plateau_window must be >= 1, got 0"),
-        (lambda: ModelConfig(data_range=(0.0, float("nan"))), r"model.data_range must be two finite"),
+        (lambda: ModelConfig(data_range=(0.0, float("nan"))), r"model.data_range must be two numbers"),
         (lambda: FoldConfig(patch=(3, 0)), r"fold.patch must be a positive int or a pair"),
         (lambda: DataConfig(classes=(1, -2)), r"data.classes must be a non-empty list of labels >= 0"),
     ],

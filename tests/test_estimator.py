@@ -1,11 +1,15 @@
+import re
+
 import numpy as np
 import pytest
+import scipy.sparse
 import torch
 from sklearn.base import clone
+from sklearn.utils.estimator_checks import check_estimator
 
 from pyro_dcgmm import DCGMM
 from pyro_dcgmm.data import load_digits
-from pyro_dcgmm.errors import DataError
+from pyro_dcgmm.errors import ConfigError, DataError
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +97,42 @@ def test_layer_list_and_image_input():
 
 
 def test_bad_input_raises():
-    with pytest.raises(DataError, match="not a square image"):
-        DCGMM(epochs=1).fit(np.random.rand(10, 63))
-    with pytest.raises(DataError, match="floating point"):
-        DCGMM(epochs=1).fit(np.zeros((10, 64), dtype=np.int64))
+    with pytest.raises(DataError, match=r"values in \[0, 252\], outside the data range .* divide 8-bit"):
+        DCGMM(epochs=1).fit(np.tile(np.arange(64) * 4, (10, 1)).astype(np.uint8))
+    with pytest.raises(
+        DataError, match=re.escape("X is a sparse matrix; images are dense: pass X.toarray()")
+    ):
+        DCGMM(epochs=1).fit(scipy.sparse.csr_matrix(np.eye(10, 64)))
+    with pytest.raises(DataError, match="X is a string"):
+        DCGMM(epochs=1).fit("images.npy")
+    with pytest.raises(
+        DataError, match=r"y must hold integer class indices, got torch\.float64 values such as 0\.9"
+    ):
+        DCGMM(epochs=1).fit(np.random.rand(10, 64), np.arange(10) % 2 + 0.9)
+    with pytest.raises(ConfigError, match=r"training\.optimizer: expected one of"):
+        DCGMM(epochs=1, optimizer="rmsprop").fit(np.random.rand(10, 64))
+    with pytest.raises(
+        ConfigError, match=r"training\.device: expected one of 'auto', 'cpu', 'cuda', got 'mps'"
+    ):
+        DCGMM(epochs=1, device="mps").fit(np.random.rand(10, 64))
+    fitted = DCGMM(epochs=1).fit(np.random.rand(30, 64))
+    with pytest.raises(DataError, match="X has 63 features, but DCGMM is expecting 64"):
+        fitted.predict(np.random.rand(3, 63))
+
+
+def test_tabular_rows_are_features_at_one_position():
+    # a row of D features is an image only when D is a square; otherwise a flat mixture over D values
+    x = np.random.default_rng(0).normal(size=(200, 3))
+    model = DCGMM(layers=[{"type": "fold"}, {"type": "gmm", "components": 2}], epochs=2, data_range=None)
+    model.fit(x)
+    assert model.input_shape_ == (3, 1, 1) and model.predict(x).shape == (200,)
+    layers = DCGMM().fit(np.random.rand(40, 3)).stack_.config.layers  # the flat preset A by default
+    assert [layer.type for layer in layers] == ["fold", "gmm", "readout"] and layers[0].patch is None
+
+
+def test_scikit_learn_estimator_checks():
+    # run on tabular data: a flat 3-component model over unbounded values (images are [0, 1])
+    model = DCGMM(layers=[{"type": "fold"}, {"type": "gmm", "components": 3}], epochs=1, data_range=None)
+    results = check_estimator(model, on_skip=None)
+    failed = [result["check_name"] for result in results if result["status"] == "failed"]
+    assert not failed and len(results) >= 45

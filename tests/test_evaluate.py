@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from pyro_dcgmm import presets
+from pyro_dcgmm.errors import DataError
 from pyro_dcgmm.metrics import bits_per_dimension, clustering_metrics, outlier_metrics
 
 COMMON = ["--dataset", "digits", "--epochs", "1", "--lr", "0.03", "--device", "cpu", "--train-limit", "400"]
@@ -72,3 +73,9 @@ def test_metric_helpers():
 def test_each_sub_command_takes_only_the_flags_it_uses(tmp_path, command, flag):
     with pytest.raises(SystemExit):  # were accepted and silently ignored
         evaluate.parse_args([command, *flag, "--out", str(tmp_path)])
+
+
+def test_outliers_refuse_a_class_the_data_lack(tmp_path):
+    with pytest.raises(DataError, match=r"--heldout 42 is not a class of digits"):
+        evaluate.main(["outliers", *COMMON, "--heldout", "42", "--out", str(tmp_path)])
+    assert not (tmp_path / "report.json").exists()  # was written with "auroc": NaN

@@ -4,6 +4,7 @@ import json
 import signal
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import train_svi
@@ -12,13 +13,15 @@ from hypothesis import strategies as st
 
 import pyro_dcgmm.train as training
 from pyro_dcgmm import GMM, Fold, MaxPool, Stack, presets
+from pyro_dcgmm.checkpoint import save_checkpoint
 from pyro_dcgmm.cli import run_script
-from pyro_dcgmm.config import GMMConfig, TrainConfig, from_dict, to_dict
-from pyro_dcgmm.data import FASHION_MNIST_ROOT, load_fashion_mnist
+from pyro_dcgmm.config import GMMConfig, TrainConfig, from_dict, load_config, to_dict
+from pyro_dcgmm.data import FASHION_MNIST_ROOT, _images_and_labels, load_fashion_mnist
 from pyro_dcgmm.errors import (
     ArchitectureError,
     CheckpointError,
     ConfigError,
+    DataError,
     NonFiniteLossError,
     TrainingInterrupted,
 )
@@ -237,3 +240,96 @@ def test_layer_shape_arithmetic(height, width, channels, patch, stride, pool, sh
     x = torch.rand(2, channels, height, width)
     assert tuple(stack.upward(x, 2).shape[1:]) == stack.layers[1].output_shape
     assert tuple(stack.upward(x, 3).shape[1:]) == stack.output_shape
+
+
+class Payload:
+    """Anything but tensors and plain data: what a malicious checkpoint would carry."""
+
+
+def saved_checkpoint(folder: Path) -> Path:
+    stack = Stack([Fold(4, 2), GMM(4)], (1, 8, 8))
+    config = TrainConfig(epochs=1, batch_size=10, progress=False, device="cpu")
+    train(stack, torch.rand(20, 1, 8, 8), config=config, out_dir=folder)
+    return folder / "checkpoint.pt"
+
+
+def damage(path: Path, change) -> Path:
+    state = torch.load(path, weights_only=True)
+    change(state)
+    torch.save(state, path)
+    return path
+
+
+def set_nan_means(state):
+    state["state_dict"]["layers.1.means"][0, 0] = float("nan")
+
+
+def set_offset(state):
+    state["training"]["order"] = torch.arange(20)
+    state["training"]["offset"] = 999
+
+
+@pytest.mark.parametrize(
+    "make,match",
+    [
+        (lambda path: path.parent, r"is a folder; give the checkpoint file in it"),
+        (
+            lambda path: damage(path, lambda state: state.pop("state_dict")),
+            r"lacks state_dict; it is damaged",
+        ),
+        (
+            lambda path: damage(path, lambda state: state["training"].pop("generator")),
+            r"damaged training state",
+        ),
+        (lambda path: damage(path, set_nan_means), r"NaN or infinite values in layers\.1\.means"),
+        (lambda path: damage(path, set_offset), r"damaged training state \(step 2, offset 999 of 20\)"),
+        (
+            lambda path: damage(path, lambda state: state.update(extra=Payload())),
+            r"not written by pyro_dcgmm",
+        ),
+    ],
+)
+def test_damaged_checkpoints_fail_clearly(tmp_path, make, match):
+    path = make(saved_checkpoint(tmp_path / "run"))
+    with pytest.raises(CheckpointError, match=match) as error:
+        train(
+            Stack([Fold(4, 2), GMM(4)], (1, 8, 8)), torch.rand(20, 1, 8, 8), out_dir=path.parent, resume=path
+        )
+    assert "weights_only=False" not in str(error.value)
+
+
+def test_a_failed_checkpoint_write_keeps_the_earlier_one(tmp_path, monkeypatch):
+    path = saved_checkpoint(tmp_path)
+    before = path.read_bytes()
+
+    def disk_full(*args, **kwargs):
+        raise RuntimeError(
+            "[enforce fail at inline_container.cc:672] . PytorchStreamWriter failed writing file"
+        )
+
+    monkeypatch.setattr(torch, "save", disk_full)
+    with pytest.raises(
+        CheckpointError, match=r"could not write checkpoint .* any earlier checkpoint there is intact"
+    ):
+        save_checkpoint(path, Stack([Fold(4, 2), GMM(4)], (1, 8, 8)))
+    assert path.read_bytes() == before
+
+
+def test_opaque_crashes_are_clear_errors(tmp_path):
+    (tmp_path / "empty-idx").mkdir()
+    images = np.zeros((0, 28, 28), dtype=np.uint8)
+    with pytest.raises(DataError, match="holds no images"):
+        _images_and_labels(images, np.zeros(0, dtype=np.uint8), "empty-idx")
+    (tmp_path / "binary.toml").write_bytes(b"\xff\xfe\x00epochs")
+    with pytest.raises(ConfigError, match="is not UTF-8 text"):
+        load_config(tmp_path / "binary.toml")
+    with pytest.raises(ConfigError, match="is a folder"):
+        load_config(tmp_path)
+    with pytest.raises(ArchitectureError, match=r"parameters, \d+\.\d GiB to train .* this machine has"):
+        Stack([Fold(None), GMM(10**8, init="random")], (1, 28, 28))
+    stack = Stack([Fold(2, 2), GMM(3), Fold(2, 1)], (1, 8, 8))  # a Fold above the top GMM
+    assert stack.sample(2).shape == (2, 1, 8, 8)
+    with pytest.raises(DataError, match=r"values in \[1.00000012, 1.00000012\]"):
+        stack.log_prob(torch.full((1, 1, 8, 8), 1.0000001))
+    with pytest.raises(DataError, match="batch_size must be a positive int, got 0"):
+        stack.log_prob(torch.rand(2, 1, 8, 8), batch_size=0)

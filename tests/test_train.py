@@ -9,7 +9,8 @@ from pyro_dcgmm import MAX_PLATE_NESTING, Stack, presets
 from pyro_dcgmm.checkpoint import load_checkpoint, save_checkpoint, stack_from_checkpoint
 from pyro_dcgmm.config import TrainConfig
 from pyro_dcgmm.data import load_digits
-from pyro_dcgmm.errors import CheckpointError, ConfigError, DataError, NonFiniteLossError
+from pyro_dcgmm.diagnostics import learning_problems
+from pyro_dcgmm.errors import CheckpointError, ConfigError, DataError, NonFiniteLossError, TrainingWarning
 from pyro_dcgmm.train import evaluate, make_optimizer, train, train_step
 
 
@@ -121,7 +122,8 @@ def test_waiting_layer_does_not_anneal(digits):
     stack = small_stack(annealing=True, plateau_tolerance=1e6)  # every window is a plateau
     bottom, top = stack.layers[1], stack.layers[3]
     bottom_width, top_width = bottom.neighbourhood_width, top.neighbourhood_width
-    train(stack, digits.train_images, None, config=quick(epochs=5, max_steps=20))  # 20 of 115 < 0.2
+    with pytest.warns(TrainingWarning, match="annealing unfinished"):
+        train(stack, digits.train_images, None, config=quick(epochs=5, max_steps=20))  # 20 of 115 < 0.2
     assert bottom.neighbourhood_width < bottom_width
     assert top.neighbourhood_width == top_width
 
@@ -163,7 +165,8 @@ def test_skip_policy_keeps_last_good_parameters(tmp_path, digits):
 
     stack.layers[1].log_precision.register_hook(poison_third_gradient)
     config = quick(epochs=1, non_finite="skip", log_every=1)
-    train(stack, images, None, config=config, out_dir=tmp_path)
+    with pytest.warns(TrainingWarning, match="1 step was skipped for non-finite values"):
+        train(stack, images, None, config=config, out_dir=tmp_path)
     records = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
     skipped = [r for r in records if r.get("event") == "skipped"]
     assert [r["reason"] for r in skipped] == ["non-finite gradient"]
@@ -237,3 +240,21 @@ def test_step_reports_each_layers_own_loss(digits, objective):
     assert outcome.problem is None
     assert outcome.layer_losses == pytest.approx(expected, rel=1e-5)
     assert not any(hasattr(gmm, "last_loss") for gmm in stack.gmm_layers)
+
+
+def test_a_collapsed_layer_and_a_worse_held_out_fit_are_named():
+    stack = small_stack()
+    with torch.no_grad():
+        stack.layers[1].mixing_logits.copy_(torch.tensor([30.0] + [0.0] * 15))
+    history = [{"validation_log_likelihood": [-100.0, 1.0]}, {"validation_log_likelihood": [-120.0, 2.0]}]
+    problems = learning_problems(stack, history, skipped_steps=0)
+    assert len(problems) == 2
+    assert problems[0].startswith("GMM layer 0 collapsed: its mixing weights use 1.00 of 16 components")
+    assert "held-out log-likelihood fell from -100 after the first epoch to -120" in problems[1]
+    assert learning_problems(small_stack(), history[:1], skipped_steps=0) == []
+
+
+def test_a_diverging_run_warns(digits):
+    config = quick(epochs=3, optimizer="adam", lr=3.0, non_finite="skip", max_skipped_steps=1000)
+    with pytest.warns(TrainingWarning, match="held-out log-likelihood fell"):
+        train(small_stack(), digits.train_images, None, config=config, validation=digits.test_images)
