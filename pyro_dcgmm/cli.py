@@ -1,8 +1,14 @@
-"""What the command-line scripts share: a parser that shows defaults, and the flags several take."""
+"""The ``pyro-dcgmm`` command and what its sub-commands share: a parser that shows defaults, the
+flags several take, and how a command ends on a user's error.
+
+``pyro-dcgmm COMMAND ...`` (or ``python -m pyro_dcgmm COMMAND ...``) runs
+``pyro_dcgmm.commands.COMMAND.main``; ``scripts/`` holds the same commands as thin wrappers.
+"""
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -11,6 +17,14 @@ from pyro_dcgmm.config import TrainConfig
 from pyro_dcgmm.errors import ArchitectureError, CheckpointError, ConfigError, DataError, NonFiniteLossError
 
 USER_ERRORS = (ConfigError, ArchitectureError, DataError, CheckpointError, NonFiniteLossError)
+PROGRAM = "pyro-dcgmm"
+COMMANDS = {
+    "train": "train a DCGMM by SVI (TraceEnum_ELBO) and report held-out log-likelihoods",
+    "sample": "sample from a trained DCGMM: grids, class samples, variants, in-painting, NDB",
+    "evaluate": "outlier detection, clustering and density against flat GMMs",
+    "bench": "throughput of training and scoring per preset, batch size and path",
+    "inspect": "what a checkpoint holds: architecture, training progress, last results",
+}
 
 DATASETS = ("digits", "fashion-mnist", "mnist")
 DEVICES = ("auto", "cpu", "cuda")
@@ -23,8 +37,8 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescript
 
 def make_parser(doc: str, parser_class=argparse.ArgumentParser, **options) -> argparse.ArgumentParser:
     """A parser described by the first line of ``doc``, with defaults shown and the rest of ``doc``
-    (its examples) as epilog; abbreviated flags are errors.  ``parser_class`` and ``options`` serve
-    sub-command parsers (``subparsers.add_parser``)."""
+    (its examples) as epilog; abbreviated flags are errors.  ``parser_class`` and ``options`` (e.g.
+    ``prog``) serve sub-command parsers (``subparsers.add_parser``)."""
     first, _, rest = doc.partition("\n")
     return parser_class(
         description=first,
@@ -64,11 +78,17 @@ def add_training_flags(parser: argparse.ArgumentParser, epochs: int | None = Non
     parser.add_argument("--seed", type=int, default=default("seed"), help="seed of all randomness")
 
 
-def run_script(main: Callable[[], object]) -> None:
-    """Run a script's ``main``.  What a user can cause (a bad setting or file, data that do not fit,
+def format_table(rows: list[list[str]]) -> str:
+    """Rows of strings (the first one the header) as right-aligned columns."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(c.rjust(w) for c, w in zip(row, widths, strict=True)) for row in rows)
+
+
+def run_script(main: Callable[[], object], name: str | None = None) -> None:
+    """Run a command's ``main``.  What a user can cause (a bad setting or file, data that do not fit,
     training that diverged) ends it with one line on stderr and exit code 2; Ctrl-C with the line
     that says how to resume and exit code 130.  Anything else is a bug and keeps its traceback."""
-    name = Path(sys.argv[0]).name
+    name = name or Path(sys.argv[0]).name
     try:
         main()
     except USER_ERRORS as error:
@@ -77,3 +97,14 @@ def run_script(main: Callable[[], object]) -> None:
     except KeyboardInterrupt as interrupt:
         print(f"{name}: {interrupt or 'interrupted'}", file=sys.stderr)
         sys.exit(130)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``pyro-dcgmm COMMAND [flags]``: run one command (``pyro-dcgmm COMMAND --help`` describes it)."""
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] not in COMMANDS:
+        listing = "\n".join(f"  {name:<9} {text}" for name, text in COMMANDS.items())
+        print(f"usage: {PROGRAM} COMMAND [flags]\n\ncommands:\n{listing}", file=sys.stderr)
+        sys.exit(0 if argv and argv[0] in ("-h", "--help") else 2)
+    module = importlib.import_module(f"pyro_dcgmm.commands.{argv[0]}")
+    run_script(lambda: module.main(argv[1:]), f"{PROGRAM} {argv[0]}")

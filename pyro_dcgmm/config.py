@@ -461,9 +461,20 @@ def to_dict(config: Any) -> Any:
     return config
 
 
+SHIPPED_CONFIGS = Path(__file__).parent / "configs"
+
+
+def shipped_configs() -> list[str]:
+    """Names of the configurations installed with the package (``digits``: the embedded demo)."""
+    return sorted(path.stem for path in SHIPPED_CONFIGS.glob("*.toml"))
+
+
 def load_config(path: str | Path) -> RunConfig:
-    """Read a TOML run configuration (sections ``model``, ``training``, ``data``)."""
+    """Read a TOML run configuration (sections ``model``, ``training``, ``data``): a file, or the
+    name of a configuration shipped with the package (:func:`shipped_configs`)."""
     path = Path(path)
+    if not path.exists() and path.suffix == "" and path.name in shipped_configs():
+        path = SHIPPED_CONFIGS / f"{path.name}.toml"
     if path.is_dir():
         raise ConfigError(f"config file {str(path)!r} is a folder")
     try:

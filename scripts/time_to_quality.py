@@ -33,7 +33,7 @@ from sklearn.metrics import normalized_mutual_info_score
 from sklearn.mixture import GaussianMixture
 
 from pyro_dcgmm import GMM, Fold, Stack
-from pyro_dcgmm.cli import add_data_flags, make_parser, run_script
+from pyro_dcgmm.cli import add_data_flags, format_table, make_parser, run_script
 from pyro_dcgmm.config import DataConfig, TrainConfig
 from pyro_dcgmm.data import load_dataset
 from pyro_dcgmm.files import atomic_write
@@ -168,8 +168,7 @@ def main(argv=None) -> dict:
         runs[("Adam", seed)] = ours("adam", args, data, seed)
         runs[("scikit-learn", seed)] = scikit_learn(args, data, seed)
     rows = summarise(runs)
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    print("\n".join("  ".join(c.rjust(w) for c, w in zip(row, widths, strict=True)) for row in rows))
+    print(format_table(rows))
     args.out.mkdir(parents=True, exist_ok=True)
     title = (
         f"{args.dataset}: one full-image diagonal GMM, K={args.components}, "

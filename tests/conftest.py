@@ -1,11 +1,6 @@
-import sys
-from pathlib import Path
-
 import pyro
 import pytest
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))  # the scripts, importable
 
 from pyro_dcgmm import GMM, Fold, Readout, Stack
 

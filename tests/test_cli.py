@@ -5,9 +5,9 @@ from pathlib import Path
 
 import pytest
 import torch
-import train_svi
 
 from pyro_dcgmm.checkpoint import stack_from_checkpoint
+from pyro_dcgmm.commands import train as train_svi
 from pyro_dcgmm.data import FASHION_MNIST_ROOT
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -15,9 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_train_svi_on_digits_writes_everything(tmp_path, capsys):
     out = tmp_path / "run"
-    summary = train_svi.main(
-        ["--config", str(ROOT / "configs/digits.toml"), "--epochs", "2", "--out", str(out), "--no-progress"]
-    )
+    summary = train_svi.main(["--config", "digits", "--epochs", "2", "--out", str(out), "--no-progress"])
     for name in [
         "checkpoint.pt",
         "log.jsonl",
@@ -46,6 +44,24 @@ def test_train_svi_resume_continues(tmp_path):
     )
     assert summary["steps"] == 2 * 13
     assert summary["test_log_likelihood_before"] is None
+
+
+def test_the_package_command_runs_every_sub_command(tmp_path):
+    # python -m pyro_dcgmm is what the installed pyro-dcgmm command runs (pyro_dcgmm.cli:main)
+    def command(*args):
+        return subprocess.run([sys.executable, "-m", "pyro_dcgmm", *args], capture_output=True, text=True)
+
+    listing = command()
+    assert listing.returncode == 2 and all(name in listing.stderr for name in ("train", "sample", "inspect"))
+    for name in ("train", "sample", "evaluate", "bench", "inspect"):
+        helped = command(name, "--help")
+        assert helped.returncode == 0 and f"usage: pyro-dcgmm {name}" in helped.stdout
+    trained = command("train", "--config", "digits", "--epochs", "1", "--out", str(tmp_path), "--no-progress")
+    assert trained.returncode == 0, trained.stderr
+    shown = command("inspect", str(tmp_path / "checkpoint.pt"))
+    assert shown.returncode == 0 and "trained 1 epoch, 13 steps" in shown.stdout and "GMM" in shown.stdout
+    again = command("train", "--config", "digits", "--epochs", "1", "--out", str(tmp_path), "--no-progress")
+    assert again.returncode == 2 and again.stderr.count("\n") == 1 and "already holds a run" in again.stderr
 
 
 def test_unknown_flag_is_an_error():
@@ -83,7 +99,7 @@ def test_per_position_applies_to_the_layers_a_config_lists():
     from pyro_dcgmm import presets
     from pyro_dcgmm.config import load_config
 
-    config = load_config(ROOT / "configs/digits.toml")
+    config = load_config("digits")
     resolved = presets.resolve(config.model, (1, 8, 8), shared=False)
     gmms = [layer for layer in resolved.layers if layer.type == "gmm"]
     assert len(gmms) == 2 and not any(g.shared for g in gmms)  # was ignored for listed layers

@@ -2,6 +2,7 @@ import pytest
 
 from pyro_dcgmm import GMM, Stack
 from pyro_dcgmm.config import (
+    SHIPPED_CONFIGS,
     DataConfig,
     FoldConfig,
     GMMConfig,
@@ -11,6 +12,7 @@ from pyro_dcgmm.config import (
     TrainConfig,
     from_dict,
     load_config,
+    shipped_configs,
     to_dict,
 )
 from pyro_dcgmm.errors import ConfigError
@@ -52,8 +54,10 @@ def test_toml_round_trip(tmp_path):
 
 
 def test_shipped_digits_config_builds():
-    config = load_config("configs/digits.toml")
+    assert shipped_configs() == ["digits"]
+    config = load_config("digits")  # a shipped configuration by name
     assert Stack.from_config(config.model).output_shape == (10, 1, 1)
+    assert load_config(SHIPPED_CONFIGS / "digits.toml") == config
 
 
 @pytest.mark.parametrize(

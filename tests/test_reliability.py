@@ -7,7 +7,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import train_svi
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -15,6 +14,7 @@ import pyro_dcgmm.train as training
 from pyro_dcgmm import GMM, Fold, MaxPool, Stack, presets
 from pyro_dcgmm.checkpoint import save_checkpoint
 from pyro_dcgmm.cli import run_script
+from pyro_dcgmm.commands import train as train_svi
 from pyro_dcgmm.config import GMMConfig, TrainConfig, from_dict, load_config, to_dict
 from pyro_dcgmm.data import FASHION_MNIST_ROOT, _images_and_labels, load_fashion_mnist
 from pyro_dcgmm.errors import (
@@ -26,8 +26,6 @@ from pyro_dcgmm.errors import (
     TrainingInterrupted,
 )
 from pyro_dcgmm.train import train
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def train_cli(*args: str) -> dict:
@@ -58,7 +56,7 @@ def injected_crash():
 @pytest.mark.parametrize("stop", ["crash", "ctrl-c"])
 def test_stopped_training_resumes_to_identical_parameters(tmp_path, monkeypatch, stop):
     # 13 steps per epoch: step 33 lies inside the third epoch
-    common = ["--config", str(ROOT / "configs/digits.toml"), "--epochs", "5"]
+    common = ["--config", "digits", "--epochs", "5"]
     train_cli(*common, "--out", str(tmp_path / "straight"))
     if stop == "crash":  # the process dies: the checkpoint of the last finished epoch remains
         stop_at_step(monkeypatch, 33, injected_crash)
@@ -86,7 +84,7 @@ def test_stopped_training_resumes_to_identical_parameters(tmp_path, monkeypatch,
 
 
 def test_a_new_run_never_overwrites_another(tmp_path):
-    common = ["--config", str(ROOT / "configs/digits.toml"), "--epochs", "1", "--out", str(tmp_path / "x")]
+    common = ["--config", "digits", "--epochs", "1", "--out", str(tmp_path / "x")]
     train_cli(*common)
     first = (tmp_path / "x" / "checkpoint.pt").read_bytes()
     with pytest.raises(ConfigError, match=r"already holds a run .*checkpoint.pt.*--overwrite"):
@@ -106,17 +104,17 @@ def test_a_new_run_never_overwrites_another(tmp_path):
         (["--train-limit", "1000"], r"data.train_limit would change from None to 1000"),
         (["--classes", "1", "2"], r"data.classes would change"),
         (["--per-position"], r"--per-position"),
-        (["--config", str(ROOT / "configs/digits.toml")], r"--config and --resume exclude each other"),
+        (["--config", "digits"], r"--config and --resume exclude each other"),
     ],
 )
 def test_resume_refuses_other_data_or_model(tmp_path, flags, match):
-    train_cli("--config", str(ROOT / "configs/digits.toml"), "--epochs", "1", "--out", str(tmp_path))
+    train_cli("--config", "digits", "--epochs", "1", "--out", str(tmp_path))
     with pytest.raises(ConfigError, match=match):
         train_cli("--resume", str(tmp_path / "checkpoint.pt"), "--out", str(tmp_path), *flags)
 
 
 def test_resume_applies_new_epochs_and_forgets_the_old_stop(tmp_path):
-    common = ["--config", str(ROOT / "configs/digits.toml"), "--out", str(tmp_path)]
+    common = ["--config", "digits", "--out", str(tmp_path)]
     train_cli(*common, "--epochs", "3", "--max-steps", "5")
     assert final_state(tmp_path)["training"]["step"] == 5
     train_cli("--resume", str(tmp_path / "checkpoint.pt"), "--out", str(tmp_path), "--epochs", "2")

@@ -173,8 +173,8 @@ def test_ndb_separates_matching_from_mode_dropping_samples(digits):
 
 
 def test_sample_script_writes_figures_and_ndb(tmp_path):
-    import sample
-    import train_svi
+    from pyro_dcgmm.commands import sample
+    from pyro_dcgmm.commands import train as train_svi
 
     run = tmp_path / "run"
     train_svi.main(

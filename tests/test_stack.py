@@ -1,11 +1,11 @@
 import pyro
 import pytest
 import torch
-from handwritten_loss import handwritten_loss
 from pyro import poutine
 from pyro.infer import TraceEnum_ELBO, infer_discrete
 
 from pyro_dcgmm import GMM, MAX_PLATE_NESTING, Fold, MaxPool, Readout, Stack, presets
+from pyro_dcgmm.commands.handwritten_loss import handwritten_loss
 from pyro_dcgmm.errors import ArchitectureError, DataError
 
 

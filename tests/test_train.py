@@ -5,13 +5,13 @@ import torch
 from conftest import digits_stack
 from pyro.infer import TraceEnum_ELBO
 
-from pyro_dcgmm import MAX_PLATE_NESTING, Stack, presets
+from pyro_dcgmm import GMM, MAX_PLATE_NESTING, Fold, Stack, presets
 from pyro_dcgmm.checkpoint import load_checkpoint, save_checkpoint, stack_from_checkpoint
 from pyro_dcgmm.config import TrainConfig
 from pyro_dcgmm.data import load_digits
 from pyro_dcgmm.diagnostics import learning_problems
 from pyro_dcgmm.errors import CheckpointError, ConfigError, DataError, NonFiniteLossError, TrainingWarning
-from pyro_dcgmm.train import evaluate, make_optimizer, train, train_step
+from pyro_dcgmm.train import _non_finite, evaluate, make_optimizer, train, train_step
 
 
 @pytest.fixture(scope="module")
@@ -258,3 +258,9 @@ def test_a_diverging_run_warns(digits):
     config = quick(epochs=3, optimizer="adam", lr=3.0, non_finite="skip", max_skipped_steps=1000)
     with pytest.warns(TrainingWarning, match="held-out log-likelihood fell"):
         train(small_stack(), digits.train_images, None, config=config, validation=digits.test_images)
+
+
+def test_a_non_finite_total_without_readout_is_not_blamed_on_a_readout():
+    without = Stack([Fold(4, 2), GMM(4)], (1, 8, 8))
+    assert _non_finite(without, float("inf"), [1.0], 0.0) == "non-finite total loss"
+    assert _non_finite(small_stack(), float("inf"), [1.0, 2.0], 0.0) == "non-finite loss in the readout"

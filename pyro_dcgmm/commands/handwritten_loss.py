@@ -1,7 +1,7 @@
 """The negative ELBO of a stack written by hand in torch, without Pyro.
 
 It equals ``TraceEnum_ELBO().differentiable_loss(stack.model, stack.guide, ...)`` (tested in
-``tests/test_stack.py``) and is the baseline ``scripts/bench.py`` measures Pyro's overhead against.
+``tests/test_stack.py``) and is the baseline ``pyro-dcgmm bench`` measures Pyro's overhead against.
 """
 
 from __future__ import annotations

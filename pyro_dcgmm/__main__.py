@@ -1,0 +1,5 @@
+"""``python -m pyro_dcgmm COMMAND ...``: the same as the ``pyro-dcgmm`` command."""
+
+from pyro_dcgmm.cli import main
+
+main()

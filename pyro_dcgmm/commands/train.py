@@ -1,0 +1,222 @@
+"""Train a DCGMM by SVI with TraceEnum_ELBO and report held-out log-likelihoods per layer.
+
+Examples::
+
+    pyro-dcgmm train --config digits --out runs/digits
+    pyro-dcgmm train --preset E --dataset fashion-mnist --epochs 3 --device auto --out runs/x
+    pyro-dcgmm train --resume runs/x/checkpoint.pt --epochs 5 --out runs/x
+    torchrun --nproc_per_node 2 -m pyro_dcgmm train --preset E --dataset fashion-mnist --out runs/x
+
+Under ``torchrun`` (``WORLD_SIZE`` > 1) the script joins a process group (NCCL on CUDA, gloo on
+CPU) and trains data-parallel; rank 0 evaluates and writes everything.
+
+Writes into ``--out``: ``checkpoint.pt`` after every epoch (state_dict + resolved config + training
+state; loads with ``torch.load(weights_only=True)``), ``log.jsonl``, ``config.json`` (the resolved
+configuration), ``summary.json``, ``prototypes.png`` (first GMM layer) and ``training_curve.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import os
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from pyro_dcgmm import Stack, presets
+from pyro_dcgmm.checkpoint import load_checkpoint
+from pyro_dcgmm.cli import add_data_flags, add_device_flag, add_training_flags, format_table, make_parser
+from pyro_dcgmm.config import ModelConfig, RunConfig, from_dict, load_config, to_dict
+from pyro_dcgmm.data import load_dataset, split_validation
+from pyro_dcgmm.errors import ConfigError, DataError
+from pyro_dcgmm.files import atomic_write
+from pyro_dcgmm.plots import plot_prototypes, plot_training_curve, read_log
+from pyro_dcgmm.run_folder import LOG_NAME, claim_run_folder
+from pyro_dcgmm.train import evaluate, train
+
+TRAIN_FLAGS = ("epochs", "batch_size", "lr", "optimizer", "seed", "device", "max_steps")
+DATA_FLAGS = ("dataset", "root", "classes", "train_limit")
+FIXED_ON_RESUME = {  # what a resumed run may not change: its data, its split and its model
+    "data": ("dataset", "classes", "train_limit", "dequantize", "validation_fraction"),
+    "training": ("seed",),
+    "model": ("preset", "layers", "input_shape", "data_range"),
+}
+OUTPUTS = ("summary.json", "config.json", "prototypes.png", "training_curve.png")  # besides the run files
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = make_parser(__doc__, prog="pyro-dcgmm train")
+    parser.add_argument("--config", type=Path, help="TOML run configuration")
+    parser.add_argument("--preset", choices=presets.names(), help="architecture preset")
+    parser.add_argument("--per-position", action="store_true", help="one mixture per position")
+    add_data_flags(parser, default=None)
+    parser.add_argument("--download", action="store_true", help="download MNIST if missing")
+    parser.add_argument("--classes", type=int, nargs="+", help="train on these labels only")
+    parser.add_argument("--train-limit", type=int, help="train on a random subset of this many images")
+    parser.add_argument("--dequantize", action="store_true", help="uniform dequantisation")
+    add_training_flags(parser)
+    add_device_flag(parser, default=None)
+    parser.add_argument("--max-steps", type=int, help="stop after this many optimiser steps")
+    parser.add_argument("--out", type=Path, required=True, help="output folder")
+    parser.add_argument("--resume", type=Path, help="checkpoint to continue from")
+    parser.add_argument("--overwrite", action="store_true", help="replace a run that --out already holds")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return parser.parse_args(argv)
+
+
+def resolve_config(args: argparse.Namespace) -> RunConfig:
+    """The run configuration: resumed checkpoint or TOML file, then command-line overrides."""
+    if args.resume is not None and args.config is not None:
+        raise ConfigError(
+            "--config and --resume exclude each other: a resumed run keeps its checkpoint's configuration"
+        )
+    if args.resume is not None:
+        saved = from_dict(
+            RunConfig, load_checkpoint(args.resume)["run_config"] or {}, "checkpoint run_config"
+        )
+        config = dataclasses.replace(saved, training=dataclasses.replace(saved.training, max_steps=None))
+    else:
+        config = load_config(args.config) if args.config is not None else RunConfig()
+    training = {name: getattr(args, name) for name in TRAIN_FLAGS if getattr(args, name) is not None}
+    if args.no_progress:
+        training["progress"] = False
+    data = {name: getattr(args, name) for name in DATA_FLAGS if getattr(args, name) is not None}
+    if "classes" in data:
+        data["classes"] = tuple(data["classes"])
+    data.update({name: True for name in ("download", "dequantize") if getattr(args, name)})
+    model = config.model
+    if args.preset is not None:
+        model = ModelConfig(preset=args.preset, data_range=model.data_range)
+    resolved = RunConfig(
+        model=model,
+        training=dataclasses.replace(config.training, **training),
+        data=dataclasses.replace(config.data, **data),
+    )
+    if args.resume is not None:
+        check_resumable(saved, resolved, args.per_position)
+    return resolved
+
+
+def check_resumable(saved: RunConfig, resolved: RunConfig, per_position: bool) -> None:
+    """Refuse command-line settings that would resume a run on other data or another model."""
+    changed = []
+    for section, names in FIXED_ON_RESUME.items():
+        for name in names:
+            before, after = getattr(getattr(saved, section), name), getattr(getattr(resolved, section), name)
+            if before != after:
+                changed.append(f"{section}.{name} would change from {before!r} to {after!r}")
+    changed += ["--per-position"] if per_position else []
+    if changed:
+        raise ConfigError(
+            f"a resumed run keeps its data and model, but {'; '.join(changed)}; start a new run "
+            "(another --out) to change them"
+        )
+
+
+def init_distributed(device: str) -> int:
+    """Join the process group ``torchrun`` describes; return this process's rank (0 alone)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return 0
+    use_cuda = device != "cpu" and torch.cuda.is_available()
+    if use_cuda:
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    dist.init_process_group("nccl" if use_cuda else "gloo")
+    return dist.get_rank()
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    config = resolve_config(args)
+    dataset = load_dataset(config.data, seed=config.training.seed)
+    train_x, train_y, val_x, _ = split_validation(
+        dataset.train_images, dataset.train_labels, config.data.validation_fraction, config.training.seed
+    )
+    rank = init_distributed(config.training.device)
+    options = {"shared": False} if args.per_position else {}
+    model_config = presets.resolve(config.model, dataset.input_shape, **options)
+    config = dataclasses.replace(config, model=model_config)
+    torch.manual_seed(config.training.seed)
+    stack = Stack.from_config(model_config)
+    readout = stack.readout
+    labels = train_y if readout is not None else None
+    if readout is not None and int(train_y.max()) >= readout.num_classes:
+        raise DataError(
+            f"labels go up to {int(train_y.max())} but the readout has {readout.num_classes} classes"
+        )
+    if rank == 0:
+        claim_run_folder(args.out, args.resume, args.overwrite, OUTPUTS)
+    before = evaluate(stack, dataset.test_images) if args.resume is None and rank == 0 else None
+    result = train(
+        stack,
+        train_x,
+        labels,
+        config=config.training,
+        validation=val_x if val_x.shape[0] else None,
+        out_dir=args.out,
+        resume=args.resume,
+        dequantize_levels=dataset.levels if config.data.dequantize else None,
+        run_config=config,
+    )
+    if rank != 0:
+        dist.destroy_process_group()
+        return {}
+    summary = write_outputs(args, config, stack, dataset, before, result)
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    return summary
+
+
+def write_outputs(args, config: RunConfig, stack: Stack, dataset, before, result) -> dict:
+    """Evaluate the trained stack on the test set; write summary, config and figures; print a table."""
+    stack.cpu()
+    after = evaluate(stack, dataset.test_images)
+    samples = result.steps * config.training.batch_size
+    summary = {
+        "dataset": dataset.name,
+        "model": to_dict(config.model),
+        "training": to_dict(config.training),
+        "test_log_likelihood_before": before,
+        "test_log_likelihood_after": after,
+        "steps": result.steps,
+        "train_seconds": result.seconds,
+        "train_samples_per_second": samples / result.seconds if result.seconds else None,
+        "widths": [g.neighbourhood_width for g in stack.gmm_layers],
+    }
+    if stack.readout is not None:
+        predicted = stack.predict_proba(dataset.test_images).argmax(1)
+        summary["test_accuracy"] = float((predicted == dataset.test_labels).float().mean())
+    atomic_write(args.out / "summary.json", lambda h: h.write(json.dumps(summary, indent=2).encode()))
+    atomic_write(args.out / "config.json", lambda h: h.write(json.dumps(to_dict(config), indent=2).encode()))
+    plot_prototypes(stack.gmm_layers[0], args.out / "prototypes.png")
+    plot_training_curve(read_log(args.out / LOG_NAME), args.out / "training_curve.png")
+    print_summary(stack, summary, args.out)
+    return summary
+
+
+def print_summary(stack: Stack, summary: dict, out: Path) -> None:
+    before, after = summary["test_log_likelihood_before"], summary["test_log_likelihood_after"]
+    rows = [["GMM layer", "index", "K", "test LL before", "test LL after", "width"]]
+    for j, index in enumerate(stack.gmm_indices):
+        rows.append(
+            [
+                str(j),
+                str(index),
+                str(stack.layers[index].components),
+                f"{before[j]:.2f}" if before else "-",
+                f"{after[j]:.2f}",
+                f"{stack.layers[index].neighbourhood_width:.3g}",
+            ]
+        )
+    print(format_table(rows))
+    print(
+        f"{summary['steps']} steps in {summary['train_seconds']:.1f} s "
+        f"({summary['train_samples_per_second']:.0f} samples/s); log-likelihoods in nats per image"
+    )
+    if "test_accuracy" in summary:
+        print(f"readout test accuracy: {summary['test_accuracy']:.4f}")
+    print(f"wrote {out}")
