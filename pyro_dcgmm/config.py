@@ -294,7 +294,7 @@ class TrainConfig(Checked):
     :param max_skipped_steps: with ``"skip"``, raise after this many bad steps in a row.
     :param log_every: steps between JSON-lines log records and progress-bar updates.
     :param eval_batch_size: batch size for held-out evaluation.
-    :param validate: keep Pyro's distribution argument validation on (slower).
+    :param validate_args: keep Pyro's checks of distribution arguments on (slower).
     :param keep_epoch_checkpoints: also keep ``epoch-XXXX.pt`` for every epoch, not only the latest.
     :param progress: show a tqdm progress bar.
     """
@@ -315,7 +315,7 @@ class TrainConfig(Checked):
     max_skipped_steps: int = bounded(10, ge=0)
     log_every: int = bounded(20, ge=1)
     eval_batch_size: int = bounded(1000, ge=1)
-    validate: bool = False
+    validate_args: bool = False
     keep_epoch_checkpoints: bool = False
     progress: bool = True
 

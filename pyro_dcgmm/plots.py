@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from pyro_dcgmm.gmm import GMM
 
@@ -52,7 +53,11 @@ def plot_prototypes(gmm: GMM, path: str | Path, title: str = "") -> None:
     patches, weights = prototypes(gmm)
     if patches.shape[1] not in (1, 3):
         patches = patches[:, :1]
-    title = title or f"{gmm.components} prototypes (max weight {weights[0]:.3f})"
+    title = title or (
+        f"the {gmm.components} component means (prototypes) of {gmm.site_prefix or 'the GMM'}, "
+        "heaviest first;\n"
+        f"mixing weights from {weights[0]:.3f} (top left) down to {weights[-1]:.3f}"
+    )
     save_image_grid(patches, path, int(np.ceil(np.sqrt(len(patches)))), title)
 
 
@@ -61,30 +66,42 @@ def read_log(path: str | Path) -> list[dict]:
     return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
 
 
+def _curve(axis, x, y, label: str) -> None:
+    """A line, with markers when there are few points (one epoch alone is a single dot)."""
+    axis.plot(x, y, marker="o" if len(x) <= 30 else None, markersize=4, label=label)
+
+
 def plot_training_curve(records: list[dict], path: str | Path) -> None:
-    """Per-layer training loss over steps and held-out log-likelihood per epoch."""
-    steps = [r for r in records if "layer_loss" in r]
+    """One row per GMM layer: its training loss (per logged step; per epoch when fewer than 10 steps
+    were logged) and its log-likelihood on the validation split after every epoch."""
     epochs = [r for r in records if r.get("event") == "epoch"]
-    figure = Figure(figsize=(11, 4))
-    left, right = figure.subplots(1, 2)
-    if steps:
-        losses = np.array([r["layer_loss"] for r in steps])
-        for j in range(losses.shape[1]):
-            left.plot([r["step"] for r in steps], losses[:, j], label=f"GMM {j}")
-        left.set_yscale("symlog")
-        left.legend()
-    left.set_xlabel("step")
-    left.set_ylabel("training loss (nats per sample)")
+    steps = [r for r in records if "layer_loss" in r]
+    per_step = len(steps) >= 10
+    points = steps if per_step else epochs
+    x = [r["step" if per_step else "epoch"] for r in points]
+    losses = (
+        np.array([r["layer_loss" if per_step else "train_loss"] for r in points]) if x else np.zeros((0, 0))
+    )
     validation = [r for r in epochs if "validation_log_likelihood" in r]
-    if validation:
-        values = np.array([r["validation_log_likelihood"] for r in validation])
-        for j in range(values.shape[1]):
-            right.plot([r["epoch"] for r in validation], values[:, j], marker="o", label=f"GMM {j}")
-        right.legend()
-    right.set_xlabel("epoch")
-    right.set_ylabel("held-out log-likelihood (nats per sample)")
+    layers = max(losses.shape[1], 1)
+    figure = Figure(figsize=(11, 1.2 + 2.6 * layers))
+    axes = figure.subplots(layers, 2, squeeze=False)
+    for j in range(losses.shape[1]):
+        left, right = axes[j]
+        _curve(left, x, losses[:, j], "training loss")
+        left.set_xlabel("step" if per_step else "epoch")
+        left.set_ylabel(f"GMM layer {j}\nloss (nats per sample)")
+        if validation:
+            values = [r["validation_log_likelihood"][j] for r in validation]
+            _curve(right, [r["epoch"] for r in validation], values, "validation split")
+        right.set_xlabel("epoch")
+        right.set_ylabel("log-likelihood\n(nats per sample)")
+        for axis in (left, right):
+            axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+    axes[0][0].set_title("training loss (lower is better)" + ("" if per_step else ", mean over each epoch"))
+    axes[0][1].set_title("validation-split log-likelihood (higher is better)")
     figure.tight_layout()
-    figure.savefig(path, dpi=120)
+    figure.savefig(path, dpi=120, bbox_inches="tight")
 
 
 def save_image_grid(images, path: str | Path, columns: int, title: str = "", row_labels=None) -> None:
@@ -108,5 +125,4 @@ def save_image_grid(images, path: str | Path, columns: int, title: str = "", row
     else:
         axis.set_yticks([])
     axis.set_title(title)
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
+    figure.savefig(path, dpi=120, bbox_inches="tight")  # room for long row labels and titles

@@ -65,13 +65,15 @@ class TrainResult:
 
     :ivar history: one record per epoch: mean training loss per GMM layer (nats per sample),
         held-out log-likelihood per GMM layer, neighbourhood widths, wall time.
-    :ivar steps: optimiser steps taken in total.
+    :ivar steps: optimiser steps of the run in total (a resumed run's earlier ones included).
     :ivar seconds: wall time of this call.
+    :ivar new_steps: steps this call took (0 when a resumed run had nothing left to do).
     """
 
     history: list[dict] = field(default_factory=list)
     steps: int = 0
     seconds: float = 0.0
+    new_steps: int = 0
 
 
 @dataclass
@@ -96,6 +98,7 @@ class TrainingState:
     skipped_in_a_row: int = 0
     skipped: int = 0
     seconds: float = 0.0
+    started_at: int = 0  # the step this call started from (not saved)
 
     def start_epoch(self, num_data: int, generator: torch.Generator) -> None:
         self.num_data = num_data
@@ -358,6 +361,7 @@ def _resume(path, stack, optimizer, generator, state: TrainingState, log: JsonLo
     except (KeyError, ValueError, RuntimeError, TypeError) as error:
         raise CheckpointError(f"checkpoint {str(path)!r} has a damaged training state ({error!r})") from None
     _check_resumed(str(path), state, num_data)
+    state.started_at = state.step
     log.truncate(state.step)
 
 
@@ -404,7 +408,7 @@ def _record_step(stack, outcome: StepOutcome, state: TrainingState, waiting, con
         log.write(
             {
                 "step": state.step,
-                "epoch": state.epoch,
+                "epoch": state.epoch + 1,  # the epoch in progress; epoch records count finished ones
                 "loss": outcome.loss,
                 "layer_loss": outcome.layer_losses,
                 "width": widths,
@@ -462,7 +466,8 @@ def _finish(stack: Stack, state: TrainingState, start_time: float) -> TrainResul
     """Warn of every sign that the run did not learn; the result."""
     for problem in learning_problems(stack, state.history, state.skipped):
         warnings.warn(problem, TrainingWarning, stacklevel=3)
-    return TrainResult(state.history, state.step, time.perf_counter() - start_time)
+    seconds = time.perf_counter() - start_time
+    return TrainResult(state.history, state.step, seconds, state.step - state.started_at)
 
 
 def _planned_steps(config: TrainConfig, num_data: int) -> tuple[int, int]:
@@ -559,7 +564,7 @@ def train(
     )
     planned_steps, stop_step = _planned_steps(config, images.shape[0])
     bar = tqdm(total=stop_step, initial=state.step, disable=not config.progress)
-    with bar, log, pyro.validation_enabled(config.validate), Interruption() as interruption:
+    with bar, log, pyro.validation_enabled(config.validate_args), Interruption() as interruption:
         while state.step < stop_step and not interruption.requested:
             # 1. A new epoch draws a new order of the training set.
             if state.order is None:

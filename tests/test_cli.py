@@ -35,15 +35,21 @@ def test_train_svi_on_digits_writes_everything(tmp_path, capsys):
     assert "test LL after" in printed and "samples/s" in printed
 
 
-def test_train_svi_resume_continues(tmp_path):
+def test_train_svi_resume_continues(tmp_path, capsys):
     out = tmp_path / "run"
     base = ["--preset", "digits", "--dataset", "digits", "--out", str(out), "--no-progress"]
     train_svi.main([*base, "--epochs", "1"])
     summary = train_svi.main(
         ["--resume", str(out / "checkpoint.pt"), "--epochs", "2", "--out", str(out), "--no-progress"]
     )
-    assert summary["steps"] == 2 * 13
+    assert summary["steps"] == 2 * 13 and summary["new_steps"] == 13
     assert summary["test_log_likelihood_before"] is None
+    capsys.readouterr()
+    again = train_svi.main(
+        ["--resume", str(out / "checkpoint.pt"), "--epochs", "2", "--out", str(out), "--no-progress"]
+    )
+    assert again["new_steps"] == 0 and again["train_samples_per_second"] is None  # was a bogus rate
+    assert "nothing to train: the run has done its 2 epochs already" in capsys.readouterr().out
 
 
 def test_the_package_command_runs_every_sub_command(tmp_path):

@@ -8,7 +8,19 @@ from pyro_dcgmm.commands import evaluate
 from pyro_dcgmm.errors import DataError
 from pyro_dcgmm.metrics import bits_per_dimension, clustering_metrics, outlier_metrics
 
-COMMON = ["--dataset", "digits", "--epochs", "1", "--lr", "0.03", "--device", "cpu", "--train-limit", "400"]
+COMMON = [
+    "--dataset",
+    "digits",
+    "--epochs",
+    "1",
+    "--lr",
+    "0.03",
+    "--device",
+    "cpu",
+    "--train-limit",
+    "400",
+    "--no-progress",
+]
 
 
 def test_outliers_all_folds(tmp_path):

@@ -80,6 +80,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                 help="precision ceiling of the GMM layers above the first (default: the preset's)",
             )
         command.add_argument("--out", type=Path, required=True, help="output folder")
+        command.add_argument("--no-progress", action="store_true", help="no progress bars while training")
         if name == "outliers":
             command.add_argument("--heldout", default="0", help="a class index, or 'all' for every fold")
             command.add_argument("--flat-components", type=int, default=25, help="K of the flat GMM")
@@ -120,6 +121,7 @@ def estimator(args, layers) -> DCGMM:
         optimizer=args.optimizer,
         device=args.device,
         random_state=args.seed,
+        verbose=int(not args.no_progress),
     )
 
 
@@ -162,7 +164,7 @@ def outliers(args, dataset, report) -> None:
             axes[1].hist(
                 [scores[top][~is_outlier], scores[top][is_outlier]],
                 bins=50,
-                label=[f"inliers (held-out {heldout})", "outliers"],
+                label=[f"inliers (every class but {heldout})", f"outliers (class {heldout})"],
                 histtype="step",
                 density=True,
             )
@@ -172,10 +174,12 @@ def outliers(args, dataset, report) -> None:
         )
     axes[0].set_title("ROC of the top layer's score, one curve per fold")
     axes[0].legend(fontsize=7)
+    axes[1].set_title(f"Top-layer scores of the test set, fold {folds[0]}")
     axes[1].set_xlabel("top-layer outlier score (negative log-likelihood)")
+    axes[1].set_ylabel("density of test images")
     axes[1].legend()
     figure.tight_layout()
-    figure.savefig(args.out / "outliers.png", dpi=120)
+    figure.savefig(args.out / "outliers.png", dpi=120, bbox_inches="tight")
     plt.close(figure)
     names = [k for k in report["folds"][str(folds[0])] if k != "seconds"]
     report["mean_auroc"] = {
@@ -225,7 +229,7 @@ def plot_confusion(labels: np.ndarray, clusters: np.ndarray, k: int, class_names
     axis.set_title("Test images per class and cluster")
     figure.colorbar(image, ax=axis, label="images")
     figure.tight_layout()
-    figure.savefig(path, dpi=120)
+    figure.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(figure)
 
 

@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from sklearn.mixture import GaussianMixture
+from tqdm.auto import tqdm
 
 from pyro_dcgmm.checkpoint import load_checkpoint, stack_from_checkpoint
 from pyro_dcgmm.cli import add_device_flag, make_parser
@@ -132,10 +133,13 @@ def ndb_table(stack, dataset, args, options: SamplingOptions) -> dict:
     order = torch.randperm(dataset.train_images.shape[0], generator=generator)[: args.ndb_train]
     train = dataset.train_images[order].flatten(1).numpy()
     start = time.perf_counter()
+    print(f"NDB: k-means into {args.ndb_bins} bins of {len(train)} training images ...", flush=True)
     ndb = NDB(train, k=args.ndb_bins, seed=args.seed)
     n = args.ndb_samples
     torch.manual_seed(args.seed)
-    dcgmm = torch.cat([stack.sample(min(500, n - i), options=options).cpu() for i in range(0, n, 500)])
+    chunks = tqdm(range(0, n, 500), desc=f"NDB: {n} DCGMM samples, in chunks of 500", unit="chunk")
+    dcgmm = torch.cat([stack.sample(min(500, n - i), options=options).cpu() for i in chunks])
+    print(f"NDB: flat GMM with {args.flat_components} components and its {n} samples ...", flush=True)
     flat_model = GaussianMixture(args.flat_components, covariance_type="diag", random_state=args.seed).fit(
         train
     )

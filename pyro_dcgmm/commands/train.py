@@ -175,7 +175,7 @@ def write_outputs(args, config: RunConfig, stack: Stack, dataset, before, result
     """Evaluate the trained stack on the test set; write summary, config and figures; print a table."""
     stack.cpu()
     after = evaluate(stack, dataset.test_images)
-    samples = result.steps * config.training.batch_size
+    samples = result.new_steps * config.training.batch_size
     summary = {
         "dataset": dataset.name,
         "model": to_dict(config.model),
@@ -183,13 +183,14 @@ def write_outputs(args, config: RunConfig, stack: Stack, dataset, before, result
         "test_log_likelihood_before": before,
         "test_log_likelihood_after": after,
         "steps": result.steps,
+        "new_steps": result.new_steps,
         "train_seconds": result.seconds,
-        "train_samples_per_second": samples / result.seconds if result.seconds else None,
+        "train_samples_per_second": samples / result.seconds if result.new_steps else None,
         "widths": [g.neighbourhood_width for g in stack.gmm_layers],
     }
     if stack.readout is not None:
         predicted = stack.predict_proba(dataset.test_images).argmax(1)
-        summary["test_accuracy"] = float((predicted == dataset.test_labels).float().mean())
+        summary["test_accuracy"] = round(float((predicted == dataset.test_labels).double().mean()), 6)
     atomic_write(args.out / "summary.json", lambda h: h.write(json.dumps(summary, indent=2).encode()))
     atomic_write(args.out / "config.json", lambda h: h.write(json.dumps(to_dict(config), indent=2).encode()))
     plot_prototypes(stack.gmm_layers[0], args.out / "prototypes.png")
@@ -213,10 +214,16 @@ def print_summary(stack: Stack, summary: dict, out: Path) -> None:
             ]
         )
     print(format_table(rows))
-    print(
-        f"{summary['steps']} steps in {summary['train_seconds']:.1f} s "
-        f"({summary['train_samples_per_second']:.0f} samples/s); log-likelihoods in nats per image"
-    )
+    if summary["new_steps"]:
+        print(
+            f"{summary['new_steps']} steps in {summary['train_seconds']:.1f} s "
+            f"({summary['train_samples_per_second']:.0f} samples/s); log-likelihoods in nats per image"
+        )
+    else:
+        epochs = summary["training"]["epochs"]
+        print(f"nothing to train: the run has done its {epochs} epochs already; pass a larger --epochs")
     if "test_accuracy" in summary:
-        print(f"readout test accuracy: {summary['test_accuracy']:.4f}")
+        chance = 1.0 / stack.readout.num_classes
+        hint = " (chance level: the readout did not learn)" if summary["test_accuracy"] < 1.5 * chance else ""
+        print(f"readout test accuracy: {summary['test_accuracy']:.4f}{hint}")
     print(f"wrote {out}")
