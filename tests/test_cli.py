@@ -10,6 +10,7 @@ from pyro_dcgmm import cli
 from pyro_dcgmm.checkpoint import stack_from_checkpoint
 from pyro_dcgmm.commands import train as train_svi
 from pyro_dcgmm.data import FASHION_MNIST_ROOT
+from pyro_dcgmm.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -113,3 +114,9 @@ def test_per_position_applies_to_the_layers_a_config_lists():
     assert len(gmms) == 2 and not any(g.shared for g in gmms)  # was ignored for listed layers
     kept = presets.resolve(config.model, (1, 8, 8))
     assert kept.layers == config.model.layers
+
+
+def test_a_failed_config_check_leaves_no_folder(tmp_path):
+    with pytest.raises(ConfigError, match=r"training\.epochs must be >= 1, got 0"):
+        train_svi.main(["--config", "digits", "--epochs", "0", "--out", str(tmp_path / "x"), "--no-progress"])
+    assert not (tmp_path / "x").exists()

@@ -39,13 +39,17 @@ DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = make_parser(__doc__, prog="pyro-dcgmm bench")
-    parser.add_argument("--preset", nargs="+", default=["A", "B", "C", "E"], choices=presets.names())
+    parser.add_argument(
+        "--preset", nargs="+", default=["A", "B", "C", "E"], choices=presets.names(), help="architectures"
+    )
     add_device_flag(parser)
-    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[100, 1000])
-    parser.add_argument("--dtype", default="float32", choices=list(DTYPES))
-    parser.add_argument("--paths", nargs="+", default=list(PATHS), choices=PATHS)
-    parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[100, 1000], help="mini-batch sizes")
+    parser.add_argument("--dtype", default="float32", choices=list(DTYPES), help="parameter and data type")
+    parser.add_argument(
+        "--paths", nargs="+", default=list(PATHS), choices=PATHS, help="what to time (see above)"
+    )
+    parser.add_argument("--warmup", type=int, default=3, help="untimed steps first")
+    parser.add_argument("--repeats", type=int, default=5, help="timed blocks; the median is reported")
     parser.add_argument("--steps", type=int, default=5, help="steps per timed block")
     parser.add_argument("--input-size", type=int, default=28, help="height and width of the images")
     parser.add_argument("--tf32", action="store_true", help="allow TF32 matmuls and convolutions")
