@@ -7,6 +7,7 @@ import torch.nn.functional as F
 
 from pyro_dcgmm.config import FoldConfig
 from pyro_dcgmm.layer import Layer, Shape, as_pair, window_output_size
+from pyro_dcgmm.sampling import ComponentLikelihood
 
 
 def fold_back(
@@ -73,5 +74,8 @@ class Fold(Layer):
         return is_lossless(self.patch, self.stride)
 
     def sample_down(self, signal, n, options):
-        """Patch vectors (N, D, H', W') back onto the input grid (N, C, H, W), averaging overlaps."""
+        """Patch vectors (N, D, H', W') back onto the input grid (N, C, H, W), averaging overlaps
+        (evidence about components, :class:`~pyro_dcgmm.sampling.ComponentLikelihood`, likewise)."""
+        if isinstance(signal, ComponentLikelihood):
+            return ComponentLikelihood(self.sample_down(signal.log_likelihood, n, options))
         return fold_back(signal, self.input_shape[1:], self.patch, self.stride)

@@ -44,6 +44,7 @@ from pyro_dcgmm.layer import (
     record,
     window_output_size,
 )
+from pyro_dcgmm.sampling import ComponentLikelihood
 
 LOG_2PI = math.log(2.0 * math.pi)
 RESPONSIBILITY_FLOOR = 1e-4  # log-responsibilities below log(1e-4) carry no information upward
@@ -401,11 +402,15 @@ class GMM(Layer):
 
         ``signal`` (n, K, H', W') weighs the components at every position (responsibilities from a
         variant's forward pass, or patches sampled by the layer above); only its ``top_s`` largest
-        non-negative entries are kept.  Positions without a positive weight, and every position when
-        ``signal`` is ``None``, draw from the mixing weights.
+        non-negative entries are kept.  A :class:`~pyro_dcgmm.sampling.ComponentLikelihood` (class
+        evidence from a Readout) is combined with the mixing weights by Bayes' rule instead.
+        Positions without a positive weight, and every position when ``signal`` is ``None``, draw
+        from the mixing weights.
         """
         logits = None
-        if signal is not None:
+        if isinstance(signal, ComponentLikelihood):  # evidence: the whole posterior, no top-S cut
+            logits = self.log_mixing() + signal.log_likelihood.permute(0, 2, 3, 1)  # (n, H', W', K)
+        elif signal is not None:
             weights = signal.permute(0, 2, 3, 1).clamp_min(0.0)  # (n, H', W', K)
             top = min(options.top_s, self.components)
             threshold = weights.topk(top, dim=-1).values[..., -1:]  # (n, H', W', 1)

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 import torch.nn.functional as F
 
 from pyro_dcgmm.config import MaxPoolConfig
 from pyro_dcgmm.fold import fold_back
 from pyro_dcgmm.layer import Layer, Shape, as_pair, window_output_size
+from pyro_dcgmm.sampling import ComponentLikelihood
 
 
 class MaxPool(Layer):
@@ -51,6 +54,9 @@ class MaxPool(Layer):
         """
         if signal is None:
             return None
+        if isinstance(signal, ComponentLikelihood):  # evidence holds for every pixel of a window
+            dense = dataclasses.replace(options, pool_mode="dense")
+            return ComponentLikelihood(self.sample_down(signal.log_likelihood, n, dense))
         kh, kw = self.kernel
         windows = signal.unsqueeze(2).expand(-1, -1, kh * kw, -1, -1)  # (N, C, kh*kw, H', W')
         if options.pool_mode == "sparse":

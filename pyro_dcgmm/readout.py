@@ -8,6 +8,7 @@ import torch
 
 from pyro_dcgmm.config import ReadoutConfig
 from pyro_dcgmm.layer import Layer, Shape
+from pyro_dcgmm.sampling import ComponentLikelihood
 
 
 class Readout(Layer):
@@ -60,17 +61,19 @@ class Readout(Layer):
         return torch.softmax(logits.detach(), dim=-1)[:, :, None, None]
 
     def sample_down(self, signal, n, options):
-        """Class labels (n,) to a top-down signal over the readout's input (n, C, H, W).
+        """Class labels (n,) to evidence about the components of the layer below.
 
-        At every position of the input map, the weight of channel (component) ``k`` for class ``c``
-        is ``softmax_k W[c, k, h, w]``: how strongly the classifier associates each component there
-        with the class.  ``None`` (no labels) passes through.
+        Returns :class:`~pyro_dcgmm.sampling.ComponentLikelihood` with ``log p(class | z_hw = k)``
+        for every position: the readout's class probabilities for a one-hot input at that position,
+        exact for the presets' top layer (one position), a per-position approximation otherwise.
+        ``None`` (no labels) passes through.
         """
         if signal is None:
             return None
         channels, height, width = self.input_shape
-        weights = self.weight[signal].view(-1, channels, height, width)  # (n, C, H, W)
-        return torch.softmax(weights, dim=1)
+        weight = self.weight.view(self.num_classes, channels, height, width)
+        log_class = torch.log_softmax(weight + self.bias[:, None, None, None], dim=0)  # over classes
+        return ComponentLikelihood(log_class[signal])  # (n, C, H, W)
 
     def parameter_groups(self) -> list[tuple[list[torch.nn.Parameter], float]]:
         return [([self.weight, self.bias], 1.0)]

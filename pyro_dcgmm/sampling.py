@@ -40,11 +40,22 @@ class Sharpening:
 
 
 @dataclass(frozen=True)
+class ComponentLikelihood:
+    """A top-down signal that is evidence about components, not a sample of them: ``log_likelihood``
+    (n, K, H', W') is ``log p(evidence | z_hw = k)`` (the Readout's class given the component).  The
+    GMM layer that receives it draws from the whole posterior ``pi_k p(evidence | k)``, with no top-S
+    cut, so class-conditional draws are as varied as the model's components of that class."""
+
+    log_likelihood: torch.Tensor
+
+
+@dataclass(frozen=True)
 class SamplingOptions:
     """How a stack samples top-down.
 
-    :param top_s: at every position keep only the ``top_s`` strongest components of the top-down
-        signal before drawing one.
+    :param top_s: at every position keep only the ``top_s`` strongest components of a signal sampled
+        by the layer above before drawing one (the paper's S; class evidence from the Readout is
+        used whole, see :class:`ComponentLikelihood`).
     :param divisor: divide every component's standard deviation by this (1 samples the model itself,
         larger values give cleaner images).
     :param mean: take each drawn component's mean instead of sampling its Gaussian.

@@ -60,7 +60,7 @@ def sample_from(stack, position: int, signal, n: int, options: SamplingOptions, 
         for pos in range(position, -1, -1):
             layer = stack.layers[stack.stages[pos]]
             signal = layer.sample_down(signal, n, options)
-            if signal is None:
+            if not torch.is_tensor(signal):  # no information yet, or evidence about components
                 continue
             fixed = None
             if pos == 0 and observed is not None:

@@ -1,13 +1,24 @@
+import numpy as np
 import pytest
 import torch
 from conftest import digits_stack
 from pyro import poutine
+from scipy.special import logsumexp
+from scipy.stats import norm
 from torch.distributions import Normal
 
 from pyro_dcgmm import GMM, Fold, MaxPool, Readout, Stack, presets
 from pyro_dcgmm.config import TrainConfig
 from pyro_dcgmm.data import load_digits
 from pyro_dcgmm.errors import ArchitectureError, DataError
+from pyro_dcgmm.sample_quality import (
+    FlatGMMInpainter,
+    ImageClassifier,
+    diversity,
+    inpainting_error,
+    sharpness,
+    within_class_diversity,
+)
 from pyro_dcgmm.sampling import SamplingOptions, Sharpening
 from pyro_dcgmm.train import train
 
@@ -184,12 +195,74 @@ def test_sample_script_writes_figures_and_ndb(tmp_path):
         ["--checkpoint", str(run / "checkpoint.pt"), "--out", str(tmp_path / "s"), "--ndb-bins", "10",
          "--ndb-samples", "200", "--ndb-train", "1000", "--sharpen-iterations", "3"]
     )  # fmt: skip
-    for name in ["samples.png", "class_samples.png", "variants.png", "inpainting.png", "ndb.json"]:
+    for name in ["samples.png", "class_samples.png", "variants.png", "inpainting.png", "report.json"]:
         assert (tmp_path / "s" / name).is_file(), name
     assert set(report["ndb"]) == {"dcgmm", "flat_gmm_diag_k25", "held_out_real"}
+    measures = report["measures"]
+    assert set(measures) == {"real", "dcgmm_plain", "dcgmm_sharpened", "flat_conditional_mean",
+                             "flat_conditional_sample"}  # fmt: skip
+    assert measures["real"]["classifier_accuracy"] > 0.8
+    assert measures["dcgmm_plain"]["class_agreement"] > 0.1  # above chance, even after 2 epochs
     report = sample.main(
         ["--checkpoint", str(run / "checkpoint.pt"), "--out", str(tmp_path / "quick"), "--no-ndb",
          "--sharpen-iterations", "1", "--device", "auto"]
     )  # fmt: skip
-    assert "ndb" not in report and not (tmp_path / "quick" / "ndb.json").exists()  # was written empty
+    assert "ndb" not in report and not (tmp_path / "quick" / "report.json").exists()  # was written empty
     assert (tmp_path / "quick" / "samples.png").is_file()
+
+
+def test_class_conditional_draws_differ_and_show_their_class(trained, digits):
+    # class evidence from the readout is used whole (Bayes with the mixing weights), not cut to top-S
+    torch.manual_seed(0)
+    classes = torch.arange(10).repeat_interleave(20)
+    samples = trained.sample(200, classes=classes, options=SamplingOptions(top_s=3, divisor=2.0))
+    rows = samples.view(10, 20, -1)
+    assert all(torch.unique(row, dim=0).shape[0] == 20 for row in rows)  # no row repeats an image
+    judge = ImageClassifier(digits.train_images, digits.train_labels)
+    assert judge.agreement(digits.test_images, digits.test_labels) > 0.9
+    assert judge.agreement(samples, classes) > 0.3  # chance is 0.1
+    relative = within_class_diversity(samples, classes, digits.test_images, digits.test_labels)
+    assert 0.2 < relative < 2.0
+
+
+def test_two_draws_differ(trained):
+    options = SamplingOptions(top_s=3)
+    torch.manual_seed(1)
+    first = trained.sample(8, options=options)
+    second = trained.sample(8, options=options)
+    assert not torch.equal(first, second)
+    variants = trained.variants(torch.rand(2, 1, 8, 8), layer=-1, n_per_image=4, options=options)
+    assert torch.unique(variants[:4], dim=0).shape[0] == 4
+
+
+def test_sample_measures_on_known_sets():
+    images = torch.rand(30, 1, 8, 8, dtype=torch.float64)
+    same = images[:1].expand(30, -1, -1, -1)
+    assert diversity(same) == 0.0 and diversity(images) > 0.0
+    assert sharpness(torch.full((3, 1, 8, 8), 0.5)) == 0.0 and sharpness(images) > 0.0
+    labels = torch.arange(30) % 3
+    assert within_class_diversity(images, labels, images, labels) == pytest.approx(1.0)
+    mask = torch.ones_like(images, dtype=torch.bool)
+    mask[..., 4:] = False
+    assert inpainting_error(torch.where(mask, images, images + 0.5), images, mask) == pytest.approx(0.25)
+
+
+def test_flat_gmm_inpainting_is_its_exact_conditional(digits):
+    inpainter = FlatGMMInpainter(digits.train_images, components=5)
+    x = digits.test_images[:6].double().numpy().reshape(6, -1)
+    everything = np.ones_like(x, dtype=bool)
+    posterior = inpainter.posterior(x, everything)
+    np.testing.assert_allclose(posterior, inpainter.model.predict_proba(x), atol=1e-8)
+    mask = everything.copy()
+    mask.reshape(6, 8, 8)[:, :, 4:] = False  # right half missing
+    means, variances = inpainter.model.means_, inpainter.model.covariances_
+    log_joint = np.log(inpainter.model.weights_) + np.stack(
+        [(norm.logpdf(x, means[k], np.sqrt(variances[k])) * mask).sum(1) for k in range(5)], axis=1
+    )  # the marginal of the observed pixels, written with scipy
+    expected = np.exp(log_joint - logsumexp(log_joint, axis=1, keepdims=True))
+    np.testing.assert_allclose(inpainter.posterior(x, mask), expected, atol=1e-10)
+    mean = inpainter.conditional_mean(x, mask)
+    np.testing.assert_array_equal(mean[mask], x[mask])  # observed pixels kept
+    np.testing.assert_allclose(mean[~mask], (expected @ means)[~mask])
+    sample = inpainter.conditional_sample(x, mask, seed=0)
+    np.testing.assert_array_equal(sample[mask], x[mask])

@@ -1,19 +1,21 @@
-"""Sample from a trained DCGMM: grids, class-conditional grids, variants, in-painting, and NDB/K.
+"""Sample from a trained DCGMM: grids, class-conditional grids, variants, in-painting, NDB/K and
+the measures of :mod:`pyro_dcgmm.sample_quality`.
 
 Example::
 
     pyro-dcgmm sample --checkpoint runs/c/checkpoint.pt --out runs/c/samples
 
-The defaults (top-1 components, standard deviations divided by 10, 200 sharpening steps of rate
-2.5e-4 with a pull of 1000 toward the unsharpened sample) suit 28x28 stacks trained on
-Fashion-MNIST; the pull keeps sharpening from drawing every sample to the same mode.
+The defaults (top-3 components below the top layer, the paper's S; standard deviations divided by
+10; 200 sharpening steps of rate 2.5e-4 with a pull of 1000 toward the unsharpened sample) suit 28x28
+stacks trained on Fashion-MNIST; the pull keeps sharpening from drawing every sample to the same mode.
 
 Writes into ``--out``: ``samples.png`` (the same draws before and after sharpening),
 ``class_samples.png`` (one row per class, if the stack has a Readout), ``variants.png``,
-``inpainting.png`` (right half missing) and, unless ``--no-ndb``, ``ndb.json`` with the NDB/K table
-(also printed) comparing DCGMM samples, samples of a flat diagonal GMM (scikit-learn) and held-out
-real images.
-"""
+``inpainting.png`` (right half missing) and, unless ``--no-ndb``, ``report.json`` with two tables
+(also printed): NDB/K of DCGMM samples, of a flat diagonal GMM's (scikit-learn) and of held-out real
+images; and, for plain and sharpened samples, class agreement, within-class diversity and sharpness
+relative to real images, and in-painting error beside the flat GMM's exact conditional mean and a
+conditional sample of it."""
 
 from __future__ import annotations
 
@@ -25,16 +27,22 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from sklearn.mixture import GaussianMixture
 from tqdm.auto import tqdm
 
 from pyro_dcgmm.checkpoint import load_checkpoint, stack_from_checkpoint
-from pyro_dcgmm.cli import add_device_flag, make_parser
+from pyro_dcgmm.cli import add_device_flag, format_table, make_parser
 from pyro_dcgmm.config import DataConfig, from_dict, to_dict
 from pyro_dcgmm.data import load_dataset
 from pyro_dcgmm.files import atomic_write
 from pyro_dcgmm.metrics import NDB
 from pyro_dcgmm.plots import save_image_grid
+from pyro_dcgmm.sample_quality import (
+    FlatGMMInpainter,
+    ImageClassifier,
+    inpainting_error,
+    sharpness,
+    within_class_diversity,
+)
 from pyro_dcgmm.sampling import SamplingOptions, Sharpening
 from pyro_dcgmm.train import resolve_device
 
@@ -45,7 +53,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, required=True, help="output folder")
     parser.add_argument("--root", help="folder with the data set's IDX files (none: its usual place)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the draws")
-    parser.add_argument("--top-s", type=int, default=1, help="components kept per position")
+    parser.add_argument("--top-s", type=int, default=3, help="components kept per position (the paper's S)")
     parser.add_argument("--divisor", type=float, default=10.0, help="standard-deviation divisor")
     parser.add_argument("--pool-mode", choices=["dense", "sparse"], default="dense", help="unpooling")
     parser.add_argument("--sharpen-rate", type=float, default=2.5e-4, help="sharpening step size")
@@ -59,7 +67,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--ndb-samples", type=int, default=2000, help="samples per model for NDB")
     parser.add_argument("--ndb-train", type=int, default=20000, help="training images for the bins")
     parser.add_argument("--flat-components", type=int, default=25, help="K of the flat GMM baseline")
-    parser.add_argument("--no-ndb", action="store_true", help="skip the NDB table (the slow part)")
+    parser.add_argument("--measure-images", type=int, default=200, help="test images for the measures")
+    parser.add_argument(
+        "--measure-per-class", type=int, default=20, help="class-conditional samples per class"
+    )
+    parser.add_argument("--no-ndb", action="store_true", help="skip NDB and the measures (the slow part)")
     add_device_flag(parser)
     return parser.parse_args(argv)
 
@@ -82,11 +94,21 @@ def main(argv=None) -> dict:
     save_figures(stack, dataset, args, plain, sharp)
     report = {"checkpoint": str(args.checkpoint), "options": to_dict(sharp)}
     if not args.no_ndb:
-        report["ndb"] = ndb_table(stack, dataset, args, sharp)
+        train_x, train_y = reference_set(dataset, args)
+        flat = FlatGMMInpainter(train_x, args.flat_components, args.seed)
+        report["ndb"] = ndb_table(stack, dataset, train_x, flat, args, sharp)
+        report["measures"] = measures_table(stack, dataset, (train_x, train_y), flat, args, (plain, sharp))
         atomic_write(
-            args.out / "ndb.json", lambda h: h.write(json.dumps(report, indent=2, default=str).encode())
+            args.out / "report.json", lambda h: h.write(json.dumps(report, indent=2, default=str).encode())
         )
     return report
+
+
+def reference_set(dataset, args) -> tuple[torch.Tensor, torch.Tensor]:
+    """The training images (a seeded random ``--ndb-train`` of them) that the measures compare with."""
+    generator = torch.Generator().manual_seed(args.seed)
+    order = torch.randperm(dataset.train_images.shape[0], generator=generator)[: args.ndb_train]
+    return dataset.train_images[order], dataset.train_labels[order]
 
 
 def save_figures(stack, dataset, args, plain: SamplingOptions, sharp: SamplingOptions) -> None:
@@ -127,11 +149,9 @@ def save_figures(stack, dataset, args, plain: SamplingOptions, sharp: SamplingOp
             print(f"wrote {args.out / name}")
 
 
-def ndb_table(stack, dataset, args, options: SamplingOptions) -> dict:
+def ndb_table(stack, dataset, train_x, flat: FlatGMMInpainter, args, options: SamplingOptions) -> dict:
     """NDB/K of DCGMM samples, flat diagonal-GMM samples and held-out real images, in one run."""
-    generator = torch.Generator().manual_seed(args.seed)
-    order = torch.randperm(dataset.train_images.shape[0], generator=generator)[: args.ndb_train]
-    train = dataset.train_images[order].flatten(1).numpy()
+    train = train_x.flatten(1).numpy()
     start = time.perf_counter()
     print(f"NDB: k-means into {args.ndb_bins} bins of {len(train)} training images ...", flush=True)
     ndb = NDB(train, k=args.ndb_bins, seed=args.seed)
@@ -139,20 +159,61 @@ def ndb_table(stack, dataset, args, options: SamplingOptions) -> dict:
     torch.manual_seed(args.seed)
     chunks = tqdm(range(0, n, 500), desc=f"NDB: {n} DCGMM samples, in chunks of 500", unit="chunk")
     dcgmm = torch.cat([stack.sample(min(500, n - i), options=options).cpu() for i in chunks])
-    print(f"NDB: flat GMM with {args.flat_components} components and its {n} samples ...", flush=True)
-    flat_model = GaussianMixture(args.flat_components, covariance_type="diag", random_state=args.seed).fit(
-        train
-    )
-    flat = np.clip(flat_model.sample(n)[0], 0.0, 1.0)
     real = dataset.test_images[:n].flatten(1).numpy()
-    results = {
-        "dcgmm": ndb.evaluate(dcgmm.flatten(1).numpy()).as_dict(),
-        f"flat_gmm_diag_k{args.flat_components}": ndb.evaluate(flat).as_dict(),
-        "held_out_real": ndb.evaluate(real).as_dict(),
+    sets = {
+        "dcgmm": dcgmm.flatten(1).numpy(),
+        f"flat_gmm_diag_k{args.flat_components}": np.clip(flat.model.sample(n)[0], 0.0, 1.0),
+        "held_out_real": real,
     }
+    results = {name: ndb.evaluate(images).as_dict() for name, images in sets.items()}
     print(f"NDB with K={args.ndb_bins} bins on {len(train)} training images: {n} samples of each model, "
           f"{len(real)} held-out real images ({time.perf_counter() - start:.0f} s)")  # fmt: skip
-    print(f"{'samples':>24} {'NDB':>5} {'NDB/K':>7} {'JS':>8}")
-    for name, row in results.items():
-        print(f"{name:>24} {row['ndb']:>5} {row['ndb_over_k']:>7.3f} {row['js_divergence']:>8.4f}")
+    rows = [["samples", "NDB", "NDB/K", "JS"]]
+    rows += [
+        [k, str(r["ndb"]), f"{r['ndb_over_k']:.3f}", f"{r['js_divergence']:.4f}"] for k, r in results.items()
+    ]
+    print(format_table(rows))
     return results
+
+
+def measures_table(stack, dataset, train, flat: FlatGMMInpainter, args, option_sets) -> dict:
+    """Class agreement, diversity and sharpness of plain and sharpened samples, and in-painting
+    error beside the flat GMM's conditional mean and sample (:mod:`pyro_dcgmm.sample_quality`)."""
+    judge = ImageClassifier(*train, seed=args.seed)
+    test_x, test_y = dataset.test_images[: args.measure_images], dataset.test_labels[: args.measure_images]
+    real_sharpness = sharpness(test_x)
+    results = {"real": {"classifier_accuracy": judge.agreement(test_x, test_y), "sharpness": 1.0}}
+    mask = torch.ones_like(test_x, dtype=torch.bool)
+    mask[..., test_x.shape[-1] // 2 :] = False
+    for name, options in zip(("plain", "sharpened"), option_sets, strict=True):
+        torch.manual_seed(args.seed)
+        row = {"sharpness": sharpness(stack.sample(len(test_x), options=options).cpu()) / real_sharpness}
+        if stack.readout is not None:
+            classes = torch.arange(stack.readout.num_classes).repeat_interleave(args.measure_per_class)
+            drawn = stack.sample(len(classes), classes=classes, options=options).cpu()
+            row["class_agreement"] = judge.agreement(drawn, classes)
+            row["within_class_diversity"] = within_class_diversity(drawn, classes, test_x, test_y)
+        variants = stack.variants(test_x, layer=args.variant_layer, n_per_image=1, options=options).cpu()
+        row["variants_keep_class"] = judge.agreement(variants, test_y)
+        filled = stack.inpaint(test_x, mask, layer=args.inpaint_layer, options=options).cpu()
+        row["inpainting_mse"] = inpainting_error(filled, test_x, mask)
+        row["inpainting_keeps_class"] = judge.agreement(filled, test_y)
+        results[f"dcgmm_{name}"] = row
+    for name, filled in (
+        ("flat_conditional_mean", flat.conditional_mean(test_x, mask)),
+        ("flat_conditional_sample", flat.conditional_sample(test_x, mask, args.seed)),
+    ):
+        results[name] = {"inpainting_mse": inpainting_error(filled, test_x, mask)}
+        results[name]["inpainting_keeps_class"] = judge.agreement(filled, test_y)
+    print_measures(results, len(test_x))
+    return results
+
+
+def print_measures(results: dict, images: int) -> None:
+    columns = ["class_agreement", "within_class_diversity", "variants_keep_class", "sharpness",
+               "inpainting_mse", "inpainting_keeps_class"]  # fmt: skip
+    rows = [["", "class agr.", "diversity", "variants", "sharpness", "in-paint MSE", "in-paint class"]]
+    for name, row in results.items():
+        rows.append([name] + [f"{row[c]:.3f}" if c in row else "-" for c in columns])
+    print(f"Measures on {images} test images (diversity and sharpness relative to real images):")
+    print(format_table(rows))
