@@ -397,7 +397,7 @@ class GMM(Layer):
     def lossless_down(self) -> bool:
         return is_lossless(self.patch, self.stride)
 
-    def sample_down(self, signal, n, options):
+    def sample_down(self, signal, n, options, evidence: torch.Tensor | None = None):
         """Draw a component per position and sample this layer's input (n, C, H, W).
 
         ``signal`` (n, K, H', W') weighs the components at every position (responsibilities from a
@@ -405,7 +405,9 @@ class GMM(Layer):
         non-negative entries are kept.  A :class:`~pyro_dcgmm.sampling.ComponentLikelihood` (class
         evidence from a Readout) is combined with the mixing weights by Bayes' rule instead.
         Positions without a positive weight, and every position when ``signal`` is ``None``, draw
-        from the mixing weights.
+        from the mixing weights.  ``evidence`` (n, K, H', W'), the log-likelihood of the observed
+        part of every patch under every component (in-painting: :meth:`log_prob_table` with a mask),
+        is added to the logits, so a component is drawn given what is seen of its patch too.
         """
         logits = None
         if isinstance(signal, ComponentLikelihood):  # evidence: the whole posterior, no top-S cut
@@ -418,6 +420,8 @@ class GMM(Layer):
             log_mixing = self.log_mixing().expand(weights.shape)
             informed = weights.sum(-1, keepdim=True) > 0
             logits = torch.where(informed, weights.log(), log_mixing)  # (n, H', W', K)
+        if evidence is not None:
+            logits = (self.log_mixing() if logits is None else logits) + evidence.permute(0, 2, 3, 1)
         patches = self.generate(n, logits, options.divisor, options.mean)  # (n, D, H', W')
         return fold_back(patches, self.input_shape[1:], self.patch, self.stride)  # (n, C, H, W)
 

@@ -59,7 +59,11 @@ def sample_from(stack, position: int, signal, n: int, options: SamplingOptions, 
     with torch.no_grad():
         for pos in range(position, -1, -1):
             layer = stack.layers[stack.stages[pos]]
-            signal = layer.sample_down(signal, n, options)
+            if pos == 0 and observed is not None:  # the first layer also hears the observed pixels
+                evidence = layer.log_prob_table(observed[1], observed[0])  # (n, K, H', W')
+                signal = layer.sample_down(signal, n, options, evidence=evidence)
+            else:
+                signal = layer.sample_down(signal, n, options)
             if not torch.is_tensor(signal):  # no information yet, or evidence about components
                 continue
             fixed = None

@@ -266,3 +266,18 @@ def test_flat_gmm_inpainting_is_its_exact_conditional(digits):
     np.testing.assert_allclose(mean[~mask], (expected @ means)[~mask])
     sample = inpainter.conditional_sample(x, mask, seed=0)
     np.testing.assert_array_equal(sample[mask], x[mask])
+
+
+def test_inpainting_follows_the_observed_half(trained, digits):
+    # the posterior comes from the observed pixels and the first layer hears them too: completions
+    # are closer to the truth than unconditional samples, and keep the digit's class more often
+    x, labels = digits.test_images[:100], digits.test_labels[:100]
+    mask = torch.ones_like(x, dtype=torch.bool)
+    mask[..., 4:] = False
+    options = SamplingOptions(top_s=3, mean=True)
+    torch.manual_seed(0)
+    filled = trained.inpaint(x, mask, layer=-1, options=options)
+    unconditional = trained.sample(100, options=options)
+    assert inpainting_error(filled, x, mask) < 0.8 * inpainting_error(unconditional, x, mask)
+    judge = ImageClassifier(digits.train_images, digits.train_labels)
+    assert judge.agreement(filled, labels) > judge.agreement(unconditional, labels) + 0.2
