@@ -12,9 +12,12 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import torch
 from scipy.special import logsumexp
+from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 from sklearn.mixture import GaussianMixture
 
@@ -30,9 +33,11 @@ class ImageClassifier:
     """Logistic regression on the pixels of real training images, to judge generated ones."""
 
     def __init__(self, images, labels, seed: int = 0):
-        self.model = LogisticRegression(max_iter=300, random_state=seed).fit(
-            _flat(images), np.asarray(labels)
-        )
+        with warnings.catch_warnings():  # 300 iterations judge well enough; its accuracy is reported
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            self.model = LogisticRegression(max_iter=300, random_state=seed).fit(
+                _flat(images), np.asarray(labels)
+            )
 
     def agreement(self, images, classes) -> float:
         """Fraction of ``images`` the classifier assigns to ``classes``."""

@@ -201,7 +201,7 @@ def test_sample_script_writes_figures_and_ndb(tmp_path):
     measures = report["measures"]
     assert set(measures) == {"real", "dcgmm_plain", "dcgmm_sharpened", "flat_conditional_mean",
                              "flat_conditional_sample"}  # fmt: skip
-    assert measures["real"]["classifier_accuracy"] > 0.8
+    assert measures["real"]["class_agreement"] > 0.8  # the judge itself, on real test images
     assert measures["dcgmm_plain"]["class_agreement"] > 0.1  # above chance, even after 2 epochs
     report = sample.main(
         ["--checkpoint", str(run / "checkpoint.pt"), "--out", str(tmp_path / "quick"), "--no-ndb",

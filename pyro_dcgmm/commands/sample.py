@@ -182,7 +182,7 @@ def measures_table(stack, dataset, train, flat: FlatGMMInpainter, args, option_s
     judge = ImageClassifier(*train, seed=args.seed)
     test_x, test_y = dataset.test_images[: args.measure_images], dataset.test_labels[: args.measure_images]
     real_sharpness = sharpness(test_x)
-    results = {"real": {"classifier_accuracy": judge.agreement(test_x, test_y), "sharpness": 1.0}}
+    results = {"real": {"class_agreement": judge.agreement(test_x, test_y), "sharpness": 1.0}}
     mask = torch.ones_like(test_x, dtype=torch.bool)
     mask[..., test_x.shape[-1] // 2 :] = False
     for name, options in zip(("plain", "sharpened"), option_sets, strict=True):
