@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 
 import torch
+import torch.nn.functional as F
 
 from pyro_dcgmm.errors import ArchitectureError, DataError
 from pyro_dcgmm.gmm import GMM
@@ -60,21 +61,39 @@ def query(stack, x, fn: Chunk, batch_size: int, mask=None) -> torch.Tensor:
     return map_chunks(stack, *checked_inputs(stack, x, mask), fn, batch_size)
 
 
+OBSERVED_FRACTION = 0.5  # an upper-layer input counts as observed when this much of its patch is
+
+
+def output_mask(layer, mask: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
+    """Which entries of ``layer``'s ``output`` count as observed, given its input ``mask``.
+
+    For a GMM layer: the positions whose patch is at least :data:`OBSERVED_FRACTION` observed (all
+    K channels alike); for a Fold or MaxPool, the entries its transform takes from an observed input.
+    """
+    if isinstance(layer, GMM):
+        seen = F.avg_pool2d(mask.to(output.dtype).mean(1, keepdim=True), layer.patch, layer.stride)
+        return (seen >= OBSERVED_FRACTION).expand_as(output)  # (N, K, H', W')
+    return layer.transform(mask.to(output.dtype)) > 0.5
+
+
 def upward_scores(stack, x: torch.Tensor, mask: torch.Tensor | None) -> Iterator[tuple[int, torch.Tensor]]:
     """(index, log-scores (N, K, H', W')) of every GMM layer, in one upward pass.
 
-    With a ``mask`` of observed pixels the first layer marginalises the missing ones, and every
-    layer above sees what the first layer computed from the observed pixels only.
+    With a ``mask`` of observed pixels the first layer marginalises the missing ones exactly, and
+    every layer above marginalises the inputs that come from mostly missing patches
+    (:func:`output_mask`), so each layer's posterior is given what is observed.
     """
-    h = x
+    h, m = x, mask
     for i in stack.stages:
         layer = stack.layers[i]
         if isinstance(layer, GMM):
-            scores = layer.log_scores(h, mask if i == stack.stages[0] else None)
+            scores = layer.log_scores(h, m)
             yield i, scores
-            h = layer.output(scores)
+            output = layer.output(scores)
         else:
-            h = layer.transform(h)
+            output = layer.transform(h)
+        m = None if m is None else output_mask(layer, m, output)
+        h = output
 
 
 def scores_at(stack, x: torch.Tensor, index: int, mask: torch.Tensor | None) -> torch.Tensor:

@@ -213,7 +213,8 @@ class Stack(PyroModule):
         patch vector at (h, w) (pixels for the first layer, the output of the layer below
         otherwise) and ``p`` the layer's exact mixture density.  With overlapping patches or at upper
         layers this is a score, not a normalised density over images.  With a ``mask`` of observed
-        pixels the first layer's density is the exact marginal of the observed pixels.
+        pixels the first layer's density is the exact marginal of the observed pixels, and every
+        layer above marginalises its inputs from mostly missing patches.
         """
         return queries.log_prob(self, x, layer, batch_size, mask)
 
@@ -245,11 +246,13 @@ class Stack(PyroModule):
         """
         return top_down.variants(self, x, layer, n_per_image, options, mask)
 
-    def inpaint(self, x, mask, layer: int = 0, n_per_image: int = 1, options=None) -> torch.Tensor:
+    def inpaint(self, x, mask, layer: int = -1, n_per_image: int = 1, options=None) -> torch.Tensor:
         """Fill the pixels of ``x`` where ``mask`` is false; observed pixels are returned unchanged.
 
-        The posterior at GMM layer ``layer`` comes from the observed pixels only (the first layer
-        marginalises the missing ones exactly); the missing pixels are sampled from it (component
-        means with ``options.mean``) and sharpened with the observed pixels held fixed.
+        The posterior at GMM layer ``layer`` (default: the top one, which sees the whole image) is
+        given the observed pixels only: the first layer marginalises the missing ones exactly and
+        every layer above the inputs from mostly missing patches.  The missing pixels are sampled
+        down from it (component means with ``options.mean``), the first layer drawing each component
+        given the observed part of its patch too, and sharpened with the observed pixels held fixed.
         """
         return top_down.variants(self, x, layer, n_per_image, options, mask)

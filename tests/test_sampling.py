@@ -11,6 +11,7 @@ from pyro_dcgmm import GMM, Fold, MaxPool, Readout, Stack, presets
 from pyro_dcgmm.config import TrainConfig
 from pyro_dcgmm.data import load_digits
 from pyro_dcgmm.errors import ArchitectureError, DataError
+from pyro_dcgmm.queries import output_mask, upward_scores
 from pyro_dcgmm.sample_quality import (
     FlatGMMInpainter,
     ImageClassifier,
@@ -281,3 +282,20 @@ def test_inpainting_follows_the_observed_half(trained, digits):
     assert inpainting_error(filled, x, mask) < 0.8 * inpainting_error(unconditional, x, mask)
     judge = ImageClassifier(digits.train_images, digits.train_labels)
     assert judge.agreement(filled, labels) > judge.agreement(unconditional, labels) + 0.2
+
+
+def test_masks_reach_every_layer(trained):
+    # digits stack: Fold(4, 2) -> 3x3 positions; the right half missing leaves column 0 observed,
+    # column 1 half observed (counted), column 2 missing; the top layer sees the 3x3 map's mask
+    x = torch.rand(2, 1, 8, 8)
+    mask = torch.ones_like(x, dtype=torch.bool)
+    mask[..., 4:] = False
+    first = trained.layers[1]
+    output = first.transform(x)
+    seen = output_mask(first, mask, output)
+    assert seen.shape == output.shape
+    assert seen[:, :, :, :2].all() and not seen[:, :, :, 2].any()
+    scores = dict(upward_scores(trained, x, mask))  # the top layer marginalises column 2's inputs
+    torch.testing.assert_close(scores[3], trained.layers[3].log_scores(first.output(scores[1]), seen))
+    garbage = torch.where(seen, first.output(scores[1]), torch.randn_like(output))
+    torch.testing.assert_close(scores[3], trained.layers[3].log_scores(garbage, seen))
