@@ -416,7 +416,7 @@ def _coerce(value: Any, annotation: Any, where: str, error: type[ConfigError] = 
 
 def layer_from_dict(data: Any, where: str = "layer") -> LayerConfig:
     """Build the layer config named by ``data["type"]``."""
-    if isinstance(data, (FoldConfig, MaxPoolConfig, GMMConfig, ReadoutConfig)):
+    if isinstance(data, tuple(LAYER_CONFIGS.values())):
         return data
     if not isinstance(data, dict):
         raise ConfigError(f"{where}: expected a table with a 'type' key, got {data!r}")

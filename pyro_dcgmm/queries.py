@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from pyro_dcgmm.errors import ArchitectureError, DataError
 from pyro_dcgmm.gmm import GMM
-from pyro_dcgmm.validation import as_images
+from pyro_dcgmm.validation import as_images, as_tensor
 
 Chunk = Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor]
 
@@ -28,7 +28,7 @@ def checked_inputs(stack, x, mask=None) -> tuple[torch.Tensor, torch.Tensor | No
         return as_images(x, stack.input_shape, stack.data_range), None
     if stack.layers[stack.stages[0]] is not stack.gmm_layers[0]:
         raise ArchitectureError("masked inputs need a GMM (after an optional Fold) as the first layer")
-    x, mask = torch.as_tensor(x), torch.as_tensor(mask)
+    x, mask = as_tensor(x, "x"), as_tensor(mask, "mask")
     if stack.input_shape[0] == 1:
         x = x.unsqueeze(1) if x.dim() == 3 else x
         mask = mask.unsqueeze(1) if mask.dim() == 3 else mask

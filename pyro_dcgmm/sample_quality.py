@@ -54,10 +54,10 @@ def diversity(images) -> float:
 
 def within_class_diversity(images, classes, real_images, real_labels) -> float:
     """Mean over classes of the samples' diversity relative to real images of the same class."""
+    images, real_images = _flat(images), _flat(real_images)
     classes, real_labels = np.asarray(classes), np.asarray(real_labels)
     ratios = [
-        diversity(_flat(images)[classes == c]) / diversity(_flat(real_images)[real_labels == c])
-        for c in np.unique(classes)
+        diversity(images[classes == c]) / diversity(real_images[real_labels == c]) for c in np.unique(classes)
     ]
     return float(np.mean(ratios))
 
@@ -89,6 +89,7 @@ class FlatGMMInpainter:
         ``sum_d o_d [(x_d - mu_kd)^2 / v_kd + log 2 pi v_kd]`` expanded in ``x``, ``x^2`` and 1."""
         means, precisions = self.model.means_, 1.0 / self.model.covariances_  # (K, D) each
         o = observed.astype(np.float64)
+        x = np.where(observed, x, 0.0)  # missing entries may hold anything, NaN included
         constant = means**2 * precisions + np.log(2 * np.pi / precisions)  # (K, D)
         squares = (o * x * x) @ precisions.T - 2.0 * (o * x) @ (means * precisions).T + o @ constant.T
         log_joint = np.log(self.model.weights_)[None] - 0.5 * squares  # (N, K)
@@ -97,14 +98,14 @@ class FlatGMMInpainter:
     def conditional_mean(self, images, mask) -> np.ndarray:
         """Observed pixels kept, missing ones replaced by their exact conditional mean."""
         x, observed = _flat(images), _flat(mask).astype(bool)
-        mean = self.posterior(np.where(observed, x, 0.0), observed) @ self.model.means_
+        mean = self.posterior(x, observed) @ self.model.means_
         return np.where(observed, x, mean).reshape(np.shape(images))
 
     def conditional_sample(self, images, mask, seed: int = 0) -> np.ndarray:
         """Observed pixels kept, missing ones drawn from the conditional distribution."""
         rng = np.random.default_rng(seed)
         x, observed = _flat(images), _flat(mask).astype(bool)
-        posterior = self.posterior(np.where(observed, x, 0.0), observed)
+        posterior = self.posterior(x, observed)
         components = np.array([rng.choice(len(p), p=p) for p in posterior])
         draw = rng.normal(self.model.means_[components], np.sqrt(self.model.covariances_[components]))
         return np.where(observed, x, draw).reshape(np.shape(images))

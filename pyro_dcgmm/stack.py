@@ -9,14 +9,7 @@ import torch
 from pyro.nn import PyroModule
 
 from pyro_dcgmm import queries, top_down
-from pyro_dcgmm.config import (
-    FoldConfig,
-    GMMConfig,
-    LayerConfig,
-    MaxPoolConfig,
-    ModelConfig,
-    ReadoutConfig,
-)
+from pyro_dcgmm.config import LayerConfig, ModelConfig
 from pyro_dcgmm.errors import ArchitectureError
 from pyro_dcgmm.fold import Fold
 from pyro_dcgmm.gmm import GMM
@@ -28,12 +21,7 @@ from pyro_dcgmm.sampling import SamplingOptions
 MAX_PLATE_NESTING = 3  # data, height, width
 
 
-LAYER_CLASSES: dict[type, type[Layer]] = {
-    FoldConfig: Fold,
-    MaxPoolConfig: MaxPool,
-    GMMConfig: GMM,
-    ReadoutConfig: Readout,
-}
+LAYER_CLASSES: dict[type, type[Layer]] = {cls.config_class: cls for cls in (Fold, MaxPool, GMM, Readout)}
 
 
 def layer_from_config(config: LayerConfig) -> Layer:
