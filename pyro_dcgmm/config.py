@@ -150,12 +150,17 @@ class MaxPoolConfig(Checked):
 
 @dataclass(frozen=True)
 class GMMConfig(Checked):
-    """A diagonal Gaussian mixture over every patch vector of its input.
+    """A Gaussian mixture over every patch vector of its input.
 
     :param components: number of mixture components K.
     :param shared: one mixture for all positions (convolutional) if true, else one per position.
-    :param precision_floor, precision_ceiling: bounds of every diagonal precision (1 / variance).
-        The ceiling keeps densities finite on constant pixels; the floor keeps ``log`` finite.
+    :param covariance: the components' covariance structure (:mod:`pyro_dcgmm.covariances`):
+        ``"diag"`` (independent coordinates), ``"full"`` (any covariance; for short vectors, its
+        cost grows with D^2) or ``"stationary"`` (a stationary Gaussian per channel of the patch:
+        constant mean, covariance diagonal in the patch's Fourier basis, set by its power spectrum).
+    :param precision_floor, precision_ceiling: bounds of every precision (1 / variance; the
+        eigenvalues of a full precision matrix).  The ceiling keeps densities finite on constant
+        pixels; the floor keeps ``log`` finite.
     :param init: how the layer starts when it begins to train (after ``wait``), from its real
         inputs: ``"kmeans"`` (k-means++ seeds and ``init_iterations`` Lloyd iterations on
         ``init_vectors`` input vectors, then each cluster's weight and variances), ``"data"``
@@ -186,6 +191,7 @@ class GMMConfig(Checked):
     type: Literal["gmm"] = field(default="gmm", kw_only=True)
     components: int = bounded(25, ge=1)
     shared: bool = True
+    covariance: Literal["diag", "full", "stationary"] = "diag"
     precision_floor: float = bounded(0.01, gt=0)
     precision_ceiling: float = bounded(20.0, gt=0)
     init: Literal["kmeans", "data", "random"] = "kmeans"

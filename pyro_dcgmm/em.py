@@ -1,5 +1,7 @@
 """Online EM for GMM layers, driven by the ``TraceEnum_ELBO`` gradient.
 
+Written out here for diagonal covariances; the full and stationary structures of
+:mod:`pyro_dcgmm.covariances` recover their own statistics from their gradients the same way.
 For one GMM layer write ``r_vk`` for the posterior of component k given patch vector v (Pyro's
 enumeration of the component site computes it; while annealing runs it is the smoothed posterior),
 ``m`` for the number of vectors per sample that one mixture sees (H' W' for a shared layer, 1 for
@@ -35,7 +37,7 @@ from __future__ import annotations
 
 import torch
 
-from pyro_dcgmm.gmm import GMM, bounded_log_precision
+from pyro_dcgmm.gmm import GMM
 
 TINY_MASS = 1e-12
 
@@ -48,7 +50,10 @@ def step_size(t: int, offset: float, decay: float) -> float:
 class OnlineEM(torch.optim.Optimizer):
     """Online EM for the given GMM layers: one parameter group per layer.
 
-    A layer whose parameters received no gradient in a step (a waiting layer) is left alone.
+    ``s0`` comes from the mixing logits' gradient here; each layer's covariance structure turns the
+    means' and its own gradients into (s1, s2) and does the M-step
+    (:class:`~pyro_dcgmm.covariances.Covariance`).  A layer whose parameters received no gradient
+    in a step (a waiting layer) is left alone.
 
     :param gmms: the GMM layers (built and initialised).
     :param float step_offset: ``t0`` of the step-size schedule.
@@ -56,60 +61,43 @@ class OnlineEM(torch.optim.Optimizer):
     """
 
     def __init__(self, gmms: list[GMM], step_offset: float = 2.0, step_decay: float = 0.6):
-        groups = [
-            {
-                "params": [gmm.means, gmm.log_precision, gmm.mixing_logits],
-                "positions": gmm.positions,
-                "log_precision_bounds": gmm.log_precision_bounds,
-            }
-            for gmm in gmms
-        ]
+        groups = [{"params": list(gmm.parameters())} for gmm in gmms]
         super().__init__(groups, {"step_offset": step_offset, "step_decay": step_decay})
+        self.gmms = list(gmms)
 
     @torch.no_grad()
     def step(self, closure=None):
-        for group in self.param_groups:
-            means, log_precision, logits = group["params"]
-            if means.grad is None or log_precision.grad is None or logits.grad is None:
+        for group, gmm in zip(self.param_groups, self.gmms, strict=True):
+            if any(p.grad is None for p in group["params"]):
                 continue
-            statistics = batch_statistics(means, log_precision, logits, group["positions"])
-            state = self.state[means]
+            state = self.state[gmm.means]
             if not state:
                 state["step"] = 0
-                state["statistics"] = parameter_statistics(means, log_precision, logits, group["positions"])
+                state["statistics"] = parameter_statistics(gmm)
+            statistics = batch_statistics(gmm)
             rho = step_size(state["step"], group["step_offset"], group["step_decay"])
             for running, new in zip(state["statistics"], statistics, strict=True):
                 running.add_(new - running, alpha=rho)
             state["step"] += 1
-            maximise(state["statistics"], means, log_precision, logits, group["log_precision_bounds"])
+            maximise(gmm, state["statistics"])
 
 
-def batch_statistics(means, log_precision, logits, positions: int):
-    """Per-sample statistics (s0 (..., K), s1 and s2 (..., K, D)) of the batch, from the gradient."""
-    precision = log_precision.exp()
-    pi = torch.softmax(logits, dim=-1)
-    s0 = positions * pi - logits.grad
-    s1 = s0.unsqueeze(-1) * means - means.grad / precision
-    s2 = (s0.unsqueeze(-1) + 2.0 * log_precision.grad) / precision + 2.0 * means * s1
-    s2 = s2 - means * means * s0.unsqueeze(-1)
-    return s0, s1, s2
+def batch_statistics(gmm: GMM):
+    """Per-sample statistics (s0 (..., K), then the covariance structure's s1, s2) of the batch,
+    from the gradient."""
+    s0 = gmm.positions * torch.softmax(gmm.mixing_logits, dim=-1) - gmm.mixing_logits.grad
+    return (s0, *gmm.covariance.batch_statistics(s0, gmm.means))
 
 
-def parameter_statistics(means, log_precision, logits, positions: int):
-    """The statistics (s0, s1, s2) whose M-step gives the current parameters."""
-    s0 = positions * torch.softmax(logits, dim=-1)
-    s1 = s0.unsqueeze(-1) * means
-    s2 = s0.unsqueeze(-1) * ((-log_precision).exp() + means * means)
-    return s0, s1, s2
+def parameter_statistics(gmm: GMM):
+    """The statistics whose M-step gives the current parameters."""
+    s0 = gmm.positions * torch.softmax(gmm.mixing_logits, dim=-1)
+    return (s0, *gmm.covariance.current_statistics(s0, gmm.means))
 
 
-def maximise(statistics, means, log_precision, logits, log_precision_bounds) -> None:
+def maximise(gmm: GMM, statistics) -> None:
     """M-step: set the parameters from the statistics; components without mass keep theirs."""
     s0, s1, s2 = statistics
     alive = s0 > TINY_MASS * s0.sum(-1, keepdim=True)  # (..., K)
-    mass = s0.clamp_min(TINY_MASS).unsqueeze(-1)  # (..., K, 1)
-    new_means = s1 / mass
-    new_log_precision = bounded_log_precision(s2 / mass - new_means * new_means, log_precision_bounds)
-    means.copy_(torch.where(alive.unsqueeze(-1), new_means, means))
-    log_precision.copy_(torch.where(alive.unsqueeze(-1), new_log_precision, log_precision))
-    logits.copy_(s0.clamp_min(TINY_MASS * s0.sum(-1, keepdim=True)).log())
+    gmm.covariance.maximise(s0.clamp_min(TINY_MASS), s1, s2, alive, gmm.means)
+    gmm.mixing_logits.copy_(s0.clamp_min(TINY_MASS * s0.sum(-1, keepdim=True)).log())

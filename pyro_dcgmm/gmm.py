@@ -1,17 +1,9 @@
-"""GMM: a diagonal Gaussian mixture over every patch vector, as a Pyro model.
+"""GMM: a Gaussian mixture over every patch vector, as a Pyro model.
 
-For a patch vector ``x`` of length D at position (h, w) and component k with mean ``mu_k`` and
-diagonal precision ``p_k`` (1 / variance),
-
-.. math:: \\log N(x | \\mu_k, p_k) = \\tfrac12 \\sum_d \\log p_{kd} - \\tfrac D2 \\log 2\\pi
-          - \\tfrac12 \\sum_d p_{kd} (x_d - \\mu_{kd})^2 .
-
-The quadratic expands to ``x^2 . p_k - 2 x . (mu_k p_k) + mu_k^2 . p_k``, so the (N, K, H, W) table of
-all log-densities is two linear maps of ``x`` and ``x^2``: a convolution of the input image when the
-parameters are shared over positions, a batched matmul over positions otherwise.  No
-(N, H, W, K, D) tensor is ever formed.
-
-The layer's Pyro model, inside plates over data, height and width, is ::
+The layer owns the means ``mu`` and the mixing weights ``pi``; its covariance structure
+(:mod:`pyro_dcgmm.covariances`: diagonal, full or stationary) computes the (N, K, H', W') table
+``log N(patch | mu_k, Sigma_k)`` by matmuls or convolutions.  The layer's Pyro model, inside plates
+over data, height and width, is ::
 
     z ~ Categorical(pi)                                  # enumerated, shape (K, 1, 1, 1)
     pyro.factor("obs", Vindex(S - log pi)[..., z])       # S: the annealed log-score table
@@ -19,7 +11,7 @@ The layer's Pyro model, inside plates over data, height and width, is ::
 where ``S = (log pi + log N) @ g.T`` is the log-score table smoothed by the torus neighbourhood ``g``
 of :mod:`pyro_dcgmm.annealing`.  Enumerating ``z`` gives ``logsumexp_k S_k``, a lower bound on
 ``log p(x)`` that equals it once ``g`` is the identity; then the factor is exactly
-``log N(x | mu_z, p_z)`` and the model is the plain mixture.
+``log N(x | mu_z, Sigma_z)`` and the model is the plain mixture.
 """
 
 from __future__ import annotations
@@ -30,11 +22,11 @@ import math
 import pyro
 import pyro.distributions as dist
 import torch
-import torch.nn.functional as F
 from pyro.ops.indexing import Vindex
 
 from pyro_dcgmm.annealing import AnnealingSchedule, torus_neighbourhood
 from pyro_dcgmm.config import GMMConfig, from_dict
+from pyro_dcgmm.covariances import Geometry, make_covariance
 from pyro_dcgmm.fold import Fold, fold_back, is_lossless
 from pyro_dcgmm.layer import (
     Layer,
@@ -46,92 +38,11 @@ from pyro_dcgmm.layer import (
 )
 from pyro_dcgmm.sampling import ComponentLikelihood
 
-LOG_2PI = math.log(2.0 * math.pi)
 RESPONSIBILITY_FLOOR = 1e-4  # log-responsibilities below log(1e-4) carry no information upward
 
 
-def _gaussian_terms(means: torch.Tensor, precision: torch.Tensor):
-    """Per-dimension weights of ``x``, ``x^2`` and 1 in ``log N(x | mu, p)``, each shaped like ``means``."""
-    linear = means * precision
-    quadratic = -0.5 * precision
-    constant = 0.5 * (precision.log() - LOG_2PI - means * means * precision)
-    return linear, quadratic, constant
-
-
-def bounded_log_precision(variance: torch.Tensor, bounds: tuple[float, float]) -> torch.Tensor:
-    """``log(1 / variance)`` clamped to ``bounds`` (a zero variance gives the upper bound)."""
-    return (-variance.clamp_min(torch.finfo(variance.dtype).tiny).log()).clamp(*bounds)
-
-
-def _features(x: torch.Tensor, mask: torch.Tensor | None, dim: int) -> torch.Tensor:
-    """``[x, x^2]`` or, with a mask of observed entries, ``[m x, m x^2, m]`` along ``dim``."""
-    if mask is None:
-        return torch.cat([x, x * x], dim=dim)
-    observed = mask.to(x.dtype)
-    x = torch.where(mask, x, 0.0)  # missing entries may hold anything, NaN included
-    return torch.cat([x, x * x, observed], dim=dim)
-
-
-def diagonal_log_prob_shared(
-    x: torch.Tensor,
-    means: torch.Tensor,
-    precision: torch.Tensor,
-    stride: tuple[int, int],
-    mask: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """Log-density of every patch of ``x`` under every component, parameters shared over positions.
-
-    :param torch.Tensor x: images of shape (N, C, H, W).
-    :param torch.Tensor means: shape (K, C, ph, pw).
-    :param torch.Tensor precision: diagonal precisions, shape (K, C, ph, pw).
-    :param stride: (vertical, horizontal) step between patches.
-    :param torch.Tensor mask: optional boolean (N, C, H, W), true where ``x`` is observed; missing
-        entries are marginalised out (a diagonal Gaussian's marginal drops those dimensions).
-    :returns: table of shape (N, K, H', W').
-    """
-    linear, quadratic, constant = _gaussian_terms(means, precision)  # (K, C, ph, pw) each
-    if mask is None:
-        weight = torch.cat([linear, quadratic], dim=1)  # (K, 2C, ph, pw)
-        bias = constant.flatten(1).sum(-1)  # (K,)
-    else:
-        weight = torch.cat([linear, quadratic, constant], dim=1)  # (K, 3C, ph, pw)
-        bias = None
-    return F.conv2d(_features(x, mask, 1), weight, bias, stride=stride)  # (N, K, H', W')
-
-
-def diagonal_log_prob_per_position(
-    x: torch.Tensor,
-    means: torch.Tensor,
-    precision: torch.Tensor,
-    patch: tuple[int, int],
-    stride: tuple[int, int],
-    mask: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """Log-density of every patch of ``x`` under the components of its own position.
-
-    :param torch.Tensor x: images of shape (N, C, H, W).
-    :param torch.Tensor means: shape (H', W', K, D) with D = C * ph * pw.
-    :param torch.Tensor precision: diagonal precisions, shape (H', W', K, D).
-    :param torch.Tensor mask: optional boolean (N, C, H, W), true where ``x`` is observed.
-    :returns: table of shape (N, K, H', W').
-    """
-    out_h, out_w, k, dim = means.shape
-    patches = F.unfold(x, patch, stride=stride)  # (N, D, L)
-    observed = None if mask is None else F.unfold(mask.to(x.dtype), patch, stride=stride) > 0.5
-    inputs = _features(patches, observed, 1).permute(2, 0, 1)  # (L, N, 2D or 3D)
-    means, precision = means.reshape(-1, k, dim), precision.reshape(-1, k, dim)  # (L, K, D)
-    linear, quadratic, constant = _gaussian_terms(means, precision)  # (L, K, D) each
-    if mask is None:
-        weight = torch.cat([linear, quadratic], dim=-1)  # (L, K, 2D)
-        table = torch.baddbmm(constant.sum(-1).unsqueeze(1), inputs, weight.transpose(1, 2))  # (L, N, K)
-    else:
-        weight = torch.cat([linear, quadratic, constant], dim=-1)  # (L, K, 3D)
-        table = torch.bmm(inputs, weight.transpose(1, 2))  # (L, N, K)
-    return table.permute(1, 2, 0).reshape(x.shape[0], k, out_h, out_w)  # (N, K, H', W')
-
-
 class GMM(Layer):
-    """Diagonal Gaussian mixture of ``components`` over every patch vector of its input.
+    """Gaussian mixture of ``components`` over every patch vector of its input.
 
     The layer passes its responsibilities (posterior over components, (N, K, H', W')) upward,
     detached, so that it trains only on its own log-likelihood.
@@ -140,11 +51,12 @@ class GMM(Layer):
     :param bool shared: one mixture for all positions (True) or one per position (False).
     :param options: any other field of :class:`~pyro_dcgmm.config.GMMConfig`.
 
-    Parameters (after :meth:`build`): ``means`` and ``log_precision`` (log of the diagonal
-    precisions, kept inside the configured bounds by :meth:`clamp_precision_`) of shape (K, D) when
-    shared or (H', W', K, D) per position, ``mixing_logits`` of shape (K,) or (H', W', K).  The
-    buffer ``initialised`` records whether the data-dependent initialisation
-    (:mod:`pyro_dcgmm.initialisation`) has run, so a resumed run never initialises again.
+    Parameters (after :meth:`build`): ``means`` of shape (K, D) when shared or (H', W', K, D) per
+    position, ``mixing_logits`` of shape (K,) or (H', W', K), and those of ``covariance`` (the
+    :class:`~pyro_dcgmm.covariances.Covariance` that ``config.covariance`` names, kept inside the
+    precision bounds by :meth:`project_`).  The buffer ``initialised`` records whether the
+    data-dependent initialisation (:mod:`pyro_dcgmm.initialisation`) has run, so a resumed run
+    never initialises again.
     """
 
     config_class = GMMConfig
@@ -183,28 +95,25 @@ class GMM(Layer):
         dim = channels * self.patch[0] * self.patch[1]
         k = self.config.components
         shape = (k, dim) if self.config.shared else (out_h, out_w, k, dim)
-        check_parameter_memory(2 * math.prod(shape) + math.prod(shape[:-1]), f"GMM with K={k} on D={dim}")
+        geometry = Geometry(
+            channels, self.patch, self.stride, k, () if self.config.shared else (out_h, out_w)
+        )
+        self.covariance = make_covariance(self.config.covariance, geometry, self.log_precision_bounds)
+        count = math.prod(shape) + math.prod(shape[:-1]) + self.covariance.parameter_count()
+        check_parameter_memory(count, f"GMM with K={k} {self.config.covariance} components on D={dim}")
         scale = self.config.mean_init_scale
-        self.means = torch.nn.Parameter((2.0 * torch.rand(shape) - 1.0) * scale)
+        self.means = torch.nn.Parameter(
+            self.covariance.project_means((2.0 * torch.rand(shape) - 1.0) * scale)
+        )
         start = min(
             max(self.config.precision_init, self.config.precision_floor), self.config.precision_ceiling
         )
-        self.log_precision = torch.nn.Parameter(torch.full(shape, math.log(start)))
+        self.covariance.build(math.log(start))
         self.mixing_logits = torch.nn.Parameter(torch.zeros(shape[:-1]))
         self.register_buffer("initialised", torch.tensor(self.config.init == "random"))
         self.input_shape = input_shape
         self.output_shape = (k, out_h, out_w)
         return self.output_shape
-
-    @property
-    def precision(self) -> torch.Tensor:
-        """Diagonal precisions (1 / variance), shaped like ``means``."""
-        return self.log_precision.exp()
-
-    @precision.setter
-    def precision(self, value: torch.Tensor) -> None:
-        with torch.no_grad():
-            self.log_precision.copy_(torch.as_tensor(value).log())
 
     @property
     def positions(self) -> int:
@@ -217,15 +126,22 @@ class GMM(Layer):
         """``(log precision_floor, log precision_ceiling)``: where every log-precision must lie."""
         return math.log(self.config.precision_floor), math.log(self.config.precision_ceiling)
 
-    def clamp_precision_(self) -> None:
-        """Project the precisions into ``[precision_floor, precision_ceiling]`` (after a step)."""
-        with torch.no_grad():
-            self.log_precision.clamp_(*self.log_precision_bounds)
+    def project_(self) -> None:
+        """Bring the parameters back inside their constraints after a step: precisions into
+        ``[precision_floor, precision_ceiling]``, and what the covariance structure needs."""
+        self.covariance.project_(self.means)
 
     @property
     def neighbourhood_width(self) -> float:
         """Current width of the annealing neighbourhood (its floor once annealing has finished)."""
         return self.schedule.width
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        """Read checkpoints written before covariance structures (``log_precision`` on the layer)."""
+        old = prefix + "log_precision"
+        if old in state_dict:
+            state_dict[prefix + "covariance.log_precision"] = state_dict.pop(old)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def get_extra_state(self) -> dict:
         return {"schedule": self.schedule.state_dict()}
@@ -262,12 +178,7 @@ class GMM(Layer):
         With a boolean ``mask`` (N, C, H, W) of observed entries, the missing ones are marginalised.
         """
         self._require_built()
-        if self.config.shared:
-            kernel = (self.components, self.input_shape[0], *self.patch)
-            return diagonal_log_prob_shared(
-                x, self.means.view(kernel), self.precision.view(kernel), self.stride, mask
-            )
-        return diagonal_log_prob_per_position(x, self.means, self.precision, self.patch, self.stride, mask)
+        return self.covariance.log_prob_table(x, self.means, mask)
 
     def log_scores(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """``log pi_k + log N(patch | mu_k, p_k)`` of shape (N, K, H', W')."""
@@ -361,8 +272,8 @@ class GMM(Layer):
     ) -> torch.Tensor:
         """The layer's generative Pyro program, without observations: patch vectors for ``n`` samples.
 
-        Sites ``z ~ Categorical(logits)`` (component per position) and ``x ~ Normal(mu_z, sd_z /
-        divisor)`` (the patch vector; a deterministic site holding ``mu_z`` when ``mean``).  Fix the
+        Sites ``z ~ Categorical(logits)`` (component per position) and ``x ~ N(mu_z, Sigma_z /
+        divisor^2)`` (the patch vector; a deterministic site holding ``mu_z`` when ``mean``).  Fix the
         components with ``poutine.condition(gmm.generate, data={"z": ...})``.
 
         :param torch.Tensor component_logits: (n, H', W', K) logits of the component at every
@@ -378,20 +289,21 @@ class GMM(Layer):
             self._position_plate("w", out_w, -1),
         ):
             z = pyro.sample(self.site("z"), dist.Categorical(logits=logits))  # (n, H', W')
-            z = z.expand(n, out_h, out_w)
-            if self.config.shared:
-                loc, precision = self.means[z], self.precision[z]  # (n, H', W', D)
-            else:
-                rows = torch.arange(out_h, device=z.device)[:, None]
-                columns = torch.arange(out_w, device=z.device)
-                loc = Vindex(self.means)[rows, columns, z]  # (n, H', W', D)
-                precision = Vindex(self.precision)[rows, columns, z]
+            select = self._selector(z.expand(n, out_h, out_w))
+            loc = select(self.means)  # (n, H', W', D)
             if mean:
                 x = pyro.deterministic(self.site("x"), loc, event_dim=1)
             else:
-                scale = precision.rsqrt() / divisor
-                x = pyro.sample(self.site("x"), dist.Normal(loc, scale).to_event(1))  # (n, H', W', D)
+                x = pyro.sample(self.site("x"), self.covariance.distribution(loc, select, divisor))
         return x.permute(0, 3, 1, 2)  # (n, D, H', W')
+
+    def _selector(self, z: torch.Tensor):
+        """``select(parameter)``: a per-component parameter (..., K, ...) at components ``z`` (n, H', W')."""
+        if self.config.shared:
+            return lambda parameter: parameter[z]
+        rows = torch.arange(z.shape[1], device=z.device)[:, None]
+        columns = torch.arange(z.shape[2], device=z.device)
+        return lambda parameter: parameter[rows, columns, z]
 
     @property
     def lossless_down(self) -> bool:
@@ -440,6 +352,6 @@ class GMM(Layer):
         """(parameters, learning-rate factor) pairs for the optimiser."""
         return [
             ([self.means], self.config.means_lr_scale),
-            ([self.log_precision], self.config.precision_lr_scale),
+            (list(self.covariance.parameters()), self.config.precision_lr_scale),
             ([self.mixing_logits], self.config.mixing_lr_scale),
         ]

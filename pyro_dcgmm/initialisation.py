@@ -7,8 +7,8 @@ through the layers below as trained so far and calls :func:`initialise`, which s
 
 - ``"kmeans"``: k-means++ seeds (scikit-learn's ``kmeans_plusplus``) refined by Lloyd iterations,
   then every cluster's share of the vectors as its weight, its centre as its mean and its own
-  per-dimension variance (within the precision bounds);
-- ``"data"``: means at randomly chosen input vectors, uniform weights, the inputs' variance.
+  covariance (as the layer's covariance structure fits it, within the precision bounds);
+- ``"data"``: means at randomly chosen input vectors, uniform weights, the inputs' spread.
 
 A per-position layer runs this independently at every position, on the vectors found there.
 :func:`reseed_dead` uses the same inputs to restart components whose weight has collapsed.
@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from sklearn.cluster import kmeans_plusplus
 
-from pyro_dcgmm.gmm import GMM, bounded_log_precision
+from pyro_dcgmm.gmm import GMM
 
 
 def images_needed(gmm: GMM) -> int:
@@ -78,31 +78,28 @@ def kmeans(x: torch.Tensor, k: int, iterations: int, generator: torch.Generator)
     return _assign(x, centres)
 
 
-def _cluster_moments(x: torch.Tensor, onehot: torch.Tensor):
-    """Weights (P, K), means and variances (P, K, D) of the clusters a one-hot (P, M, K) defines.
+def _clusters(onehot: torch.Tensor):
+    """Mixing weights (P, K) and vector weights (P, M, K) of the clusters a one-hot (P, M, K) defines.
 
-    An empty cluster keeps weight for one vector, the mean of all vectors and their variance.
+    An empty cluster counts as one vector and weighs every vector (so it takes their moments).
     """
     counts = onehot.sum(1)  # (P, K)
-    mass = counts.clamp_min(1.0).unsqueeze(-1)  # (P, K, 1)
-    overall_mean = x.mean(1, keepdim=True)  # (P, 1, D)
-    overall_var = x.var(1, unbiased=False, keepdim=True)  # (P, 1, D)
-    means = (onehot.transpose(1, 2) @ x) / mass  # (P, K, D)
-    variances = (onehot.transpose(1, 2) @ (x * x)) / mass - means * means  # (P, K, D)
-    empty = (counts == 0).unsqueeze(-1)
-    means = torch.where(empty, overall_mean, means)
-    variances = torch.where(empty, overall_var, variances)
-    weights = counts.clamp_min(1.0) / counts.clamp_min(1.0).sum(-1, keepdim=True)
-    return weights, means, variances
+    assignment = torch.where((counts == 0).unsqueeze(1), 1.0, onehot)
+    return counts.clamp_min(1.0) / counts.clamp_min(1.0).sum(-1, keepdim=True), assignment
+
+
+def _weighted_means(x: torch.Tensor, assignment: torch.Tensor) -> torch.Tensor:
+    """Means (P, K, D) of vectors (P, M, D) under vector weights (P, M, K)."""
+    return (assignment.transpose(1, 2) @ x) / assignment.sum(1).unsqueeze(-1)
 
 
 def _random_vectors(x: torch.Tensor, k: int, generator: torch.Generator):
-    """Uniform weights (P, K), K random vectors as means and the overall variance, (P, K, D)."""
+    """K random vectors per mixture as means (P, K, D), and the vector weights (P, M, K) and centres
+    (P, K, D) that give every component the spread of all vectors around their mean."""
     p, m, _ = x.shape
     chosen = torch.stack([torch.randperm(m, generator=generator)[:k] for _ in range(p)])  # (P, K)
     means = torch.gather(x, 1, chosen.to(x.device).unsqueeze(-1).expand(-1, -1, x.shape[2]))
-    variances = x.var(1, unbiased=False, keepdim=True).expand_as(means)
-    return torch.full((p, k), 1.0 / k, dtype=x.dtype, device=x.device), means, variances
+    return means, x.new_ones(p, m, k), x.mean(1, keepdim=True).expand_as(means)
 
 
 def initialise(gmm: GMM, inputs: torch.Tensor, generator: torch.Generator) -> None:
@@ -118,15 +115,15 @@ def initialise(gmm: GMM, inputs: torch.Tensor, generator: torch.Generator) -> No
             f"input vectors per mixture, got {x.shape[1]}"
         )
     if config.init == "kmeans":
-        weights, means, variances = _cluster_moments(
-            x, kmeans(x, config.components, config.init_iterations, generator)
-        )
+        weights, assignment = _clusters(kmeans(x, config.components, config.init_iterations, generator))
+        means = centres = _weighted_means(x, assignment)
     else:
-        weights, means, variances = _random_vectors(x, config.components, generator)
-    log_precision = bounded_log_precision(variances, gmm.log_precision_bounds)
+        means, assignment, centres = _random_vectors(x, config.components, generator)
+        weights = x.new_full(means.shape[:2], 1.0 / config.components)
+    values = gmm.covariance.fit(x, assignment, centres)
     with torch.no_grad():
-        gmm.means.copy_(means.reshape(gmm.means.shape))
-        gmm.log_precision.copy_(log_precision.reshape(gmm.log_precision.shape))
+        gmm.means.copy_(gmm.covariance.project_means(means).reshape(gmm.means.shape))
+        gmm.covariance.assign_(values)
         gmm.mixing_logits.copy_(weights.log().reshape(gmm.mixing_logits.shape))
         gmm.initialised.fill_(True)
 
@@ -138,7 +135,7 @@ def dead_components(gmm: GMM) -> torch.Tensor:
 
 
 def reseed_dead(gmm: GMM, inputs: torch.Tensor, generator: torch.Generator) -> int:
-    """Move every dead component to a random input vector, with the inputs' variance and weight 1/K.
+    """Move every dead component to a random input vector, with the inputs' spread and weight 1/K.
 
     :param torch.Tensor inputs: the layer's inputs (N, C, H, W).
     :returns: how many components were re-seeded.
@@ -147,14 +144,12 @@ def reseed_dead(gmm: GMM, inputs: torch.Tensor, generator: torch.Generator) -> i
     if not bool(dead.any()):
         return 0
     x = patch_vectors(gmm, inputs, generator).to(gmm.means.dtype)  # (P, M, D)
-    _, means, variances = _random_vectors(x, gmm.components, generator)  # (P, K, D)
-    log_precision = bounded_log_precision(variances, gmm.log_precision_bounds)
+    means, assignment, centres = _random_vectors(x, gmm.components, generator)  # (P, K, D)
+    values = gmm.covariance.fit(x, assignment, centres)
     with torch.no_grad():
-        shape = (-1, gmm.components, means.shape[-1])
-        old_means, old_log_precision = gmm.means.view(shape), gmm.log_precision.view(shape)
-        mask = dead.unsqueeze(-1)
-        old_means.copy_(torch.where(mask, means, old_means))
-        old_log_precision.copy_(torch.where(mask, log_precision, old_log_precision))
+        old_means = gmm.means.view(-1, gmm.components, means.shape[-1])
+        old_means.copy_(torch.where(dead.unsqueeze(-1), gmm.covariance.project_means(means), old_means))
+        gmm.covariance.assign_(values, where=dead)
         weights = torch.softmax(gmm.mixing_logits, dim=-1).reshape(-1, gmm.components)
         weights = torch.where(dead, 1.0 / gmm.components, weights)
         gmm.mixing_logits.copy_(

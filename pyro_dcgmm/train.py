@@ -218,7 +218,7 @@ def reseed_dead_layers(stack: Stack, images: torch.Tensor, generator, optimizer,
             continue
         count = reseed_dead(gmm, _layer_inputs(stack, images, index, gmm, generator), generator)
         _broadcast_layer(gmm)
-        forget(optimizer, [gmm.means, gmm.log_precision, gmm.mixing_logits])
+        forget(optimizer, list(gmm.parameters()))
         log.write({"event": "reseeded", "layer": index, "components": count})
 
 
@@ -314,7 +314,7 @@ def _finite_update(stack: Stack, optimizer) -> str | None:
     before = [p.detach().clone() for p in parameters]
     optimizer.step()
     for gmm in stack.gmm_layers:
-        gmm.clamp_precision_()
+        gmm.project_()
     if bool(torch.cat([p.detach().flatten() for p in parameters]).isfinite().all()):
         return None
     with torch.no_grad():

@@ -32,7 +32,7 @@ def _stack(shared):
     stack = Stack([Fold(3, 2), gmm], (1, 7, 7)).double()
     with torch.no_grad():
         gmm.means.uniform_(0.0, 1.0)
-        gmm.log_precision.uniform_(0.0, 2.0)
+        gmm.covariance.log_precision.uniform_(0.0, 2.0)
         gmm.mixing_logits.normal_()
     return stack, gmm
 
@@ -42,7 +42,10 @@ def test_full_batch_em_step_with_unit_step_size_is_exact_em(shared):
     stack, gmm = _stack(shared)
     images = torch.rand(40, 1, 7, 7, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
     patches = torch.nn.functional.unfold(images, 3, stride=2)  # (N, D, L)
-    before = [p.detach().clone() for p in (gmm.means, gmm.precision, torch.softmax(gmm.mixing_logits, -1))]
+    before = [
+        p.detach().clone()
+        for p in (gmm.means, gmm.covariance.precision, torch.softmax(gmm.mixing_logits, -1))
+    ]
     optimizer = OnlineEM([gmm], step_offset=1.0, step_decay=0.0)
     elbo = TraceEnum_ELBO(max_plate_nesting=3, strict_enumeration_warning=False)
     config = TrainConfig(device="cpu")
@@ -51,7 +54,7 @@ def test_full_batch_em_step_with_unit_step_size_is_exact_em(shared):
     if shared:
         vectors = patches.transpose(1, 2).reshape(-1, 9)
         expected = hand_written_em_step(vectors, before[0], 1 / before[1], before[2], 0.1, 500.0)
-        got = (gmm.means, 1 / gmm.precision, torch.softmax(gmm.mixing_logits, -1))
+        got = (gmm.means, 1 / gmm.covariance.precision, torch.softmax(gmm.mixing_logits, -1))
         for e, g in zip(expected, got, strict=True):
             torch.testing.assert_close(g, e)
         return
@@ -60,7 +63,11 @@ def test_full_batch_em_step_with_unit_step_size_is_exact_em(shared):
         expected = hand_written_em_step(
             patches[:, :, position], before[0][h, w], 1 / before[1][h, w], before[2][h, w], 0.1, 500.0
         )
-        got = (gmm.means[h, w], 1 / gmm.precision[h, w], torch.softmax(gmm.mixing_logits[h, w], -1))
+        got = (
+            gmm.means[h, w],
+            1 / gmm.covariance.precision[h, w],
+            torch.softmax(gmm.mixing_logits[h, w], -1),
+        )
         for e, g in zip(expected, got, strict=True):
             torch.testing.assert_close(g, e)
 

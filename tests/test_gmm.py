@@ -22,7 +22,7 @@ def patches_of(x, patch, stride):
 
 def reference_table(gmm, patches):
     """log N(patch | mu_k, prec_k) (N, K, H', W') through torch.distributions.Normal."""
-    means, precision = gmm.means.detach(), gmm.precision.detach()
+    means, precision = gmm.means.detach(), gmm.covariance.precision.detach()
     scale = precision.rsqrt()
     if gmm.config.shared:
         value = Normal(means, scale).log_prob(patches[..., None, :]).sum(-1)  # (N, H', W', K)
@@ -39,7 +39,9 @@ def test_table_equals_normal_log_prob(shared, patch, stride):
     gmm = stack.layers[1]
     with torch.no_grad():
         gmm.means.uniform_(-0.2, 1.2)
-        gmm.precision = torch.rand(gmm.means.shape, dtype=torch.float64) * 15 + 0.5
+        gmm.covariance.log_precision.copy_(
+            (torch.rand(gmm.means.shape, dtype=torch.float64) * 15 + 0.5).log()
+        )
     table = gmm.log_prob_table(x)
     expected = reference_table(gmm, patches_of(x, patch, stride))
     assert table.shape == expected.shape
@@ -79,13 +81,13 @@ def test_precision_stays_within_bounds():
     gmm = GMM(4, precision_floor=0.5, precision_ceiling=3.0, precision_init=1.0)
     gmm.build((1, 4, 4))
     with torch.no_grad():
-        gmm.log_precision.fill_(1e6)
-    gmm.clamp_precision_()
-    assert float(gmm.precision.detach().max()) <= 3.0 * (1 + 1e-6)
+        gmm.covariance.log_precision.fill_(1e6)
+    gmm.project_()
+    assert float(gmm.covariance.precision.detach().max()) <= 3.0 * (1 + 1e-6)
     with torch.no_grad():
-        gmm.log_precision.fill_(-1e6)
-    gmm.clamp_precision_()
-    assert float(gmm.precision.detach().min()) >= 0.5 * (1 - 1e-6)
+        gmm.covariance.log_precision.fill_(-1e6)
+    gmm.project_()
+    assert float(gmm.covariance.precision.detach().min()) >= 0.5 * (1 - 1e-6)
     assert math.isfinite(gmm.log_prob(torch.rand(2, 1, 4, 4)).sum().item())
 
 

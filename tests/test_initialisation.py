@@ -33,10 +33,10 @@ def test_initialisation_uses_real_inputs(rule):
     if rule == "kmeans":  # every centre found, with its weight and its own small variance
         assert distance.min(0).values.max() < 0.01
         torch.testing.assert_close(torch.softmax(gmm.mixing_logits, -1), torch.full((3,), 1 / 3))
-        assert float(gmm.precision.detach().min()) > 1000.0  # sd 0.02: precision about 2,500
+        assert float(gmm.covariance.precision.detach().min()) > 1000.0  # sd 0.02: precision about 2,500
     else:  # means at data points, the data's overall variance
         assert distance.min(1).values.max() < 0.1
-        assert float(gmm.precision.detach().max()) < 100.0
+        assert float(gmm.covariance.precision.detach().max()) < 100.0
 
 
 def test_per_position_layer_is_initialised_at_every_position():

@@ -57,14 +57,16 @@ def test_flat_stack_samples_match_mixture_moments():
     weights = torch.tensor([0.5, 0.3, 0.2], dtype=torch.float64)
     with torch.no_grad():
         gmm.means.copy_(means)
-        gmm.precision = torch.full((3, 4), 10.0, dtype=torch.float64)  # sd 0.32: about 10% of draws clip
+        gmm.covariance.log_precision.copy_(
+            (torch.full((3, 4), 10.0, dtype=torch.float64)).log()
+        )  # sd 0.32: about 10% of draws clip
         gmm.mixing_logits.copy_(weights.log())
     n = 40000
     torch.manual_seed(0)
     samples = stack.sample(n, options=SamplingOptions(top_s=3)).view(n, 4)
     # Exact moments of the mixture clipped to [0, 1], by numerical integration of each component.
     grid = torch.linspace(-3.0, 4.0, 20001, dtype=torch.float64)
-    sd = gmm.precision.detach().rsqrt()
+    sd = gmm.covariance.precision.detach().rsqrt()
     density = Normal(means[..., None], sd[..., None]).log_prob(grid).exp()  # (3, 4, G)
     clipped = grid.clamp(0.0, 1.0)
     step = grid[1] - grid[0]
@@ -95,7 +97,9 @@ def test_masked_log_likelihood_equals_brute_force_marginal():
         with torch.no_grad():
             gmm.means.uniform_(0, 1)
             gmm.mixing_logits.normal_()
-            gmm.precision = torch.rand(gmm.means.shape, dtype=torch.float64) * 10 + 1
+            gmm.covariance.log_precision.copy_(
+                (torch.rand(gmm.means.shape, dtype=torch.float64) * 10 + 1).log()
+            )
         x = torch.rand(4, 2, 3, 3, dtype=torch.float64)
         mask = torch.rand(4, 2, 3, 3) > 0.4
         mask[0] = False  # an image with nothing observed
@@ -108,7 +112,11 @@ def test_masked_log_likelihood_equals_brute_force_marginal():
                     patch = x[n, :, h : h + 2, w : w + 2].reshape(-1)
                     seen = mask[n, :, h : h + 2, w : w + 2].reshape(-1)
                     means = gmm.means.detach() if shared else gmm.means.detach()[h, w]
-                    precision = gmm.precision.detach() if shared else gmm.precision.detach()[h, w]
+                    precision = (
+                        gmm.covariance.precision.detach()
+                        if shared
+                        else gmm.covariance.precision.detach()[h, w]
+                    )
                     log_n = Normal(means[:, seen], precision[:, seen].rsqrt()).log_prob(patch[seen]).sum(-1)
                     pi = log_pi if shared else log_pi[h, w]
                     expected[n] += (pi + log_n).logsumexp(-1)

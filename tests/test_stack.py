@@ -74,7 +74,7 @@ def test_gradients_stay_within_each_layer(images64):
             inputs.append((layer, h))
         h = layer.transform(h).detach()
     for layer, layer_input in inputs:
-        params = [layer.means, layer.log_precision, layer.mixing_logits]
+        params = [layer.means, layer.covariance.log_precision, layer.mixing_logits]
         own = TraceEnum_ELBO(max_plate_nesting=3).differentiable_loss(layer, lambda x: None, layer_input)
         others = [g for g in stack.gmm_layers if g is not layer]
         other_params = [p for g in others for p in g.parameters()]
@@ -173,7 +173,7 @@ def test_param_sites_are_visible_to_pyro(images64):
     stack = three_layer_stack()
     trace = poutine.trace(stack.model).get_trace(images64)
     params = {name for name, site in trace.nodes.items() if site["type"] == "param"}
-    assert {"layers.1.means", "layers.1.log_precision", "layers.1.mixing_logits"} <= params
+    assert {"layers.1.means", "layers.1.covariance.log_precision", "layers.1.mixing_logits"} <= params
 
 
 @pytest.mark.parametrize(

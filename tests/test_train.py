@@ -163,7 +163,7 @@ def test_skip_policy_keeps_last_good_parameters(tmp_path, digits):
         calls.append(1)
         return grad * float("nan") if len(calls) == 3 else grad
 
-    stack.layers[1].log_precision.register_hook(poison_third_gradient)
+    stack.layers[1].covariance.log_precision.register_hook(poison_third_gradient)
     config = quick(epochs=1, non_finite="skip", log_every=1)
     with pytest.warns(TrainingWarning, match="1 step was skipped for non-finite values"):
         train(stack, images, None, config=config, out_dir=tmp_path)
