@@ -169,8 +169,11 @@ class GMMConfig(Checked):
     :param init_vectors: input vectors the initialisation looks at (per position when not shared).
     :param init_iterations: Lloyd iterations of the k-means initialisation.
     :param dead_weight: at the end of every epoch a component whose mixing weight is below this
-        (in any of the layer's mixtures) is re-seeded at a random input vector with the inputs'
-        variance and weight ``1 / K``; 0 switches re-seeding off.
+        (in any of the layer's mixtures) is re-seeded or pruned, as ``dead_components`` says; 0
+        switches both off.
+    :param dead_components: ``"reseed"``: a dead component restarts at a random input vector with
+        the inputs' spread and weight ``1 / K``; ``"prune"``: it is removed for good (weight zero,
+        output zero), the mixture's heaviest component never.
     :param precision_init: initial value of every precision with ``init = "random"``.
     :param mean_init_scale: with ``init = "random"``, means start uniform in ``[-scale, scale]``
         (the paper's ``muInit``).
@@ -181,8 +184,11 @@ class GMMConfig(Checked):
     :param plateau_window: iterations per plateau test.
     :param plateau_tolerance: relative improvement below which the loss counts as a plateau.
     :param wait: fraction of training during which this layer stays frozen.
-    :param output: what the layer passes upward: ``"responsibilities"`` (the paper's) or
-        ``"log_responsibilities"`` (floored, standardised over components at every position).
+    :param output: what the layer passes upward at every position: ``"responsibilities"`` (the
+        paper's posterior over components), ``"log_responsibilities"`` (its log, floored,
+        standardised over the components), ``"log_probabilities"`` (the components'
+        log-densities ``log N(x | c)``, standardised over the components) or ``"likelihoods"``
+        (the normalised likelihood vector ``N(x | c) / sum_c' N(x | c')``).
     :param means_lr_scale, precision_lr_scale, mixing_lr_scale: per-parameter learning-rate factors.
     """
 
@@ -198,6 +204,7 @@ class GMMConfig(Checked):
     init_vectors: int = bounded(5000, ge=1)
     init_iterations: int = bounded(20, ge=0)
     dead_weight: float = bounded(1e-4, ge=0, lt=1)
+    dead_components: Literal["reseed", "prune"] = "reseed"
     precision_init: float = bounded(10.0, gt=0)
     mean_init_scale: float = bounded(0.1, ge=0)
     annealing: bool = False
@@ -207,7 +214,9 @@ class GMMConfig(Checked):
     plateau_window: int = bounded(100, ge=1)
     plateau_tolerance: float = bounded(0.05, ge=0)
     wait: float = bounded(0.0, ge=0, lt=1)
-    output: Literal["responsibilities", "log_responsibilities"] = "responsibilities"
+    output: Literal["responsibilities", "log_responsibilities", "log_probabilities", "likelihoods"] = (
+        "responsibilities"
+    )
     means_lr_scale: float = bounded(1.0, ge=0)
     precision_lr_scale: float = bounded(1.0, ge=0)
     mixing_lr_scale: float = bounded(1.0, ge=0)
@@ -330,7 +339,10 @@ class TrainConfig(Checked):
 class DataConfig(Checked):
     """Which data set to train on.
 
-    :param dataset: ``"digits"`` (scikit-learn, 8x8, embedded), ``"fashion-mnist"`` or ``"mnist"``.
+    :param dataset: ``"digits"`` (scikit-learn, 8x8, embedded), ``"fashion-mnist"``, ``"mnist"`` or
+        ``"natural-patches"`` (zero-meaned grey patches of scikit-learn's sample photographs, split
+        by image region; :mod:`pyro_dcgmm.patches`).
+    :param patch_size: side of the natural-image patches.
     :param root: folder with IDX files (``None``: the data set's default location).
     :param download: allow downloading MNIST into ``root`` when the files are missing.
     :param classes: keep only these labels (``None``: all).
@@ -341,7 +353,8 @@ class DataConfig(Checked):
     """
 
     section = "data"
-    dataset: Literal["digits", "fashion-mnist", "mnist"] = "digits"
+    dataset: Literal["digits", "fashion-mnist", "mnist", "natural-patches"] = "digits"
+    patch_size: int = bounded(16, ge=2)
     root: str | None = None
     download: bool = False
     classes: tuple[int, ...] | None = None

@@ -1,4 +1,4 @@
-"""Data sets: an IDX reader, scikit-learn's digits, Fashion-MNIST and MNIST.
+"""Data sets: an IDX reader, scikit-learn's digits, Fashion-MNIST, MNIST and natural-image patches.
 
 Every loader returns a :class:`Dataset` with images as float32 tensors (N, 1, H, W) in [0, 1] and
 labels as int64 tensors (N,).
@@ -21,6 +21,7 @@ import torch
 from pyro_dcgmm.config import DataConfig
 from pyro_dcgmm.errors import DataError
 from pyro_dcgmm.files import atomic_write
+from pyro_dcgmm.patches import natural_patches
 
 FASHION_MNIST_ROOT = Path("/usr/share/datasets/fashion-mnist")
 FASHION_MNIST_CLASSES = (
@@ -163,6 +164,14 @@ def load_digits(test_fraction: float = 0.2, seed: int = 0) -> Dataset:
     )
 
 
+def load_natural_patches(size: int = 16, train: int = 200_000, test: int = 20_000, seed: int = 0) -> Dataset:
+    """Natural-image patches (:mod:`pyro_dcgmm.patches`): ``train`` and ``test`` zero-meaned grey
+    patches (N, 1, size, size), values in about [-1, 1], from disjoint regions of scikit-learn's
+    sample photographs; labels say which photograph."""
+    *splits, names = natural_patches(size, train, test, seed=seed)
+    return Dataset(f"natural-patches-{size}", *splits, levels=256, class_names=names)
+
+
 def load_fashion_mnist(root: str | Path | None = None) -> Dataset:
     """Fashion-MNIST from the IDX files of Debian's ``dataset-fashion-mnist`` (or ``root``)."""
     root = Path(root) if root is not None else FASHION_MNIST_ROOT
@@ -282,6 +291,8 @@ def load_dataset(config: DataConfig, seed: int = 0) -> Dataset:
         dataset = load_digits()
     elif config.dataset == "fashion-mnist":
         dataset = load_fashion_mnist(config.root)
+    elif config.dataset == "natural-patches":
+        dataset = load_natural_patches(config.patch_size, seed=seed)
     else:
         dataset = load_mnist(config.root, download=config.download)
     if config.classes is not None:

@@ -39,6 +39,17 @@ from pyro_dcgmm.layer import (
 from pyro_dcgmm.sampling import ComponentLikelihood
 
 RESPONSIBILITY_FLOOR = 1e-4  # log-responsibilities below log(1e-4) carry no information upward
+PRUNED_LOGIT = -1e4  # a pruned component's mixing logit: weight exp(-1e4) = 0, no NaN from -inf - -inf
+
+
+def standardise(values: torch.Tensor, active: torch.Tensor) -> torch.Tensor:
+    """``values`` (N, K, H', W') centred and scaled over the active components at every position;
+    inactive components give zero."""
+    count = active.sum(1, keepdim=True).clamp_min(1)
+    values = values.masked_fill(~active, 0.0)
+    centred = (values - values.sum(1, keepdim=True) / count).masked_fill(~active, 0.0)
+    spread = (centred.square().sum(1, keepdim=True) / count).sqrt().clamp_min(1e-6)
+    return centred / spread
 
 
 class GMM(Layer):
@@ -111,6 +122,7 @@ class GMM(Layer):
         self.covariance.build(math.log(start))
         self.mixing_logits = torch.nn.Parameter(torch.zeros(shape[:-1]))
         self.register_buffer("initialised", torch.tensor(self.config.init == "random"))
+        self.register_buffer("active", torch.ones(shape[:-1], dtype=torch.bool))
         self.input_shape = input_shape
         self.output_shape = (k, out_h, out_w)
         return self.output_shape
@@ -137,10 +149,12 @@ class GMM(Layer):
         return self.schedule.width
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        """Read checkpoints written before covariance structures (``log_precision`` on the layer)."""
+        """Read checkpoints written before covariance structures and pruning (``log_precision`` on
+        the layer, no ``active``)."""
         old = prefix + "log_precision"
         if old in state_dict:
             state_dict[prefix + "covariance.log_precision"] = state_dict.pop(old)
+            state_dict.setdefault(prefix + "active", torch.ones_like(self.active))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def get_extra_state(self) -> dict:
@@ -169,8 +183,8 @@ class GMM(Layer):
         return cached[1]
 
     def log_mixing(self) -> torch.Tensor:
-        """Log mixing weights, (K,) or (H', W', K)."""
-        return torch.log_softmax(self.mixing_logits, dim=-1)
+        """Log mixing weights, (K,) or (H', W', K); pruned components have weight zero."""
+        return torch.log_softmax(self.mixing_logits.masked_fill(~self.active, PRUNED_LOGIT), dim=-1)
 
     def log_prob_table(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """Component log-densities ``log N(patch | mu_k, p_k)`` of shape (N, K, H', W').
@@ -182,28 +196,39 @@ class GMM(Layer):
 
     def log_scores(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """``log pi_k + log N(patch | mu_k, p_k)`` of shape (N, K, H', W')."""
-        log_mixing = self.log_mixing()
-        shared = self.config.shared
-        log_mixing = log_mixing[:, None, None] if shared else log_mixing.permute(2, 0, 1)  # (K, 1|H', 1|W')
-        return self.log_prob_table(x, mask) + log_mixing  # (N, K, H', W')
+        return self.log_prob_table(x, mask) + self._component_map(self.log_mixing())  # (N, K, H', W')
 
     def output(self, scores: torch.Tensor) -> torch.Tensor:
         """What the layer passes upward, from its log-scores (N, K, H', W'), by ``config.output``.
 
-        ``"responsibilities"``: the posterior ``r = softmax_k(scores)``.  ``"log_responsibilities"``:
-        ``log max(r, RESPONSIBILITY_FLOOR)`` standardised over the K components at every position,
-        which keeps the runner-up components that near one-hot responsibilities hide.
+        ``"responsibilities"``: ``r = softmax_k(scores)``.  ``"likelihoods"``: ``softmax_k`` of the
+        log-densities.  ``"log_responsibilities"``: ``log max(r, RESPONSIBILITY_FLOOR)`` and
+        ``"log_probabilities"``: the log-densities, each standardised over the active components at
+        every position (which keeps the runner-up components that near one-hot responsibilities
+        hide).  Pruned components pass zero.
         """
-        if self.config.output == "responsibilities":
+        kind = self.config.output
+        active = self._component_map(self.active)  # (1, K, 1 | H', 1 | W')
+        if kind == "responsibilities":
             return torch.softmax(scores, dim=1)
-        log_r = torch.log_softmax(scores, dim=1).clamp_min(math.log(RESPONSIBILITY_FLOOR))
-        centred = log_r - log_r.mean(1, keepdim=True)
-        return centred / centred.square().mean(1, keepdim=True).sqrt().clamp_min(1e-6)
+        log_densities = scores - self._component_map(self.log_mixing())
+        if kind == "likelihoods":
+            return torch.softmax(log_densities.masked_fill(~active, PRUNED_LOGIT), dim=1)
+        if kind == "log_responsibilities":
+            values = torch.log_softmax(scores, dim=1).clamp_min(math.log(RESPONSIBILITY_FLOOR))
+        else:
+            values = log_densities
+        return standardise(values, active)
+
+    def _component_map(self, values: torch.Tensor) -> torch.Tensor:
+        """Per-component ``values`` (K,) or (H', W', K) laid out like a table: (1, K, 1 | H', 1 | W')."""
+        shaped = values[:, None, None] if self.config.shared else values.permute(2, 0, 1)
+        return shaped.unsqueeze(0)
 
     @property
     def output_range(self) -> tuple[float, float]:
         """The interval :meth:`output` values lie in."""
-        if self.config.output == "responsibilities":
+        if self.config.output in ("responsibilities", "likelihoods"):
             return (0.0, 1.0)
         bound = math.sqrt(self.components - 1.0) if self.components > 1 else 0.0
         return (-bound, bound)

@@ -129,9 +129,18 @@ def initialise(gmm: GMM, inputs: torch.Tensor, generator: torch.Generator) -> No
 
 
 def dead_components(gmm: GMM) -> torch.Tensor:
-    """Boolean (P, K): components whose mixing weight is below ``dead_weight``, per mixture."""
-    weights = torch.softmax(gmm.mixing_logits.detach(), dim=-1).reshape(-1, gmm.components)
-    return weights < gmm.config.dead_weight
+    """Boolean (P, K): active components whose mixing weight is below ``dead_weight``, per mixture."""
+    weights = gmm.log_mixing().detach().exp().reshape(-1, gmm.components)
+    return (weights < gmm.config.dead_weight) & gmm.active.reshape(-1, gmm.components)
+
+
+def prune_dead(gmm: GMM) -> int:
+    """Remove every dead component but each mixture's heaviest; returns how many were removed."""
+    dead = dead_components(gmm)  # (P, K)
+    heaviest = F.one_hot(gmm.log_mixing().detach().reshape(-1, gmm.components).argmax(-1), gmm.components)
+    dead &= ~heaviest.bool()
+    gmm.active.view(-1, gmm.components)[dead] = False
+    return int(dead.sum())
 
 
 def reseed_dead(gmm: GMM, inputs: torch.Tensor, generator: torch.Generator) -> int:

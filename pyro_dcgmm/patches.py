@@ -79,21 +79,14 @@ def textured_patches(images, blocks, count: int, size: int, generator: torch.Gen
     return torch.cat(kept)[:count].float(), torch.cat(labels)[:count], torch.cat(where)[:count]
 
 
-def load_natural_patches(
-    size: int = 16, train: int = 200_000, test: int = 20_000, test_fraction: float = 0.2, seed: int = 0
-):
-    """Natural-image patches of ``size`` x ``size`` as a :class:`~pyro_dcgmm.data.Dataset`: images
-    (N, 1, size, size), zero-meaned (values in about [-1, 1]); labels say which photograph."""
-    from pyro_dcgmm.data import Dataset
-
+def natural_patches(size: int, train: int, test: int, test_fraction: float = 0.2, seed: int = 0):
+    """``(train_patches, train_labels, test_patches, test_labels, names)``: zero-meaned grey patches
+    (N, 1, size, size) from training and test regions, labelled by photograph (``names``)."""
     images, names = grey_sample_images()
     generator = torch.Generator().manual_seed(seed)
     block = BLOCKS_PER_SIDE * size
-    train_blocks, test_blocks = split_blocks(
-        [image.shape for image in images], block, test_fraction, generator
-    )
+    shapes = [image.shape for image in images]
+    train_blocks, test_blocks = split_blocks(shapes, block, test_fraction, generator)
     train_patches, train_labels, _ = textured_patches(images, train_blocks, train, size, generator)
     test_patches, test_labels, _ = textured_patches(images, test_blocks, test, size, generator)
-    return Dataset(
-        f"natural-patches-{size}", train_patches, train_labels, test_patches, test_labels, 256, names
-    )
+    return train_patches, train_labels, test_patches, test_labels, names

@@ -52,7 +52,7 @@ from pyro_dcgmm.errors import (
     TrainingInterrupted,
     TrainingWarning,
 )
-from pyro_dcgmm.initialisation import dead_components, images_needed, initialise, reseed_dead
+from pyro_dcgmm.initialisation import dead_components, images_needed, initialise, prune_dead, reseed_dead
 from pyro_dcgmm.optim import forget, make_optimizer
 from pyro_dcgmm.run_folder import CHECKPOINT_NAME, LOG_NAME, Checkpointer, JsonLog, claim_run_folder
 from pyro_dcgmm.stack import MAX_PLATE_NESTING, Stack
@@ -209,17 +209,22 @@ def _broadcast_layer(gmm) -> None:
 
 
 def reseed_dead_layers(stack: Stack, images: torch.Tensor, generator, optimizer, log) -> None:
-    """Re-seed the dead components of every trained GMM layer (see ``GMMConfig.dead_weight``).
+    """Re-seed or prune the dead components of every trained GMM layer (``GMMConfig.dead_weight``
+    and ``dead_components``).
 
     The optimiser forgets what it kept about a re-seeded layer (online EM's running statistics).
     """
     for index, gmm in zip(stack.gmm_indices, stack.gmm_layers, strict=True):
         if not bool(gmm.initialised) or not bool(dead_components(gmm).any()):
             continue
-        count = reseed_dead(gmm, _layer_inputs(stack, images, index, gmm, generator), generator)
+        if gmm.config.dead_components == "prune":
+            count, event = prune_dead(gmm), "pruned"
+        else:
+            count = reseed_dead(gmm, _layer_inputs(stack, images, index, gmm, generator), generator)
+            event = "reseeded"
+            forget(optimizer, list(gmm.parameters()))
         _broadcast_layer(gmm)
-        forget(optimizer, list(gmm.parameters()))
-        log.write({"event": "reseeded", "layer": index, "components": count})
+        log.write({"event": event, "layer": index, "components": count})
 
 
 def _local_loss(stack, elbo, batch, batch_labels, num_data: int, enumerated: bool):

@@ -105,3 +105,60 @@ def test_precision_stays_within_bounds():
 def test_invalid_gmm_options_raise(options):
     with pytest.raises(ArchitectureError):
         GMM(**{"components": 4, **options})
+
+
+@pytest.mark.parametrize("shared", [True, False])
+def test_outputs_are_the_posterior_likelihoods_or_standardised_logs(shared):
+    x = torch.rand(4, 1, 6, 6, dtype=torch.float64)
+    outputs = {}
+    for output in ("responsibilities", "likelihoods", "log_responsibilities", "log_probabilities"):
+        torch.manual_seed(0)
+        stack = Stack([Fold(3, 1), GMM(5, shared=shared, output=output)], (1, 6, 6)).double()
+        with torch.no_grad():
+            stack.layers[1].mixing_logits.normal_()
+        outputs[output] = stack.layers[1].transform(x)
+        gmm = stack.layers[1]
+    log_n = gmm.log_prob_table(x)
+    torch.testing.assert_close(outputs["likelihoods"], torch.softmax(log_n, 1))
+    centred = log_n - log_n.mean(1, keepdim=True)
+    torch.testing.assert_close(
+        outputs["log_probabilities"], centred / centred.square().mean(1, keepdim=True).sqrt()
+    )
+    torch.testing.assert_close(outputs["responsibilities"], torch.softmax(gmm.log_scores(x), 1))
+
+
+def test_pruned_components_have_no_weight_and_pass_zero():
+    from pyro_dcgmm.initialisation import prune_dead
+
+    torch.manual_seed(0)
+    stack = Stack(
+        [Fold(3, 1), GMM(4, output="log_probabilities", dead_weight=0.1, dead_components="prune")], (1, 6, 6)
+    )
+    gmm = stack.layers[1]
+    with torch.no_grad():
+        gmm.mixing_logits.copy_(torch.tensor([0.01, 0.01, 0.48, 0.5]).log())
+    assert prune_dead(gmm) == 2 and gmm.active.tolist() == [False, False, True, True]
+    x = torch.rand(3, 1, 6, 6)
+    assert float(gmm.log_mixing().detach()[:2].exp().max()) == 0.0
+    assert float(gmm.transform(x).detach()[:, :2].abs().max()) == 0.0
+    torch.testing.assert_close(
+        gmm.log_prob(x),
+        (gmm.log_prob_table(x)[:, 2:] + gmm.log_mixing()[2:, None, None]).logsumexp(1).sum((1, 2)),
+    )
+    with torch.no_grad():
+        gmm.mixing_logits.copy_(torch.tensor([0.0, 0.0, 0.001, 1.0]).log())
+    assert prune_dead(gmm) == 1 and gmm.active.tolist() == [False, False, False, True]
+    assert prune_dead(gmm) == 0  # the heaviest component is never pruned
+
+
+def test_checkpoints_from_before_covariance_structures_load():
+    torch.manual_seed(0)
+    stack = Stack([Fold(3, 1), GMM(4)], (1, 6, 6))
+    state = stack.state_dict()
+    old = {k.replace("covariance.", ""): v for k, v in state.items() if not k.endswith("active")}
+    assert "layers.1.log_precision" in old
+    fresh = Stack([Fold(3, 1), GMM(4)], (1, 6, 6))
+    fresh.load_state_dict(old)
+    torch.testing.assert_close(
+        fresh.layers[1].covariance.log_precision, stack.layers[1].covariance.log_precision
+    )
