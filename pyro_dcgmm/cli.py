@@ -10,10 +10,11 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import typing
 from collections.abc import Callable
 from pathlib import Path
 
-from pyro_dcgmm.config import TrainConfig
+from pyro_dcgmm.config import DataConfig, TrainConfig
 from pyro_dcgmm.errors import ArchitectureError, CheckpointError, ConfigError, DataError, NonFiniteLossError
 
 USER_ERRORS = (ConfigError, ArchitectureError, DataError, CheckpointError, NonFiniteLossError)
@@ -24,9 +25,10 @@ COMMANDS = {
     "evaluate": "outlier detection, clustering and density against flat GMMs",
     "bench": "throughput of training and scoring per preset, batch size and path",
     "inspect": "what a checkpoint holds: architecture, training progress, last results",
+    "views": "per-component views of GMM layers: mean, precision map or spectrum, top inputs",
 }
 
-DATASETS = ("digits", "fashion-mnist", "mnist")
+DATASETS = typing.get_args(typing.get_type_hints(DataConfig)["dataset"])
 DEVICES = ("auto", "cpu", "cuda")
 OPTIMIZERS = ("em", "adam", "sgd")
 
@@ -50,8 +52,14 @@ def make_parser(doc: str, parser_class=argparse.ArgumentParser, **options) -> ar
 
 
 def add_data_flags(parser: argparse.ArgumentParser, default: str | None = "digits") -> None:
-    """``--dataset`` and ``--root``."""
+    """``--dataset``, ``--patch-size`` and ``--root``."""
     parser.add_argument("--dataset", default=default, choices=DATASETS, help="data set")
+    parser.add_argument(
+        "--patch-size",
+        type=int,
+        default=None if default is None else DataConfig().patch_size,
+        help="side of the natural-image patches (--dataset natural-patches)",
+    )
     parser.add_argument("--root", help="folder with the data set's IDX files (none: its usual place)")
 
 

@@ -126,3 +126,43 @@ def save_image_grid(images, path: str | Path, columns: int, title: str = "", row
         axis.set_yticks([])
     axis.set_title(title)
     figure.savefig(path, dpi=120, bbox_inches="tight")  # room for long row labels and titles
+
+
+def _as_picture(values: np.ndarray) -> np.ndarray:
+    """(C, h, w) as something to show: the image for 1 channel, else a (h w, C) map of all channels."""
+    return values[0] if values.shape[0] == 1 else values.reshape(values.shape[0], -1).T
+
+
+def _show(axis, picture: np.ndarray, cmap: str, symmetric: bool = False) -> None:
+    bound = float(np.nanmax(np.abs(picture))) or 1.0
+    limits = {"vmin": -bound, "vmax": bound} if symmetric else {}
+    axis.imshow(picture, cmap=cmap, interpolation="nearest", **limits)
+    axis.set_xticks([])
+    axis.set_yticks([])
+
+
+def plot_component_views(views, path: str | Path, title: str, spectrum: bool, max_rows: int = 32) -> None:
+    """One row per component (heaviest first, at most ``max_rows``): its mean, its precision map
+    (``spectrum``: the filter's power spectrum, zero frequency centred, log scale) and its
+    top-posterior inputs, left to right from the highest posterior."""
+    views = views[:max_rows]
+    top = max(len(view.examples) for view in views)
+    figure = Figure(figsize=(1.0 * (top + 2) + 1.6, 0.95 * len(views) + 1.2))
+    axes = figure.subplots(len(views), top + 2, squeeze=False)
+    for row, view in zip(axes, views, strict=True):
+        _show(row[0], _as_picture(view.mean), "gray", symmetric=True)
+        precision = np.fft.fftshift(view.precision_map, axes=(-2, -1)) if spectrum else view.precision_map
+        _show(row[1], np.log10(_as_picture(precision)), "viridis")
+        for axis, example in zip(row[2:], view.examples, strict=False):
+            _show(axis, _as_picture(example), "gray", symmetric=bool(example.min() < 0))
+        for axis in row[2 + len(view.examples) :]:
+            axis.set_axis_off()
+        state = "" if view.active else " (pruned)"
+        row[0].set_ylabel(f"#{view.index}\nw={view.weight:.3f}{state}", rotation=0, ha="right", va="center")
+    axes[0][0].set_title("mean")
+    axes[0][1].set_title("power spectrum\n(log10)" if spectrum else "precision\n(log10)")
+    for j in range(top):
+        axes[0][2 + j].set_title(f"top {j + 1}")
+    figure.suptitle(title)
+    figure.tight_layout()
+    figure.savefig(path, dpi=90, bbox_inches="tight")

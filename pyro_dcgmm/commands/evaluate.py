@@ -6,6 +6,7 @@ describes it.  Examples::
     pyro-dcgmm evaluate outliers --dataset fashion-mnist --heldout all --epochs 10 --out runs/o
     pyro-dcgmm evaluate cluster --dataset fashion-mnist --preset E --epochs 10 --out runs/c
     pyro-dcgmm evaluate density --dataset fashion-mnist --epochs 10 --out runs/d
+    pyro-dcgmm evaluate covariances --dataset natural-patches --patch-size 8 --components 24 --out runs/s
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import platform
 import time
 from pathlib import Path
@@ -28,7 +30,7 @@ from sklearn.metrics import RocCurveDisplay
 from sklearn.mixture import GaussianMixture
 
 from pyro_dcgmm import DCGMM, presets
-from pyro_dcgmm.cli import add_data_flags, add_device_flag, add_training_flags, make_parser
+from pyro_dcgmm.cli import add_data_flags, add_device_flag, add_training_flags, format_table, make_parser
 from pyro_dcgmm.config import DataConfig, FoldConfig, GMMConfig
 from pyro_dcgmm.data import load_dataset, split_validation
 from pyro_dcgmm.errors import DataError
@@ -55,6 +57,12 @@ Reports ACC (Hungarian matching), purity, NMI and ARI beside k-means and a diago
 Only configurations that are densities over pixels are scored in bits/dim: one full-image GMM and
 one GMM of non-overlapping patches.  Overlapping stacks score every pixel several times and model
 responsibilities above the first layer, so they report per-layer log-likelihoods instead.""",
+    "covariances": """Covariance structures: diag, full and stationary GMMs over whole inputs at equal K.
+
+Each is one GMM layer over the whole input (an image, or a natural-image patch), trained by online
+EM; beside them scikit-learn's GaussianMixture with diagonal and full covariances (reg_covar = the
+inverse precision ceiling).  Reports held-out bits/dim (image data dequantised; natural patches are
+continuous grey values, scored with the same 8-bit offset) and training seconds.""",
 }
 
 
@@ -67,7 +75,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         add_training_flags(command, epochs=10)
         add_device_flag(command)
         command.add_argument("--train-limit", type=int, help="train on a random subset of this many images")
-        if name != "density":  # the density models are fixed: one full-image GMM, one of patches
+        if name not in ("density", "covariances"):  # fixed models: GMMs over whole inputs or patches
             command.add_argument(
                 "--preset",
                 choices=presets.names(),
@@ -86,6 +94,10 @@ def parse_args(argv=None) -> argparse.Namespace:
             command.add_argument("--flat-components", type=int, default=25, help="K of the flat GMM")
         if name == "cluster":
             command.add_argument("--top-components", type=int, default=10, help="K of the top GMM layer")
+        if name == "covariances":
+            command.add_argument("--components", type=int, default=32, help="K of every model")
+            command.add_argument("--precision-ceiling", type=float, default=1e4, help="largest precision")
+            command.add_argument("--sklearn-iterations", type=int, default=100, help="EM iterations")
         if name == "density":
             command.add_argument("--components", type=int, default=25, help="K of each density model")
             command.add_argument("--patch", type=int, default=4, help="patch of the non-overlapping model")
@@ -100,7 +112,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def load(args):
-    config = DataConfig(dataset=args.dataset, root=args.root, train_limit=args.train_limit)
+    config = DataConfig(
+        dataset=args.dataset, patch_size=args.patch_size, root=args.root, train_limit=args.train_limit
+    )
     return load_dataset(config, seed=args.seed)
 
 
@@ -112,9 +126,10 @@ def preset_layers(args, shape) -> list:
     return [layer for layer in config.layers if layer.type != "readout"]
 
 
-def estimator(args, layers) -> DCGMM:
+def estimator(args, layers, data_range=(0.0, 1.0)) -> DCGMM:
     return DCGMM(
         layers,
+        data_range=data_range,
         epochs=args.epochs,
         batch_size=args.batch_size,
         lr=args.lr,
@@ -283,6 +298,48 @@ def density(args, dataset, report) -> None:
             print(f"{name:>28}: {row['bits_per_dim']:.3f} bits/dim")
 
 
+def covariances(args, dataset, report) -> None:
+    dims = math.prod(dataset.input_shape)
+    generator = torch.Generator().manual_seed(args.seed)
+    continuous = dataset.name.startswith("natural-patches")
+    train, test = (
+        (dataset.train_images, dataset.test_images)
+        if continuous
+        else (dequantize(x, dataset.levels, generator) for x in (dataset.train_images, dataset.test_images))
+    )
+    k, levels = args.components, 256 if continuous else dataset.levels
+    for kind in ("diag", "stationary", "full"):
+        layers = [
+            FoldConfig(patch=None),
+            GMMConfig(components=k, covariance=kind, precision_ceiling=args.precision_ceiling),
+        ]
+        start = time.perf_counter()
+        model = estimator(args, layers, None).fit(train)
+        seconds = time.perf_counter() - start
+        bits = bits_per_dimension(model.score_samples(test), dims, levels)
+        report[f"pyro_dcgmm_{kind}"] = {"bits_per_dim": bits, "train_seconds": seconds}
+    for kind in ("diag", "full"):
+        mixture = GaussianMixture(
+            k,
+            covariance_type=kind,
+            reg_covar=1.0 / args.precision_ceiling,
+            max_iter=args.sklearn_iterations,
+            random_state=args.seed,
+        )
+        start = time.perf_counter()
+        mixture.fit(flat(train))
+        seconds = time.perf_counter() - start
+        bits = bits_per_dimension(mixture.score_samples(flat(test)), dims, levels)
+        report[f"sklearn_{kind}"] = {"bits_per_dim": bits, "train_seconds": seconds}
+    rows = [["model", "bits/dim (test)", "train seconds"]]
+    rows += [
+        [name, f"{row['bits_per_dim']:.3f}", f"{row['train_seconds']:.1f}"]
+        for name, row in report.items()
+        if isinstance(row, dict) and "train_seconds" in row
+    ]
+    print(format_table(rows))
+
+
 def main(argv=None) -> dict:
     args = parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -297,7 +354,8 @@ def main(argv=None) -> dict:
         "torch": torch.__version__,
         "platform": platform.platform(),
     }
-    {"outliers": outliers, "cluster": cluster, "density": density}[args.command](args, dataset, report)
+    commands = {"outliers": outliers, "cluster": cluster, "density": density, "covariances": covariances}
+    commands[args.command](args, dataset, report)
     report["seconds"] = time.perf_counter() - start
     atomic_write(args.out / "report.json", lambda h: h.write(json.dumps(report, indent=2).encode()))
     print(f"wrote {args.out / 'report.json'}")

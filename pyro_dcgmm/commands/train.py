@@ -39,9 +39,9 @@ from pyro_dcgmm.run_folder import LOG_NAME, claim_run_folder
 from pyro_dcgmm.train import evaluate, train
 
 TRAIN_FLAGS = ("epochs", "batch_size", "lr", "optimizer", "seed", "device", "max_steps")
-DATA_FLAGS = ("dataset", "root", "classes", "train_limit")
+DATA_FLAGS = ("dataset", "patch_size", "root", "classes", "train_limit")
 FIXED_ON_RESUME = {  # what a resumed run may not change: its data, its split and its model
-    "data": ("dataset", "classes", "train_limit", "dequantize", "validation_fraction"),
+    "data": ("dataset", "patch_size", "classes", "train_limit", "dequantize", "validation_fraction"),
     "training": ("seed",),
     "model": ("preset", "layers", "input_shape", "data_range"),
 }

@@ -80,10 +80,20 @@ class FullCovariance(Covariance):
         return self.as_patches(self.precision.diagonal(dim1=-2, dim2=-1))
 
     def fit(self, x, weights, means) -> dict:
-        mass = weights.sum(1).clamp_min(torch.finfo(x.dtype).tiny)  # (P, K)
-        centred = x.unsqueeze(1) - means.unsqueeze(2)  # (P, K, M, D)
-        scatter = (centred * weights.transpose(1, 2).unsqueeze(-1)).transpose(-1, -2) @ centred
-        return {"precision_matrix": bounded_precision_matrix(scatter / mass[..., None, None], self.bounds)}
+        """One weighted scatter matrix per mixture and component, over the vectors of positive
+        weight only (a k-means assignment gives each vector to one component)."""
+        p, k, dim = means.shape
+        covariance = x.new_empty(p, k, dim, dim)
+        for mixture in range(p):
+            for component in range(k):
+                weight = weights[mixture, :, component]
+                rows = weight > 0
+                centred = x[mixture, rows] - means[mixture, component]  # (M_k, D)
+                scatter = (centred * weight[rows, None]).T @ centred
+                covariance[mixture, component] = scatter / weight[rows].sum().clamp_min(
+                    torch.finfo(x.dtype).tiny
+                )
+        return {"precision_matrix": bounded_precision_matrix(covariance, self.bounds)}
 
     def project_(self, means) -> None:
         with torch.no_grad():

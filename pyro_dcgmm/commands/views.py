@@ -1,0 +1,74 @@
+"""Write per-component views of a trained model's GMM layers: mean, precision map or power
+spectrum, and the inputs of highest posterior for every component.
+
+Examples::
+
+    pyro-dcgmm views runs/patches/checkpoint.pt --out runs/patches/views
+    pyro-dcgmm views runs/digits/checkpoint.pt --out runs/digits/views --layers 3 --top 8
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from pyro_dcgmm.checkpoint import load_checkpoint, stack_from_checkpoint
+from pyro_dcgmm.cli import make_parser
+from pyro_dcgmm.config import DataConfig, from_dict
+from pyro_dcgmm.data import load_dataset
+from pyro_dcgmm.errors import ConfigError
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = make_parser(__doc__, prog="pyro-dcgmm views")
+    parser.add_argument("checkpoint", type=Path, help="a checkpoint.pt written by training")
+    parser.add_argument("--out", type=Path, required=True, help="folder for views-layerN.png and .json")
+    parser.add_argument(
+        "--layers", type=int, nargs="+", help="GMM layers by number, 0 the lowest (default: all)"
+    )
+    parser.add_argument("--top", type=int, default=10, help="inputs shown per component")
+    parser.add_argument("--split", choices=("test", "train"), default="test", help="where inputs come from")
+    parser.add_argument("--limit", type=int, default=20000, help="look at this many images of the split")
+    parser.add_argument("--max-rows", type=int, default=32, help="components shown per figure (heaviest)")
+    return parser.parse_args(argv)
+
+
+def _title(stack, layer: int, gmm, split: str, count: int) -> str:
+    inputs = "patches" if gmm.input_shape == stack.input_shape else "images"
+    return (
+        f"GMM layer {layer}: {int(gmm.active.sum())} {gmm.config.covariance} components "
+        f"(of {gmm.components}); per row, the {inputs} of highest posterior among {count} {split} images"
+    )
+
+
+def main(argv=None) -> dict:
+    from pyro_dcgmm.plots import plot_component_views
+    from pyro_dcgmm.views import component_views
+
+    args = parse_args(argv)
+    if args.top < 1 or args.limit < 1 or args.max_rows < 1:
+        raise ConfigError("--top, --limit and --max-rows must be positive")
+    state = load_checkpoint(args.checkpoint)
+    stack = stack_from_checkpoint(state)
+    data = from_dict(DataConfig, (state["run_config"] or {}).get("data", {}), "checkpoint run_config.data")
+    dataset = load_dataset(data, seed=0)
+    images = (dataset.test_images if args.split == "test" else dataset.train_images)[: args.limit]
+    layers = args.layers if args.layers is not None else range(len(stack.gmm_indices))
+    args.out.mkdir(parents=True, exist_ok=True)
+    written = {}
+    for layer in layers:
+        index = stack.gmm_index(layer)
+        gmm = stack.layers[index]
+        views = component_views(stack, images, index, args.top)
+        path = args.out / f"views-layer{layer}.png"
+        title = _title(stack, layer, gmm, args.split, len(images))
+        plot_component_views(views, path, title, gmm.config.covariance == "stationary", args.max_rows)
+        summary = [
+            {"component": v.index, "weight": v.weight, "active": v.active, "top_images": v.sources.tolist()}
+            for v in views
+        ]
+        (args.out / f"views-layer{layer}.json").write_text(json.dumps(summary, indent=1))
+        written[layer] = str(path)
+        print(f"layer {layer}: {path}")
+    return written

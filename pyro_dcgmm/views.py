@@ -1,0 +1,102 @@
+"""Per-component views of a GMM layer: what each component models and which inputs it claims.
+
+For every component of a layer: its mixing weight, its mean, its precision map (the diagonal
+precisions; for a stationary component the power spectrum of its filter) and the ``top`` inputs of
+highest posterior for it.  For the first GMM layer over the image the inputs are image patches (the
+patch of highest posterior in each image, so one image gives at most one example); for layers higher
+up they are the whole images that respond most.  A per-position layer is viewed at its centre
+position.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from pyro_dcgmm import queries
+from pyro_dcgmm.errors import ArchitectureError
+from pyro_dcgmm.gmm import GMM
+
+
+@dataclass
+class ComponentView:
+    """One component: ``index``, ``weight``, ``active`` (not pruned), ``mean`` and ``precision_map``
+    (C, ph, pw), ``examples`` (n, C, h, w), their ``log_posteriors`` (n,) and ``sources`` (n,), the
+    indices of the images they come from."""
+
+    index: int
+    weight: float
+    active: bool
+    mean: np.ndarray
+    precision_map: np.ndarray
+    examples: np.ndarray
+    log_posteriors: np.ndarray
+    sources: np.ndarray
+
+
+def _centre(values: torch.Tensor, gmm: GMM) -> torch.Tensor:
+    """A per-component parameter (..., K, ...) at the layer's mixture (the centre if per position)."""
+    if gmm.config.shared:
+        return values
+    return values[values.shape[0] // 2, values.shape[1] // 2]
+
+
+def best_positions(stack, images: torch.Tensor, layer: int, batch_size: int = 512):
+    """Log-posterior (N, K) of every component at its best position in each image, and that
+    position's flat index (N, K)."""
+    gmm = stack.layers[layer]
+
+    def best(chunk, _):
+        log_r = torch.log_softmax(queries.scores_at(stack, chunk, layer, None).double(), dim=1)
+        if gmm.config.shared:
+            values, where = log_r.flatten(2).max(-1)  # (n, K): best position in each image
+        else:  # one mixture per position: the centre one
+            row, column = log_r.shape[2] // 2, log_r.shape[3] // 2
+            values = log_r[:, :, row, column]
+            where = torch.full_like(values, row * log_r.shape[3] + column)
+        return torch.stack([values, where.double()], 1)  # (n, 2, K)
+
+    found = queries.query(stack, images, best, batch_size)
+    return found[:, 0], found[:, 1].long()
+
+
+def _patch_at(gmm: GMM, image: torch.Tensor, position: int) -> torch.Tensor:
+    """The input patch (C, ph, pw) of ``image`` seen at flat output ``position``."""
+    row, column = divmod(position, gmm.output_shape[2])
+    top, left = row * gmm.stride[0], column * gmm.stride[1]
+    return image[:, top : top + gmm.patch[0], left : left + gmm.patch[1]]
+
+
+def component_views(stack, images: torch.Tensor, layer: int, top: int = 10) -> list[ComponentView]:
+    """A :class:`ComponentView` per component of the GMM at ``stack.layers[layer]``, heaviest first."""
+    gmm = stack.layers[layer]
+    if not isinstance(gmm, GMM):
+        raise ArchitectureError(f"layer {layer} is a {type(gmm).__name__}, not a GMM: it has no components")
+    on_image = gmm.input_shape == stack.input_shape
+    log_posteriors, positions = best_positions(stack, images, layer)
+    weights = _centre(gmm.log_mixing().detach(), gmm).exp().cpu()
+    means = gmm.covariance.as_patches(_centre(gmm.means.detach(), gmm)).cpu()
+    maps = _centre(gmm.covariance.precision_map().detach(), gmm).cpu()
+    active = _centre(gmm.active, gmm).cpu()
+    views = []
+    for k in torch.argsort(weights, descending=True).tolist():
+        order = torch.argsort(log_posteriors[:, k], descending=True)[:top]
+        if on_image:
+            examples = torch.stack([_patch_at(gmm, images[i], int(positions[i, k])) for i in order.tolist()])
+        else:
+            examples = images[order]
+        views.append(
+            ComponentView(
+                k,
+                float(weights[k]),
+                bool(active[k]),
+                means[k].numpy(),
+                maps[k].numpy(),
+                examples.cpu().numpy(),
+                log_posteriors[order, k].cpu().numpy(),
+                order.cpu().numpy(),
+            )
+        )
+    return views
