@@ -1,4 +1,4 @@
-"""Figures: component prototypes and training curves.
+"""Figures: component prototypes, per-component views and training curves.
 
 Figures are matplotlib ``Figure`` objects written straight to files, without pyplot, so importing
 this module never changes the user's matplotlib backend and needs no display.
@@ -133,9 +133,9 @@ def _as_picture(values: np.ndarray) -> np.ndarray:
     return values[0] if values.shape[0] == 1 else values.reshape(values.shape[0], -1).T
 
 
-def _show(axis, picture: np.ndarray, cmap: str, symmetric: bool = False) -> None:
-    bound = float(np.nanmax(np.abs(picture))) or 1.0
-    limits = {"vmin": -bound, "vmax": bound} if symmetric else {}
+def _show(axis, picture: np.ndarray, cmap: str, bound: float | None = None) -> None:
+    """``picture`` with its own colour range, or in [-bound, bound]."""
+    limits = {} if bound is None else {"vmin": -bound, "vmax": bound}
     axis.imshow(picture, cmap=cmap, interpolation="nearest", **limits)
     axis.set_xticks([])
     axis.set_yticks([])
@@ -147,14 +147,19 @@ def plot_component_views(views, path: str | Path, title: str, spectrum: bool, ma
     top-posterior inputs, left to right from the highest posterior."""
     views = views[:max_rows]
     top = max(len(view.examples) for view in views)
-    figure = Figure(figsize=(1.0 * (top + 2) + 1.6, 0.95 * len(views) + 1.2))
+    height = 0.95 * len(views) + 1.4
+    figure = Figure(figsize=(1.0 * (top + 2) + 1.6, height))
     axes = figure.subplots(len(views), top + 2, squeeze=False)
+    mean_bound = max(float(np.abs(view.mean).max()) for view in views) or 1.0  # one grey scale for all means
     for row, view in zip(axes, views, strict=True):
-        _show(row[0], _as_picture(view.mean), "gray", symmetric=True)
+        _show(row[0], _as_picture(view.mean), "gray", mean_bound)
         precision = np.fft.fftshift(view.precision_map, axes=(-2, -1)) if spectrum else view.precision_map
         _show(row[1], np.log10(_as_picture(precision)), "viridis")
         for axis, example in zip(row[2:], view.examples, strict=False):
-            _show(axis, _as_picture(example), "gray", symmetric=bool(example.min() < 0))
+            centred = float(example.min()) < 0  # zero-meaned patches: grey is zero
+            _show(
+                axis, _as_picture(example), "gray", float(np.abs(example).max()) or 1.0 if centred else None
+            )
         for axis in row[2 + len(view.examples) :]:
             axis.set_axis_off()
         state = "" if view.active else " (pruned)"
@@ -163,6 +168,6 @@ def plot_component_views(views, path: str | Path, title: str, spectrum: bool, ma
     axes[0][1].set_title("power spectrum\n(log10)" if spectrum else "precision\n(log10)")
     for j in range(top):
         axes[0][2 + j].set_title(f"top {j + 1}")
-    figure.suptitle(title)
-    figure.tight_layout()
+    figure.suptitle(title, y=1.0 - 0.15 / height)
+    figure.tight_layout(rect=(0.0, 0.0, 1.0, 1.0 - 0.55 / height))
     figure.savefig(path, dpi=90, bbox_inches="tight")

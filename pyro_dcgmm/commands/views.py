@@ -35,10 +35,11 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def _title(stack, layer: int, gmm, split: str, count: int) -> str:
-    inputs = "patches" if gmm.input_shape == stack.input_shape else "images"
+    inputs = "patches" if gmm.input_shape == stack.input_shape else "whole inputs"
+    pruned = gmm.components - int(gmm.active.sum())
+    kept = f"{gmm.components} {gmm.config.covariance} components" + (f", {pruned} pruned" if pruned else "")
     return (
-        f"GMM layer {layer}: {int(gmm.active.sum())} {gmm.config.covariance} components "
-        f"(of {gmm.components}); per row, the {inputs} of highest posterior among {count} {split} images"
+        f"GMM layer {layer}: {kept}; per row, the {inputs} of highest posterior among {count} {split} inputs"
     )
 
 
