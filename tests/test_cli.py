@@ -61,7 +61,7 @@ def test_the_package_command_runs_every_sub_command(tmp_path, capsys):
 
     listing = command()
     assert listing.returncode == 2 and all(name in listing.stderr for name in ("train", "sample", "inspect"))
-    for name in ("train", "sample", "evaluate", "bench", "inspect"):  # in this process: faster
+    for name in cli.COMMANDS:  # in this process: faster
         with pytest.raises(SystemExit) as stop:
             cli.main([name, "--help"])
         assert stop.value.code == 0 and f"usage: pyro-dcgmm {name}" in capsys.readouterr().out

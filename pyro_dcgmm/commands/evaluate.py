@@ -6,6 +6,7 @@ describes it.  Examples::
     pyro-dcgmm evaluate outliers --dataset fashion-mnist --heldout all --epochs 10 --out runs/o
     pyro-dcgmm evaluate cluster --dataset fashion-mnist --preset E --epochs 10 --out runs/c
     pyro-dcgmm evaluate density --dataset fashion-mnist --epochs 10 --out runs/d
+    pyro-dcgmm evaluate classify --dataset digits --class-per-position --epochs 10 --out runs/k
     pyro-dcgmm evaluate covariances --dataset natural-patches --patch-size 8 --components 24 --out runs/s
 """
 
@@ -30,6 +31,7 @@ from sklearn.metrics import RocCurveDisplay
 from sklearn.mixture import GaussianMixture
 
 from pyro_dcgmm import DCGMM, presets
+from pyro_dcgmm.class_models import DCGMMClassifier
 from pyro_dcgmm.cli import add_data_flags, add_device_flag, add_training_flags, format_table, make_parser
 from pyro_dcgmm.config import DataConfig, FoldConfig, GMMConfig
 from pyro_dcgmm.data import load_dataset, split_validation
@@ -57,6 +59,12 @@ Reports ACC (Hungarian matching), purity, NMI and ARI beside k-means and a diago
 Only configurations that are densities over pixels are scored in bits/dim: one full-image GMM and
 one GMM of non-overlapping patches.  Overlapping stacks score every pixel several times and model
 responsibilities above the first layer, so they report per-layer log-likelihoods instead.""",
+    "classify": """Classification: class models (one DCGMM per class, Bayes' rule) beside a readout.
+
+The class models share one architecture (a Fold and a GMM, set by the --class-* flags) and score
+the first GMM layer's log-likelihood; beside them the preset's Readout trained on labels, and one
+scikit-learn GaussianMixture per class (diagonal and full).  Reports accuracy on the test set, or
+with --validation on a held-out fifth of the training set (for choosing settings).""",
     "covariances": """Covariance structures: diag, full and stationary GMMs over whole inputs at equal K.
 
 Each is one GMM layer over the whole input (an image, or a natural-image patch), trained by online
@@ -94,6 +102,17 @@ def parse_args(argv=None) -> argparse.Namespace:
             command.add_argument("--flat-components", type=int, default=25, help="K of the flat GMM")
         if name == "cluster":
             command.add_argument("--top-components", type=int, default=10, help="K of the top GMM layer")
+        if name == "classify":
+            command.add_argument("--class-patch", type=int, default=4, help="patch of the class models' Fold")
+            command.add_argument("--class-stride", type=int, default=2, help="stride of that Fold")
+            command.add_argument("--class-components", type=int, default=10, help="K of each class model")
+            command.add_argument("--class-covariance", choices=("diag", "full", "stationary"), default="diag")
+            command.add_argument(
+                "--class-per-position", action="store_true", help="class models per position"
+            )
+            command.add_argument("--flat-components", type=int, default=5, help="K of each per-class GMM")
+            command.add_argument("--flat-reg-covar", type=float, default=0.01, help="reg_covar of those")
+            command.add_argument("--validation", action="store_true", help="score a validation split")
         if name == "covariances":
             command.add_argument("--components", type=int, default=32, help="K of every model")
             command.add_argument("--precision-ceiling", type=float, default=1e4, help="largest precision")
@@ -298,6 +317,72 @@ def density(args, dataset, report) -> None:
             print(f"{name:>28}: {row['bits_per_dim']:.3f} bits/dim")
 
 
+def _class_model_layers(args) -> list:
+    fold = FoldConfig(patch=args.class_patch, stride=args.class_stride)
+    gmm = GMMConfig(
+        components=args.class_components, covariance=args.class_covariance, shared=not args.class_per_position
+    )
+    return [fold, gmm]
+
+
+def classify(args, dataset, report) -> None:
+    train_x, train_y, test_x, test_y = (
+        dataset.train_images,
+        dataset.train_labels,
+        dataset.test_images,
+        dataset.test_labels,
+    )
+    if args.validation:
+        train_x, train_y, test_x, test_y = split_validation(train_x, train_y, 0.2, args.seed)
+    report["scored_on"] = "validation split" if args.validation else "test set"
+    start = time.perf_counter()
+    classifier = DCGMMClassifier(
+        _class_model_layers(args),
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        optimizer=args.optimizer,
+        device=args.device,
+        random_state=args.seed,
+    ).fit(train_x, train_y)
+    accuracy = float(classifier.score(test_x, test_y.numpy()))
+    report["class_models"] = {"accuracy": accuracy, "train_seconds": time.perf_counter() - start}
+    start = time.perf_counter()
+    name = args.preset or presets.default_preset(dataset.input_shape)
+    readout = estimator(args, name).fit(train_x, train_y)
+    predicted = readout.stack_.predict_proba(test_x).argmax(1)
+    accuracy = float((predicted == test_y).double().mean())
+    report[f"readout_{name}"] = {"accuracy": accuracy, "train_seconds": time.perf_counter() - start}
+    for kind in ("diag", "full"):
+        start = time.perf_counter()
+        scores = [
+            GaussianMixture(
+                args.flat_components,
+                covariance_type=kind,
+                reg_covar=args.flat_reg_covar,
+                random_state=args.seed,
+            )
+            .fit(flat(train_x[train_y == c]))
+            .score_samples(flat(test_x))
+            for c in classifier.classes_
+        ]
+        accuracy = float((classifier.classes_[np.argmax(scores, 0)] == test_y.numpy()).mean())
+        report[f"sklearn_per_class_{kind}_k{args.flat_components}"] = {
+            "accuracy": accuracy,
+            "train_seconds": time.perf_counter() - start,
+        }
+    _print_rows(report, "accuracy")
+
+
+def _print_rows(report: dict, measure: str) -> None:
+    """The report's models as a table of ``measure`` and training seconds."""
+    rows = [["model", measure, "train seconds"]]
+    for name, row in report.items():
+        if isinstance(row, dict) and "train_seconds" in row:
+            rows.append([name, f"{row[measure]:.3f}", f"{row['train_seconds']:.1f}"])
+    print(format_table(rows))
+
+
 def covariances(args, dataset, report) -> None:
     dims = math.prod(dataset.input_shape)
     generator = torch.Generator().manual_seed(args.seed)
@@ -331,13 +416,7 @@ def covariances(args, dataset, report) -> None:
         seconds = time.perf_counter() - start
         bits = bits_per_dimension(mixture.score_samples(flat(test)), dims, levels)
         report[f"sklearn_{kind}"] = {"bits_per_dim": bits, "train_seconds": seconds}
-    rows = [["model", "bits/dim (test)", "train seconds"]]
-    rows += [
-        [name, f"{row['bits_per_dim']:.3f}", f"{row['train_seconds']:.1f}"]
-        for name, row in report.items()
-        if isinstance(row, dict) and "train_seconds" in row
-    ]
-    print(format_table(rows))
+    _print_rows(report, "bits_per_dim")
 
 
 def main(argv=None) -> dict:
@@ -354,7 +433,13 @@ def main(argv=None) -> dict:
         "torch": torch.__version__,
         "platform": platform.platform(),
     }
-    commands = {"outliers": outliers, "cluster": cluster, "density": density, "covariances": covariances}
+    commands = {
+        "outliers": outliers,
+        "cluster": cluster,
+        "density": density,
+        "classify": classify,
+        "covariances": covariances,
+    }
     commands[args.command](args, dataset, report)
     report["seconds"] = time.perf_counter() - start
     atomic_write(args.out / "report.json", lambda h: h.write(json.dumps(report, indent=2).encode()))
