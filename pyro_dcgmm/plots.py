@@ -129,8 +129,17 @@ def save_image_grid(images, path: str | Path, columns: int, title: str = "", row
 
 
 def _as_picture(values: np.ndarray) -> np.ndarray:
-    """(C, h, w) as something to show: the image for 1 channel, else a (h w, C) map of all channels."""
-    return values[0] if values.shape[0] == 1 else values.reshape(values.shape[0], -1).T
+    """(C, h, w) as something to show: the image for 1 channel; C values at one position in rows of
+    ``ceil(sqrt(C))`` (blank where the last row ends); else a (h w, C) map of all channels."""
+    channels = values.shape[0]
+    if channels == 1:
+        return values[0]
+    if values.shape[1] * values.shape[2] > 1:
+        return values.reshape(channels, -1).T
+    width = int(np.ceil(np.sqrt(channels)))
+    grid = np.full(width * int(np.ceil(channels / width)), np.nan)
+    grid[:channels] = values.reshape(-1)
+    return grid.reshape(-1, width)
 
 
 def _show(axis, picture: np.ndarray, cmap: str, bound: float | None = None) -> None:
@@ -150,7 +159,7 @@ def plot_component_views(views, path: str | Path, title: str, spectrum: bool, ma
     height = 0.95 * len(views) + 1.4
     figure = Figure(figsize=(1.0 * (top + 2) + 1.6, height))
     axes = figure.subplots(len(views), top + 2, squeeze=False)
-    mean_bound = max(float(np.abs(view.mean).max()) for view in views) or 1.0  # one grey scale for all means
+    mean_bound = max(float(np.nanmax(np.abs(view.mean))) for view in views) or 1.0  # one scale for all means
     for row, view in zip(axes, views, strict=True):
         _show(row[0], _as_picture(view.mean), "gray", mean_bound)
         precision = np.fft.fftshift(view.precision_map, axes=(-2, -1)) if spectrum else view.precision_map

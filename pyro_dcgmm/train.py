@@ -208,16 +208,18 @@ def _broadcast_layer(gmm) -> None:
                 dist.broadcast(tensor, 0)
 
 
-def reseed_dead_layers(stack: Stack, images: torch.Tensor, generator, optimizer, log) -> None:
+def reseed_dead_layers(stack: Stack, images: torch.Tensor, generator, optimizer, log, final: bool) -> None:
     """Re-seed or prune the dead components of every trained GMM layer (``GMMConfig.dead_weight``
-    and ``dead_components``).
+    and ``dead_components``); after the ``final`` epoch only prune, since a re-seeded component
+    would end the run untrained.
 
     The optimiser forgets what it kept about a re-seeded layer (online EM's running statistics).
     """
     for index, gmm in zip(stack.gmm_indices, stack.gmm_layers, strict=True):
-        if not bool(gmm.initialised) or not bool(dead_components(gmm).any()):
+        reseeding = gmm.config.dead_components == "reseed"
+        if not bool(gmm.initialised) or (reseeding and final) or not bool(dead_components(gmm).any()):
             continue
-        if gmm.config.dead_components == "prune":
+        if not reseeding:
             count, event = prune_dead(gmm), "pruned"
         else:
             count = reseed_dead(gmm, _layer_inputs(stack, images, index, gmm, generator), generator)
@@ -579,7 +581,7 @@ def train(
                 step(state, planned_steps, log, bar)
             # 3. An epoch ends: dead components re-seeded, a record (and validation); a checkpoint.
             if state.offset >= images.shape[0]:
-                reseed_dead_layers(stack, images, generator, optimizer, log)
+                reseed_dead_layers(stack, images, generator, optimizer, log, state.step >= stop_step)
                 _end_epoch(stack, state, validation, config, log, start_time)
             if checkpointer is not None:
                 checkpointer.save(stack, state, optimizer, generator, time.perf_counter() - start_time)

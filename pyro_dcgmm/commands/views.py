@@ -35,7 +35,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def _title(stack, layer: int, gmm, split: str, count: int) -> str:
-    inputs = "patches" if gmm.input_shape == stack.input_shape else "whole inputs"
+    whole = gmm.input_shape != stack.input_shape or gmm.patch == tuple(stack.input_shape[1:])
+    inputs = "whole inputs" if whole else "patches"
     pruned = gmm.components - int(gmm.active.sum())
     kept = f"{gmm.components} {gmm.config.covariance} components" + (f", {pruned} pruned" if pruned else "")
     return (
