@@ -1,7 +1,7 @@
 """Deep Convolutional Gaussian Mixture Models as Pyro programs.
 
-The scikit-learn-style :class:`DCGMM` estimator (and with it scikit-learn and the trainer) is
-imported on first use, so ``import pyro_dcgmm`` stays light.
+The scikit-learn-style estimators :class:`DCGMM` and :class:`DCGMMClassifier` (and with them
+scikit-learn and the trainer) are imported on first use, so ``import pyro_dcgmm`` stays light.
 """
 
 from pyro_dcgmm.annealing import AnnealingSchedule, torus_neighbourhood
@@ -19,6 +19,10 @@ def __getattr__(name: str):
         from pyro_dcgmm.estimator import DCGMM
 
         return DCGMM
+    if name == "DCGMMClassifier":
+        from pyro_dcgmm.class_models import DCGMMClassifier
+
+        return DCGMMClassifier
     raise AttributeError(f"module 'pyro_dcgmm' has no attribute {name!r}")
 
 
@@ -27,6 +31,7 @@ __all__ = [
     "GMM",
     "MAX_PLATE_NESTING",
     "AnnealingSchedule",
+    "DCGMMClassifier",
     "Fold",
     "MaxPool",
     "Readout",

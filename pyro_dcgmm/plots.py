@@ -155,7 +155,7 @@ def plot_component_views(views, path: str | Path, title: str, spectrum: bool, ma
     (``spectrum``: the filter's power spectrum, zero frequency centred, log scale) and its
     top-posterior inputs, left to right from the highest posterior."""
     views = views[:max_rows]
-    top = max(len(view.examples) for view in views)
+    top = max(1, *(len(view.examples) for view in views))
     height = 0.95 * len(views) + 1.4
     figure = Figure(figsize=(1.0 * (top + 2) + 1.6, height))
     axes = figure.subplots(len(views), top + 2, squeeze=False)

@@ -2,10 +2,10 @@
 
 For every component of a layer: its mixing weight, its mean, its precision map (the diagonal
 precisions; for a stationary component the power spectrum of its filter) and the ``top`` inputs of
-highest posterior for it.  For the first GMM layer over the image the inputs are image patches (the
-patch of highest posterior in each image, so one image gives at most one example); for layers higher
-up they are the whole images that respond most.  A per-position layer is viewed at its centre
-position.
+highest posterior for it (none for a pruned component).  For the first GMM layer over the image the
+inputs are image patches (the patch of highest posterior in each image, so one image gives at most
+one example); for layers higher up they are the whole images that respond most.  A per-position
+layer is viewed at its centre position.
 """
 
 from __future__ import annotations
@@ -82,9 +82,10 @@ def component_views(stack, images: torch.Tensor, layer: int, top: int = 10) -> l
     active = _centre(gmm.active, gmm).cpu()
     views = []
     for k in torch.argsort(weights, descending=True).tolist():
-        order = torch.argsort(log_posteriors[:, k], descending=True)[:top]
+        order = torch.argsort(log_posteriors[:, k], descending=True)[: top if bool(active[k]) else 0]
         if on_image:
-            examples = torch.stack([_patch_at(gmm, images[i], int(positions[i, k])) for i in order.tolist()])
+            patches = [_patch_at(gmm, images[i], int(positions[i, k])) for i in order.tolist()]
+            examples = torch.stack(patches) if patches else images.new_zeros(0, images.shape[1], *gmm.patch)
         else:
             examples = images[order]
         views.append(

@@ -44,6 +44,10 @@ def test_views_show_each_components_highest_posterior_inputs(trained_run, digits
     assert upper[0].examples.shape == (3, 1, 8, 8)  # whole images for a layer above the first
     with pytest.raises(ArchitectureError, match="not a GMM"):
         component_views(stack, images, 0)
+    top = stack.layers[stack.gmm_index(1)]
+    top.active[upper[0].index] = False  # pruned: no weight, no inputs to show
+    pruned = next(v for v in component_views(stack, images, stack.gmm_index(1)) if v.index == upper[0].index)
+    assert not pruned.active and pruned.weight == 0.0 and len(pruned.examples) == 0
 
 
 def test_views_command_writes_a_figure_and_a_summary_per_layer(trained_run, tmp_path):
