@@ -233,8 +233,17 @@ class GMMConfig(Checked):
                 f"precision_ceiling, got {self.precision_floor}, {self.precision_init}, "
                 f"{self.precision_ceiling}"
             )
+        if self.covariance == "full" and self.precision_ceiling > FULL_PRECISION_RANGE * self.precision_floor:
+            self.fail(
+                f"gmm with covariance = 'full' needs precision_ceiling / precision_floor <= "
+                f"{FULL_PRECISION_RANGE:g} (a wider range of eigenvalues is not reliably positive "
+                f"definite in float32), got {self.precision_ceiling:g} / {self.precision_floor:g}"
+            )
         if self.init != "random" and self.init_vectors < self.components:
             self.fail(f"gmm.init_vectors must be >= components ({self.components}), got {self.init_vectors}")
+
+
+FULL_PRECISION_RANGE = 1e6  # float32 keeps a precision matrix positive definite up to this condition
 
 
 @dataclass(frozen=True)

@@ -53,11 +53,14 @@ def test_toml_round_trip(tmp_path):
     assert from_dict(RunConfig, to_dict(config)) == config
 
 
-def test_shipped_digits_config_builds():
-    assert shipped_configs() == ["digits"]
+def test_shipped_configs_build():
+    assert shipped_configs() == ["digits", "natural-patches"]
     config = load_config("digits")  # a shipped configuration by name
     assert Stack.from_config(config.model).output_shape == (10, 1, 1)
     assert load_config(SHIPPED_CONFIGS / "digits.toml") == config
+    patches = load_config("natural-patches")
+    assert Stack.from_config(patches.model).layers[1].config.covariance == "stationary"
+    assert patches.data.dataset == "natural-patches" and patches.model.data_range == (-1.0, 1.0)
 
 
 @pytest.mark.parametrize(
@@ -136,3 +139,12 @@ def test_layers_are_built_from_their_config_dataclass():
     assert stack.layers[1].config is config.layers[1]
     assert stack.layers[1].schedule.width == config.layers[1].width_floor
     assert stack.config == config
+
+
+def test_full_covariances_refuse_a_precision_range_float32_cannot_hold():
+    from pyro_dcgmm.config import GMMConfig
+    from pyro_dcgmm.errors import LayerConfigError
+
+    GMMConfig(covariance="full", precision_floor=1e2, precision_ceiling=1e7)
+    with pytest.raises(LayerConfigError, match="precision_ceiling / precision_floor <= 1e"):
+        GMMConfig(covariance="full", precision_floor=1e-2, precision_ceiling=1e8)

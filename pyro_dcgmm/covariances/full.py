@@ -8,7 +8,9 @@ factor ``P = L L^T``,
 
 and ``x^T L`` for every patch and component is one matmul of the (N H' W', D) patch matrix with the
 (D, K D) stacked factors.  Its intermediate holds N H' W' K D values, which is why the full kind is
-meant for small D.  The precision bounds apply to P's eigenvalues.
+meant for small D.  The precision bounds apply to P's eigenvalues.  Factorisations, inverses and
+eigendecompositions run in float64 whatever the parameters' dtype: a float32 matrix whose
+eigenvalues span more than about 1e6 is not reliably positive definite in float32 arithmetic.
 """
 
 from __future__ import annotations
@@ -29,9 +31,9 @@ def symmetric(matrix: torch.Tensor) -> torch.Tensor:
 
 def bounded_precision_matrix(covariance: torch.Tensor, bounds: tuple[float, float]) -> torch.Tensor:
     """The inverse of ``covariance`` (..., D, D) with its eigenvalues clamped to ``exp(bounds)``."""
-    values, vectors = torch.linalg.eigh(symmetric(covariance))
+    values, vectors = torch.linalg.eigh(symmetric(covariance.double()))
     precision = values.clamp_min(torch.finfo(values.dtype).tiny).reciprocal().clamp(*map(math.exp, bounds))
-    return (vectors * precision.unsqueeze(-2)) @ vectors.transpose(-1, -2)
+    return ((vectors * precision.unsqueeze(-2)) @ vectors.transpose(-1, -2)).to(covariance.dtype)
 
 
 class FullCovariance(Covariance):
@@ -56,7 +58,9 @@ class FullCovariance(Covariance):
     def table(self, x, means) -> torch.Tensor:
         geometry = self.geometry
         k, dim = geometry.components, geometry.dim
-        factor = torch.linalg.cholesky(self.precision).reshape(-1, k, dim, dim)  # (P, K, D, D)
+        factor = (
+            torch.linalg.cholesky(self.precision.double()).to(x.dtype).reshape(-1, k, dim, dim)
+        )  # (P, K, D, D)
         patches = F.unfold(x, geometry.patch, stride=geometry.stride)  # (N, D, L)
         n, _, places = patches.shape
         rows = patches.transpose(1, 2).reshape(1, -1, dim) if geometry.shared else patches.permute(2, 0, 1)
@@ -74,7 +78,7 @@ class FullCovariance(Covariance):
         return dist.MultivariateNormal(loc, precision_matrix=select(self.precision) * divisor**2)
 
     def covariance_matrix(self) -> torch.Tensor:
-        return torch.linalg.inv(self.precision)
+        return torch.linalg.inv(self.precision.double()).to(self.precision_matrix.dtype)
 
     def precision_map(self) -> torch.Tensor:
         return self.as_patches(self.precision.diagonal(dim1=-2, dim2=-1))
@@ -97,11 +101,12 @@ class FullCovariance(Covariance):
 
     def project_(self, means) -> None:
         with torch.no_grad():
-            self.precision_matrix.copy_(bounded_precision_matrix(self.precision.inverse(), self.bounds))
+            self.precision_matrix.copy_(bounded_precision_matrix(self.covariance_matrix(), self.bounds))
 
     def batch_statistics(self, s0, means):
         mass = s0.unsqueeze(-1)
-        s1 = mass * means - torch.linalg.solve(self.precision, means.grad.unsqueeze(-1)).squeeze(-1)
+        shift = torch.linalg.solve(self.precision.double(), means.grad.double().unsqueeze(-1)).squeeze(-1)
+        s1 = mass * means - shift.to(means.dtype)
         scatter = mass.unsqueeze(-1) * self.covariance_matrix() + 2.0 * symmetric(self.precision_matrix.grad)
         cross = _outer(s1, means) + _outer(means, s1) - mass.unsqueeze(-1) * _outer(means, means)
         return s1, scatter + cross
