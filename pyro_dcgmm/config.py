@@ -377,13 +377,42 @@ class DataConfig(Checked):
 
 
 @dataclass(frozen=True)
+class SamplingConfig(Checked):
+    """How ``pyro-dcgmm sample`` samples a trained model, stored with it (the run's ``[sampling]``).
+
+    The defaults were chosen for 28x28 Fashion-MNIST stacks on a validation split by the measures
+    of :mod:`pyro_dcgmm.sample_quality` (``docs/figures/fashion-mnist-E-samples/``).
+
+    :param top_s: components kept per position below the top layer (the paper's S).
+    :param divisor: every component's standard deviations are divided by this.
+    :param pool_mode: ``"dense"`` or ``"sparse"`` unpooling.
+    :param sharpen_rate, sharpen_iterations, sharpen_pull: gradient sharpening
+        (:class:`~pyro_dcgmm.sampling.Sharpening`): step size, steps, pull toward the plain sample.
+    :param variant_layer: GMM layer the variants start from (``None``: the one below the top, the
+        top one if alone).
+    :param inpaint_layer: GMM layer the in-paintings are drawn from.
+    """
+
+    section = "sampling"
+    top_s: int = bounded(3, ge=1)
+    divisor: float = bounded(10.0, gt=0)
+    pool_mode: Literal["dense", "sparse"] = "dense"
+    sharpen_rate: float = bounded(2.5e-4, gt=0)
+    sharpen_iterations: int = bounded(200, ge=0)
+    sharpen_pull: float = bounded(1000.0, ge=0)
+    variant_layer: int | None = None
+    inpaint_layer: int = -1
+
+
+@dataclass(frozen=True)
 class RunConfig(Checked):
-    """Everything ``scripts/train_svi.py`` needs."""
+    """Everything ``scripts/train_svi.py`` needs, and how to sample the trained model."""
 
     section = "run"
     model: ModelConfig = field(default_factory=ModelConfig)
     training: TrainConfig = field(default_factory=TrainConfig)
     data: DataConfig = field(default_factory=DataConfig)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
 
 
 def _type_name(annotation: Any) -> str:

@@ -2,7 +2,7 @@
 
 Sampling runs the stack's layers in reverse, each through its ``sample_down`` method: a GMM layer
 draws a component per position from the top-down signal it receives (its own mixing weights at the
-top) with its generative Pyro program (``z ~ Categorical``, ``x ~ Normal(mu_z, sd_z / divisor)``)
+top) with its generative Pyro program (``z ~ Categorical``, ``x ~ N(mu_z, Sigma_z / divisor^2)``)
 and folds the sampled patches back onto its input grid, averaging where patches overlap; a MaxPool
 spreads its signal over the pooling windows; a Readout turns class labels into a signal over its
 input.  Folding back overlapping patches and unpooling are not invertible; sharpening repairs what
@@ -56,7 +56,7 @@ class SamplingOptions:
     :param top_s: at every position keep only the ``top_s`` strongest components of a signal sampled
         by the layer above before drawing one (the paper's S; class evidence from the Readout is
         used whole, see :class:`ComponentLikelihood`).
-    :param divisor: divide every component's standard deviation by this (1 samples the model itself,
+    :param divisor: divide every component's standard deviations by this (1 samples the model itself,
         larger values give cleaner images).
     :param mean: take each drawn component's mean instead of sampling its Gaussian.
     :param pool_mode: ``"dense"`` spreads a pooled value over its whole window, ``"sparse"`` puts it

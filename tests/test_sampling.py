@@ -307,3 +307,20 @@ def test_masks_reach_every_layer(trained):
     torch.testing.assert_close(scores[3], trained.layers[3].log_scores(first.output(scores[1]), seen))
     garbage = torch.where(seen, first.output(scores[1]), torch.randn_like(output))
     torch.testing.assert_close(scores[3], trained.layers[3].log_scores(garbage, seen))
+
+
+def test_sampling_settings_are_stored_with_the_model(tmp_path):
+    from pyro_dcgmm.commands import sample
+    from pyro_dcgmm.commands import train as train_svi
+    from pyro_dcgmm.config import SHIPPED_CONFIGS
+
+    config = tmp_path / "run.toml"
+    text = (SHIPPED_CONFIGS / "digits.toml").read_text()
+    config.write_text(text + "\n[sampling]\ndivisor = 3.0\nsharpen_iterations = 2\n")
+    run = tmp_path / "run"
+    train_svi.main(["--config", str(config), "--epochs", "1", "--out", str(run), "--no-progress"])
+    checkpoint = ["--checkpoint", str(run / "checkpoint.pt"), "--no-ndb"]
+    report = sample.main([*checkpoint, "--out", str(tmp_path / "a")])
+    assert report["sampling"]["divisor"] == 3.0 and report["options"]["sharpening"]["iterations"] == 2
+    report = sample.main([*checkpoint, "--out", str(tmp_path / "b"), "--divisor", "5"])  # a flag wins
+    assert report["options"]["divisor"] == 5.0 and report["sampling"]["sharpen_iterations"] == 2

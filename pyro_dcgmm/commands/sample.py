@@ -5,9 +5,12 @@ Example::
 
     pyro-dcgmm sample --checkpoint runs/c/checkpoint.pt --out runs/c/samples
 
-The defaults (top-3 components below the top layer, the paper's S; standard deviations divided by
-10; 200 sharpening steps of rate 2.5e-4 with a pull of 1000 toward the unsharpened sample) suit 28x28
-stacks trained on Fashion-MNIST; the pull keeps sharpening from drawing every sample to the same mode.
+How to sample comes with the model: the run's ``[sampling]`` section
+(:class:`~pyro_dcgmm.config.SamplingConfig`, stored in the checkpoint; its defaults, chosen on a
+validation split for 28x28 Fashion-MNIST stacks, keep the top-3 components below the top layer, the
+paper's S, divide standard deviations by 10 and sharpen by 200 steps of rate 2.5e-4 with a pull of
+1000 toward the unsharpened sample, which keeps sharpening from drawing every sample to the same
+mode).  A flag given here overrides its setting.
 
 Writes into ``--out``: ``samples.png`` (the same draws before and after sharpening),
 ``class_samples.png`` (one row per class, if the stack has a Readout), ``variants.png``,
@@ -31,7 +34,7 @@ from tqdm.auto import tqdm
 
 from pyro_dcgmm.checkpoint import load_checkpoint, stack_from_checkpoint
 from pyro_dcgmm.cli import add_device_flag, format_table, make_parser
-from pyro_dcgmm.config import DataConfig, from_dict, to_dict
+from pyro_dcgmm.config import DataConfig, SamplingConfig, from_dict, to_dict
 from pyro_dcgmm.data import load_dataset
 from pyro_dcgmm.files import atomic_write
 from pyro_dcgmm.metrics import NDB
@@ -53,21 +56,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, required=True, help="output folder")
     parser.add_argument("--root", help="folder with the data set's IDX files (none: its usual place)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the draws")
-    parser.add_argument("--top-s", type=int, default=3, help="components kept per position (the paper's S)")
-    parser.add_argument("--divisor", type=float, default=10.0, help="standard-deviation divisor")
-    parser.add_argument("--pool-mode", choices=["dense", "sparse"], default="dense", help="unpooling")
-    parser.add_argument("--sharpen-rate", type=float, default=2.5e-4, help="sharpening step size")
-    parser.add_argument("--sharpen-iterations", type=int, default=200, help="sharpening steps")
-    parser.add_argument(
-        "--sharpen-pull", type=float, default=1000.0, help="pull toward the unsharpened sample"
-    )
-    parser.add_argument(
-        "--variant-layer",
-        type=int,
-        help="GMM layer of the variants (default: the one below the top, which kept the class of "
-        "Fashion-MNIST images best with some spread on a validation split; the top one if alone)",
-    )
-    parser.add_argument("--inpaint-layer", type=int, default=-1, help="GMM layer of the in-painting")
+    stored = "(default: the checkpoint's [sampling] setting)"
+    parser.add_argument("--top-s", type=int, help=f"components kept per position (the paper's S) {stored}")
+    parser.add_argument("--divisor", type=float, help=f"standard-deviation divisor {stored}")
+    parser.add_argument("--pool-mode", choices=["dense", "sparse"], help=f"unpooling {stored}")
+    parser.add_argument("--sharpen-rate", type=float, help=f"sharpening step size {stored}")
+    parser.add_argument("--sharpen-iterations", type=int, help=f"sharpening steps {stored}")
+    parser.add_argument("--sharpen-pull", type=float, help=f"pull toward the unsharpened sample {stored}")
+    parser.add_argument("--variant-layer", type=int, help=f"GMM layer of the variants {stored}")
+    parser.add_argument("--inpaint-layer", type=int, help=f"GMM layer of the in-painting {stored}")
     parser.add_argument("--ndb-bins", type=int, default=100, help="NDB bins (k-means clusters)")
     parser.add_argument("--ndb-samples", type=int, default=2000, help="samples per model for NDB")
     parser.add_argument("--ndb-train", type=int, default=20000, help="training images for the bins")
@@ -91,15 +88,18 @@ def main(argv=None) -> dict:
         data_config = dataclasses.replace(data_config, root=args.root)
     dataset = load_dataset(data_config)
     args.out.mkdir(parents=True, exist_ok=True)
+    settings = sampling_settings(run, args)
     sharpening = Sharpening(
-        rate=args.sharpen_rate, iterations=args.sharpen_iterations, pull=args.sharpen_pull
+        rate=settings.sharpen_rate, iterations=settings.sharpen_iterations, pull=settings.sharpen_pull
     )
-    plain = SamplingOptions(top_s=args.top_s, divisor=args.divisor, pool_mode=args.pool_mode)
+    plain = SamplingOptions(top_s=settings.top_s, divisor=settings.divisor, pool_mode=settings.pool_mode)
     sharp = dataclasses.replace(plain, sharpening=sharpening)
+    args.variant_layer = settings.variant_layer
     if args.variant_layer is None:
         args.variant_layer = -2 if len(stack.gmm_layers) > 1 else -1
+    args.inpaint_layer = settings.inpaint_layer
     save_figures(stack, dataset, args, plain, sharp)
-    report = {"checkpoint": str(args.checkpoint), "options": to_dict(sharp)}
+    report = {"checkpoint": str(args.checkpoint), "sampling": to_dict(settings), "options": to_dict(sharp)}
     if not args.no_ndb:
         train_x, train_y = reference_set(dataset, args)
         flat = FlatGMMInpainter(train_x, args.flat_components, args.seed)
@@ -109,6 +109,18 @@ def main(argv=None) -> dict:
             args.out / "report.json", lambda h: h.write(json.dumps(report, indent=2, default=str).encode())
         )
     return report
+
+
+def sampling_settings(run: dict, args) -> SamplingConfig:
+    """The checkpoint's ``[sampling]`` section (its defaults for checkpoints written before it
+    existed), with every flag that was given in its place."""
+    stored = from_dict(SamplingConfig, run.get("sampling", {}), "checkpoint run_config.sampling")
+    given = {
+        field.name: getattr(args, field.name)
+        for field in dataclasses.fields(SamplingConfig)
+        if getattr(args, field.name, None) is not None
+    }
+    return dataclasses.replace(stored, **given)
 
 
 def reference_set(dataset, args) -> tuple[torch.Tensor, torch.Tensor]:

@@ -95,6 +95,7 @@ def resolve_config(args: argparse.Namespace) -> RunConfig:
         model=model,
         training=dataclasses.replace(config.training, **training),
         data=dataclasses.replace(config.data, **data),
+        sampling=config.sampling,
     )
     if args.resume is not None:
         check_resumable(saved, resolved, args.per_position)
