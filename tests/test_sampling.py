@@ -208,8 +208,10 @@ def test_sample_script_writes_figures_and_ndb(tmp_path):
         assert (tmp_path / "s" / name).is_file(), name
     assert set(report["ndb"]) == {"dcgmm", "flat_gmm_diag_k25", "held_out_real"}
     measures = report["measures"]
-    assert set(measures) == {"real", "dcgmm_plain", "dcgmm_sharpened", "flat_conditional_mean",
-                             "flat_conditional_sample"}  # fmt: skip
+    assert set(measures) == {"real", "dcgmm_plain", "dcgmm_sharpened", "dcgmm_conditional_mean",
+                             "flat_conditional_mean", "flat_conditional_sample"}  # fmt: skip
+    averaged = measures["dcgmm_conditional_mean"]["inpainting_mse"]
+    assert averaged < measures["dcgmm_plain"]["inpainting_mse"]  # a mean of draws beats one draw
     assert measures["real"]["class_agreement"] > 0.8  # the judge itself, on real test images
     assert measures["dcgmm_plain"]["class_agreement"] > 0.1  # above chance, even after 2 epochs
     report = sample.main(

@@ -145,18 +145,21 @@ def preset_layers(args, shape) -> list:
     return [layer for layer in config.layers if layer.type != "readout"]
 
 
+def training_params(args) -> dict:
+    """The estimators' training settings the flags give."""
+    return {
+        "epochs": args.epochs,
+        "batch_size": args.batch_size,
+        "lr": args.lr,
+        "optimizer": args.optimizer,
+        "device": args.device,
+        "random_state": args.seed,
+        "verbose": int(not args.no_progress),
+    }
+
+
 def estimator(args, layers, data_range=(0.0, 1.0)) -> DCGMM:
-    return DCGMM(
-        layers,
-        data_range=data_range,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        optimizer=args.optimizer,
-        device=args.device,
-        random_state=args.seed,
-        verbose=int(not args.no_progress),
-    )
+    return DCGMM(layers, data_range=data_range, **training_params(args))
 
 
 def flat(x: torch.Tensor) -> np.ndarray:
@@ -336,15 +339,7 @@ def classify(args, dataset, report) -> None:
         train_x, train_y, test_x, test_y = split_validation(train_x, train_y, 0.2, args.seed)
     report["scored_on"] = "validation split" if args.validation else "test set"
     start = time.perf_counter()
-    classifier = DCGMMClassifier(
-        _class_model_layers(args),
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        optimizer=args.optimizer,
-        device=args.device,
-        random_state=args.seed,
-    ).fit(train_x, train_y)
+    classifier = DCGMMClassifier(_class_model_layers(args), **training_params(args)).fit(train_x, train_y)
     accuracy = float(classifier.score(test_x, test_y.numpy()))
     report["class_models"] = {"accuracy": accuracy, "train_seconds": time.perf_counter() - start}
     start = time.perf_counter()
