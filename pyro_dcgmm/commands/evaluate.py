@@ -110,6 +110,9 @@ def parse_args(argv=None) -> argparse.Namespace:
             command.add_argument(
                 "--class-per-position", action="store_true", help="class models per position"
             )
+            command.add_argument(
+                "--class-batch-size", type=int, help="mini-batch size of the class models (--batch-size)"
+            )
             command.add_argument("--flat-components", type=int, default=5, help="K of each per-class GMM")
             command.add_argument("--flat-reg-covar", type=float, default=0.01, help="reg_covar of those")
             command.add_argument("--validation", action="store_true", help="score a validation split")
@@ -339,7 +342,8 @@ def classify(args, dataset, report) -> None:
         train_x, train_y, test_x, test_y = split_validation(train_x, train_y, 0.2, args.seed)
     report["scored_on"] = "validation split" if args.validation else "test set"
     start = time.perf_counter()
-    classifier = DCGMMClassifier(_class_model_layers(args), **training_params(args)).fit(train_x, train_y)
+    settings = {**training_params(args), "batch_size": args.class_batch_size or args.batch_size}
+    classifier = DCGMMClassifier(_class_model_layers(args), **settings).fit(train_x, train_y)
     accuracy = float(classifier.score(test_x, test_y.numpy()))
     report["class_models"] = {"accuracy": accuracy, "train_seconds": time.perf_counter() - start}
     start = time.perf_counter()
