@@ -91,12 +91,13 @@ def hand_written_em(vectors, means, covariances, weights):
 
 def stationary_m_step(gmm, means, covariance):
     """Project an unconstrained M-step onto stationary components: mean level and power per pair."""
-    structure = gmm.covariance
+    stationary = gmm.covariance
+    structure = stationary.structure()
     coefficients = structure.basis @ covariance @ structure.basis.T  # (K, D, D)
     power = coefficients.diagonal(dim1=-2, dim2=-1) @ structure.orbit_matrix / structure.orbit_matrix.sum(0)
     power_per_coefficient = power @ structure.orbit_matrix.T
-    level = structure.project_means(means)
-    shift = structure.coefficients(means - level)  # the means' other frequencies add to the power
+    level = stationary.project_means(means)
+    shift = stationary.coefficients(means - level)  # the means' other frequencies add to the power
     pairs = (shift.square() @ structure.orbit_matrix) / structure.orbit_matrix.sum(0)
     power_per_coefficient = power_per_coefficient + pairs @ structure.orbit_matrix.T
     return level, (structure.basis.T * power_per_coefficient.unsqueeze(-2)) @ structure.basis

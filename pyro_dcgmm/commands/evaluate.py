@@ -391,7 +391,7 @@ def covariances(args, dataset, report) -> None:
         if continuous
         else (dequantize(x, dataset.levels, generator) for x in (dataset.train_images, dataset.test_images))
     )
-    k, levels = args.components, 256 if continuous else dataset.levels
+    k = args.components
     for kind in ("diag", "stationary", "full"):
         layers = [
             FoldConfig(patch=None),
@@ -400,7 +400,7 @@ def covariances(args, dataset, report) -> None:
         start = time.perf_counter()
         model = estimator(args, layers, None).fit(train)
         seconds = time.perf_counter() - start
-        bits = bits_per_dimension(model.score_samples(test), dims, levels)
+        bits = bits_per_dimension(model.score_samples(test), dims, dataset.levels)
         report[f"pyro_dcgmm_{kind}"] = {"bits_per_dim": bits, "train_seconds": seconds}
     for kind in ("diag", "full"):
         mixture = GaussianMixture(
@@ -413,7 +413,7 @@ def covariances(args, dataset, report) -> None:
         start = time.perf_counter()
         mixture.fit(flat(train))
         seconds = time.perf_counter() - start
-        bits = bits_per_dimension(mixture.score_samples(flat(test)), dims, levels)
+        bits = bits_per_dimension(mixture.score_samples(flat(test)), dims, dataset.levels)
         report[f"sklearn_{kind}"] = {"bits_per_dim": bits, "train_seconds": seconds}
     _print_rows(report, "bits_per_dim")
 

@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from pyro.nn import PyroModule
 
+from pyro_dcgmm.layer import window_output_size
+
 Statistics = tuple[torch.Tensor, torch.Tensor]
 
 
@@ -35,6 +37,13 @@ class Geometry:
     @property
     def shared(self) -> bool:
         return not self.lead
+
+    def output_size(self, height: int, width: int) -> tuple[int, int]:
+        """(H', W'): patch positions over an input of ``height`` x ``width``."""
+        return (
+            window_output_size(height, self.patch[0], self.stride[0], "GMM patch height"),
+            window_output_size(width, self.patch[1], self.stride[1], "GMM patch width"),
+        )
 
 
 class Covariance(PyroModule):
@@ -144,9 +153,8 @@ def masked_table(x, mask, means, covariance, geometry: Geometry) -> torch.Tensor
     the marginal Gaussian of its observed entries, so the cost grows with the number of distinct
     patterns, which is small for the masks in-painting uses.
     """
-    n, _, height, width = x.shape
-    out_h = (height - geometry.patch[0]) // geometry.stride[0] + 1
-    out_w = (width - geometry.patch[1]) // geometry.stride[1] + 1
+    n = x.shape[0]
+    out_h, out_w = geometry.output_size(*x.shape[2:])
     k, dim = geometry.components, geometry.dim
     patches = F.unfold(torch.where(mask, x, 0.0), geometry.patch, stride=geometry.stride)  # (N, D, L)
     observed = F.unfold(mask.to(x.dtype), geometry.patch, stride=geometry.stride) > 0.5

@@ -69,10 +69,10 @@ class FullCovariance(Covariance):
         whitened = (rows @ stacked).view(rows.shape[0], rows.shape[1], k, dim) - shift.unsqueeze(1)
         log_det = factor.diagonal(dim1=-2, dim2=-1).log().sum(-1)  # (P, K)
         table = log_det.unsqueeze(1) - 0.5 * dim * LOG_2PI - 0.5 * whitened.square().sum(-1)  # (P, M, K)
-        out_h = (x.shape[2] - geometry.patch[0]) // geometry.stride[0] + 1
+        out_h, out_w = geometry.output_size(*x.shape[2:])
         if geometry.shared:
-            return table.view(n, places, k).transpose(1, 2).reshape(n, k, out_h, -1)
-        return table.permute(1, 2, 0).reshape(n, k, out_h, -1)
+            return table.view(n, places, k).transpose(1, 2).reshape(n, k, out_h, out_w)
+        return table.permute(1, 2, 0).reshape(n, k, out_h, out_w)
 
     def distribution(self, loc, select, divisor: float):
         return dist.MultivariateNormal(loc, precision_matrix=select(self.precision) * divisor**2)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import math
+from typing import NamedTuple
 
 import pyro.distributions as dist
 import torch
@@ -67,18 +68,30 @@ class OrthonormalMap(Transform):
         return x.new_zeros(x.shape[:-1])
 
 
+class FourierStructure(NamedTuple):
+    """``basis`` (D, D), block-diagonal over channels; ``orbit_matrix`` (D, C O), the one-hot
+    frequency pair of every coefficient; ``pair_sizes`` (C O,), coefficients per pair (1 or 2);
+    ``mean_coefficients`` (D,), 1 at each channel's zero frequency."""
+
+    basis: torch.Tensor
+    orbit_matrix: torch.Tensor
+    pair_sizes: torch.Tensor
+    mean_coefficients: torch.Tensor
+
+
 @functools.cache
-def fourier_structure(height: int, width: int, channels: int):
-    """The float64 ``basis`` (D, D), block-diagonal over channels; ``orbit_matrix`` (D, C O), the
-    one-hot frequency pair of every coefficient; ``mean_coefficients`` (D,), 1 at each channel's
-    zero frequency."""
+def fourier_structure(height: int, width: int, channels: int, dtype=torch.float64, device=None):
+    """The :class:`FourierStructure` of (height, width) patches of ``channels``, built in float64 and
+    kept (per dtype and device) so the hot path never rebuilds or converts it."""
     orbit = conjugate_orbits(height, width)
     pairs = int(orbit.max()) + 1
     orbit = (orbit + pairs * torch.arange(channels)[:, None]).flatten()  # (D,)
     basis = torch.block_diag(*[hartley_basis(height, width)] * channels)
+    orbit_matrix = F.one_hot(orbit, channels * pairs).double()
     zero = torch.zeros(height * width, dtype=torch.float64)
     zero[0] = 1.0
-    return basis, F.one_hot(orbit, channels * pairs).double(), zero.repeat(channels)
+    parts = (basis, orbit_matrix, orbit_matrix.sum(0), zero.repeat(channels))
+    return FourierStructure(*(part.to(device, dtype) for part in parts))
 
 
 class StationaryCovariance(Covariance):
@@ -91,24 +104,14 @@ class StationaryCovariance(Covariance):
 
     @property
     def pairs(self) -> int:
-        return fourier_structure(*self.geometry.patch, self.geometry.channels)[1].shape[1]
+        return self.structure().orbit_matrix.shape[1]
 
-    def _structure(self, like: torch.Tensor):
-        """``basis``, ``orbit_matrix`` and ``mean_coefficients`` in ``like``'s dtype and device."""
-        structure = fourier_structure(*self.geometry.patch, self.geometry.channels)
-        return [value.to(like.device, like.dtype) for value in structure]
-
-    @property
-    def basis(self) -> torch.Tensor:
-        return self._structure(self.log_precision)[0]
-
-    @property
-    def orbit_matrix(self) -> torch.Tensor:
-        return self._structure(self.log_precision)[1]
-
-    @property
-    def mean_coefficients(self) -> torch.Tensor:
-        return self._structure(self.log_precision)[2]
+    def structure(self, like: torch.Tensor | None = None) -> FourierStructure:
+        """The :class:`FourierStructure` in ``like``'s dtype and device (default: the parameters')."""
+        like = getattr(self, "log_precision", None) if like is None else like
+        if like is None:  # before build: float64 on the CPU
+            return fourier_structure(*self.geometry.patch, self.geometry.channels)
+        return fourier_structure(*self.geometry.patch, self.geometry.channels, like.dtype, like.device)
 
     def parameter_count(self) -> int:
         return math.prod(self.geometry.lead) * self.geometry.components * self.pairs
@@ -118,10 +121,10 @@ class StationaryCovariance(Covariance):
         self.log_precision = torch.nn.Parameter(torch.full(shape, log_precision))
 
     def _per_coefficient(self, values: torch.Tensor) -> torch.Tensor:
-        return values @ self._structure(values)[1].T  # (..., D)
+        return values @ self.structure(values).orbit_matrix.T  # (..., D)
 
     def _per_pair(self, values: torch.Tensor) -> torch.Tensor:
-        return values @ self._structure(values)[1]  # (..., C * O): sums over each pair
+        return values @ self.structure(values).orbit_matrix  # (..., C * O): sums over each pair
 
     @property
     def precision(self) -> torch.Tensor:
@@ -130,13 +133,11 @@ class StationaryCovariance(Covariance):
 
     def coefficients(self, vectors: torch.Tensor) -> torch.Tensor:
         """Fourier coefficients ``T v`` of vectors (..., D)."""
-        return vectors @ self._structure(vectors)[0].T
+        return vectors @ self.structure(vectors).basis.T
 
-    def log_prob_table(self, x, means, mask=None) -> torch.Tensor:
-        if mask is not None:
-            return super().log_prob_table(x, means, mask)
+    def table(self, x, means) -> torch.Tensor:
         geometry = self.geometry
-        filters = self.basis.reshape(geometry.dim, geometry.channels, *geometry.patch)
+        filters = self.structure(x).basis.reshape(geometry.dim, geometry.channels, *geometry.patch)
         y = torch.nn.functional.conv2d(x, filters, stride=geometry.stride)  # (N, D, H', W')
         coefficients = Geometry(geometry.dim, (1, 1), (1, 1), geometry.components, geometry.lead)
         return diagonal_table(y, self.coefficients(means), self.precision, coefficients)
@@ -144,10 +145,11 @@ class StationaryCovariance(Covariance):
     def distribution(self, loc, select, divisor: float):
         scale = select(self.precision).rsqrt() / divisor
         base = dist.Normal(self.coefficients(loc), scale).to_event(1)
-        return dist.TransformedDistribution(base, [OrthonormalMap(self.basis)])
+        return dist.TransformedDistribution(base, [OrthonormalMap(self.structure(loc).basis)])
 
     def covariance_matrix(self) -> torch.Tensor:
-        return (self.basis.T * self.precision.reciprocal().unsqueeze(-2)) @ self.basis
+        basis = self.structure().basis
+        return (basis.T * self.precision.reciprocal().unsqueeze(-2)) @ basis
 
     def precision_map(self) -> torch.Tensor:
         """The filter's power spectrum: precision at every frequency (u, v), (..., K, C, ph, pw)."""
@@ -155,8 +157,8 @@ class StationaryCovariance(Covariance):
 
     def project_means(self, means: torch.Tensor) -> torch.Tensor:
         """Each channel's mean level over the patch, everywhere in the patch."""
-        basis, _, mean_coefficients = self._structure(means)
-        return (means @ basis.T) * mean_coefficients @ basis
+        structure = self.structure(means)
+        return (means @ structure.basis.T) * structure.mean_coefficients @ structure.basis
 
     def _central_pairs(self, s0, s1, s2, coefficient_means) -> torch.Tensor:
         """Sum over each pair of ``sum r (y - m)^2``, from the statistics and the means' coefficients."""
@@ -166,7 +168,7 @@ class StationaryCovariance(Covariance):
     def fit(self, x, weights, means) -> dict:
         coefficient_means = self.coefficients(self.project_means(means))
         _, variance = weighted_moments(self.coefficients(x), weights, coefficient_means)  # (P, K, D)
-        pair_variance = self._per_pair(variance) / self._per_pair(torch.ones_like(variance))
+        pair_variance = self._per_pair(variance) / self.structure(variance).pair_sizes
         return {"log_precision": bounded_log_precision(pair_variance, self.bounds)}
 
     def project_(self, means) -> None:
@@ -178,20 +180,22 @@ class StationaryCovariance(Covariance):
         precision = self.precision
         m, gradient = self.coefficients(means), self.coefficients(means.grad)
         s1 = s0.unsqueeze(-1) * m - gradient / precision
-        sizes = self.orbit_matrix.sum(0)
-        s2 = (sizes * s0.unsqueeze(-1) + 2.0 * self.log_precision.grad) / self.log_precision.exp()
+        s2 = (
+            self.structure().pair_sizes * s0.unsqueeze(-1) + 2.0 * self.log_precision.grad
+        ) / self.log_precision.exp()
         return s1, s2 + self._per_pair(2.0 * m * s1 - m.square() * s0.unsqueeze(-1))
 
     def current_statistics(self, s0, means):
         m = self.coefficients(means)
         s1 = s0.unsqueeze(-1) * m
-        spread = self.orbit_matrix.sum(0) * (-self.log_precision).exp() + self._per_pair(m.square())
+        spread = self.structure().pair_sizes * (-self.log_precision).exp() + self._per_pair(m.square())
         return s1, s0.unsqueeze(-1) * spread
 
     def maximise(self, s0, s1, s2, alive, means) -> None:
-        new_m = s1 / s0.unsqueeze(-1) * self.mean_coefficients
-        variance = self._central_pairs(s0, s1, s2, new_m) / (self.orbit_matrix.sum(0) * s0.unsqueeze(-1))
+        structure = self.structure()
+        new_m = s1 / s0.unsqueeze(-1) * structure.mean_coefficients
+        variance = self._central_pairs(s0, s1, s2, new_m) / (structure.pair_sizes * s0.unsqueeze(-1))
         keep = alive.unsqueeze(-1)
-        means.copy_(torch.where(keep, new_m @ self.basis, means))
+        means.copy_(torch.where(keep, new_m @ structure.basis, means))
         new_log_precision = bounded_log_precision(variance, self.bounds)
         self.log_precision.copy_(torch.where(keep, new_log_precision, self.log_precision))
