@@ -386,6 +386,11 @@ class SamplingConfig(Checked):
     :param top_s: components kept per position below the top layer (the paper's S).
     :param divisor: every component's standard deviations are divided by this.
     :param pool_mode: ``"dense"`` or ``"sparse"`` unpooling.
+    :param sharpen_target: ``"next"`` (the GMM layer that reads the sharpened step, as in the
+        paper) or the GMM layer whose log-likelihood sharpening climbs (the top one in a stack with
+        fewer GMM layers).  Climbing layer 1 with rate 1e-4 and no pull raises the mean gradient
+        magnitude of preset E samples from 0.58 to 0.74 of real images' but draws vertical stripes,
+        so it is not the default.
     :param sharpen_rate, sharpen_iterations, sharpen_pull: gradient sharpening
         (:class:`~pyro_dcgmm.sampling.Sharpening`): step size, steps, pull toward the plain sample.
     :param variant_layer: GMM layer the variants start from (``None``: the one below the top, the
@@ -397,11 +402,18 @@ class SamplingConfig(Checked):
     top_s: int = bounded(3, ge=1)
     divisor: float = bounded(10.0, gt=0)
     pool_mode: Literal["dense", "sparse"] = "dense"
+    sharpen_target: int | Literal["next"] = "next"
     sharpen_rate: float = bounded(2.5e-4, gt=0)
     sharpen_iterations: int = bounded(200, ge=0)
     sharpen_pull: float = bounded(1000.0, ge=0)
     variant_layer: int | None = None
     inpaint_layer: int = -1
+
+    def check(self) -> None:
+        if self.sharpen_target != "next" and self.sharpen_target < 0:
+            self.fail(
+                f"sampling.sharpen_target must be a GMM layer index >= 0 or 'next', got {self.sharpen_target}"
+            )
 
 
 @dataclass(frozen=True)

@@ -196,7 +196,12 @@ class GMM(Layer):
 
     def log_scores(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """``log pi_k + log N(patch | mu_k, p_k)`` of shape (N, K, H', W')."""
-        return self.log_prob_table(x, mask) + self._component_map(self.log_mixing())  # (N, K, H', W')
+        return self.log_prob_table(x, mask) + self.log_mixing_map()  # (N, K, H', W')
+
+    def log_mixing_map(self) -> torch.Tensor:
+        """``log pi`` laid out like a table, (1, K, 1 | H', 1 | W'): log-scores minus it are the
+        log-densities."""
+        return self._component_map(self.log_mixing())
 
     def output(self, scores: torch.Tensor) -> torch.Tensor:
         """What the layer passes upward, from its log-scores (N, K, H', W'), by ``config.output``.
@@ -211,7 +216,7 @@ class GMM(Layer):
         active = self._component_map(self.active)  # (1, K, 1 | H', 1 | W')
         if kind == "responsibilities":
             return torch.softmax(scores, dim=1)
-        log_densities = scores - self._component_map(self.log_mixing())
+        log_densities = scores - self.log_mixing_map()
         if kind == "likelihoods":
             return torch.softmax(log_densities.masked_fill(~active, PRUNED_LOGIT), dim=1)
         if kind == "log_responsibilities":

@@ -240,7 +240,7 @@ class Stack(PyroModule):
         The posterior at GMM layer ``layer`` (default: the top one, which sees the whole image) is
         given the observed pixels only: the first layer marginalises the missing ones exactly and
         every layer above the inputs from mostly missing patches.  The missing pixels are sampled
-        down from it (component means with ``options.mean``), the first layer drawing each component
+        down from it (component means with ``options.mean``), every layer below drawing each component
         given the observed part of its patch too, and sharpened with the observed pixels held fixed.
         """
         return top_down.variants(self, x, layer, n_per_image, options, mask)

@@ -3,6 +3,8 @@ images and in-painting (see :mod:`pyro_dcgmm.sampling` for the options and the s
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from pyro_dcgmm import queries
@@ -33,7 +35,7 @@ def top_model_stage(stack) -> int:
 def variants(stack, x, layer: int, n_per_image: int, options=None, mask=None) -> torch.Tensor:
     """Images drawn down from the responsibilities of ``x`` at GMM layer ``layer``: (N * n_per_image,
     C, H, W), variants of image ``i`` in rows ``i * n_per_image ...``; with a ``mask``, the observed
-    pixels are kept and the posterior comes from them alone."""
+    pixels are kept and every layer's components are drawn given them (:class:`Observed`)."""
     index = stack.gmm_index(layer)
     x, mask = queries.checked_inputs(stack, x, mask)
 
@@ -45,35 +47,62 @@ def variants(stack, x, layer: int, n_per_image: int, options=None, mask=None) ->
     signal = responsibilities.to(parameter.device).repeat_interleave(n_per_image, dim=0)
     observed = None
     if mask is not None:
-        observed = (
-            mask.to(parameter.device).repeat_interleave(n_per_image, 0),
-            x.to(parameter.device, parameter.dtype).repeat_interleave(n_per_image, 0),
-        )
+        images = x.to(parameter.device, parameter.dtype)
+        observed = Observed.of(stack, images, mask.to(parameter.device), index).repeated(n_per_image)
     position = stack.stages.index(index)
     samples = sample_from(stack, position, signal, signal.shape[0], options or SamplingOptions(), observed)
     return samples.to(responsibilities.device)
 
 
+@dataclass(frozen=True)
+class Observed:
+    """What in-painting knows: the ``images`` with their ``mask`` (true = observed) and, by GMM
+    layer index, the ``evidence`` of the observed pixels about every layer's components
+    (:func:`~pyro_dcgmm.queries.observed_evidence`)."""
+
+    mask: torch.Tensor
+    images: torch.Tensor
+    evidence: dict[int, torch.Tensor]
+
+    @classmethod
+    def of(cls, stack, images: torch.Tensor, mask: torch.Tensor, below: int) -> Observed:
+        """The evidence for every GMM layer below ``layers[below]``, in chunks of 1024 images."""
+        with torch.no_grad():
+            chunks = [
+                queries.observed_evidence(stack, images[i : i + 1024], mask[i : i + 1024], below)
+                for i in range(0, images.shape[0], 1024)
+            ]
+        evidence = {index: torch.cat([chunk[index] for chunk in chunks]) for index in chunks[0]}
+        return cls(mask, images, evidence)
+
+    def repeated(self, times: int) -> Observed:
+        """Every image ``times`` times in a row, as :func:`variants` lays out its draws."""
+        evidence = {i: e.repeat_interleave(times, 0) for i, e in self.evidence.items()}
+        mask, images = self.mask.repeat_interleave(times, 0), self.images.repeat_interleave(times, 0)
+        return Observed(mask, images, evidence)
+
+
 def sample_from(stack, position: int, signal, n: int, options: SamplingOptions, observed=None):
-    """Run ``sample_down`` from stage ``position`` to the pixels; ``observed`` = (mask, images)."""
+    """Run ``sample_down`` from stage ``position`` to the pixels, every GMM layer below the start
+    drawing given the ``observed`` evidence about its components if there is any."""
     with torch.no_grad():
         for pos in range(position, -1, -1):
-            layer = stack.layers[stack.stages[pos]]
-            if pos == 0 and observed is not None:  # the first layer also hears the observed pixels
-                evidence = layer.log_prob_table(observed[1], observed[0])  # (n, K, H', W')
-                signal = layer.sample_down(signal, n, options, evidence=evidence)
+            index = stack.stages[pos]
+            layer = stack.layers[index]
+            if observed is not None and index in observed.evidence:
+                signal = layer.sample_down(signal, n, options, evidence=observed.evidence[index])
             else:
                 signal = layer.sample_down(signal, n, options)
             if not torch.is_tensor(signal):  # no information yet, or evidence about components
                 continue
             fixed = None
             if pos == 0 and observed is not None:
-                fixed = observed[0]
-                signal = torch.where(fixed, observed[1], signal)
+                fixed = observed.mask
+                signal = torch.where(fixed, observed.images, signal)
             if options.sharpening is not None and not layer.lossless_down:
                 signal = sharpen_towards(stack, signal, pos, options.sharpening, fixed)
     signal = signal.clamp(*stack.data_range)
-    return signal if observed is None else torch.where(observed[0], observed[1], signal)
+    return signal if observed is None else torch.where(observed.mask, observed.images, signal)
 
 
 def sharpen_target(stack, position: int, target) -> int | None:

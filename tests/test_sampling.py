@@ -7,10 +7,11 @@ from scipy.special import logsumexp
 from scipy.stats import norm
 from torch.distributions import Normal
 
-from pyro_dcgmm import GMM, Fold, MaxPool, Readout, Stack, presets
+from pyro_dcgmm import GMM, Fold, MaxPool, Readout, Stack, presets, top_down
 from pyro_dcgmm.config import TrainConfig
 from pyro_dcgmm.data import load_digits
 from pyro_dcgmm.errors import ArchitectureError, DataError
+from pyro_dcgmm.initialisation import initialise
 from pyro_dcgmm.queries import output_mask, upward_scores
 from pyro_dcgmm.sample_quality import (
     FlatGMMInpainter,
@@ -326,3 +327,41 @@ def test_sampling_settings_are_stored_with_the_model(tmp_path):
     assert report["sampling"]["divisor"] == 3.0 and report["options"]["sharpening"]["iterations"] == 2
     report = sample.main([*checkpoint, "--out", str(tmp_path / "b"), "--divisor", "5"])  # a flag wins
     assert report["options"]["divisor"] == 5.0 and report["sampling"]["sharpen_iterations"] == 2
+    assert report["options"]["sharpening"]["target"] == "next"
+    report = sample.main([*checkpoint, "--out", str(tmp_path / "c"), "--sharpen-target", "3"])
+    assert report["options"]["sharpening"]["target"] == 1  # the top GMM layer of the digits stack
+
+
+def test_inpainting_draws_every_layer_given_the_observed_pixels(digits):
+    # three GMM layers: in-painting from the top, the middle layer's components are drawn given
+    # the observed pixels too, so with one pixel missing they follow the image's own MAP components
+    torch.manual_seed(0)
+    stack = Stack([Fold(2, 2), GMM(4), Fold(2, 2), GMM(4), Fold(None), GMM(3)], (1, 8, 8))
+    h = digits.train_images[:500]
+    for index in stack.stages:
+        layer = stack.layers[index]
+        if isinstance(layer, GMM):
+            initialise(layer, h, torch.Generator().manual_seed(0))
+        h = layer.transform(h).detach()
+    x = digits.test_images[:50]
+    mask = torch.ones_like(x, dtype=torch.bool)
+    mask[..., 0, 0] = False
+    observed = top_down.Observed.of(stack, x, mask, below=5)
+    scores = dict(upward_scores(stack, x, mask))
+    assert sorted(observed.evidence) == [1, 3]
+    for index, table in observed.evidence.items():
+        torch.testing.assert_close(table, scores[index] - stack.layers[index].log_mixing_map())
+    top = torch.softmax(scores[5], 1)
+    own = stack.map_components(x, layer=1, mask=mask)  # (50, 2, 2)
+
+    def middle_components(evidence):
+        seen = top_down.Observed(mask, x, evidence)
+        with poutine.trace() as tracer:
+            top_down.sample_from(stack, 2, top, 50, SamplingOptions(top_s=4, mean=True), seen)
+        return tracer.trace.nodes[stack.layers[3].site("z")]["value"]
+
+    torch.manual_seed(1)
+    assert (middle_components(observed.evidence) == own).float().mean() > 0.9
+    torch.manual_seed(1)
+    blind = {1: observed.evidence[1]}  # only the first layer hears the pixels: 0.715
+    assert (middle_components(blind) == own).float().mean() < 0.8

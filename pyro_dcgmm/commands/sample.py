@@ -9,8 +9,8 @@ How to sample comes with the model: the run's ``[sampling]`` section
 (:class:`~pyro_dcgmm.config.SamplingConfig`, stored in the checkpoint; its defaults, chosen on a
 validation split for 28x28 Fashion-MNIST stacks, keep the top-3 components below the top layer, the
 paper's S, divide standard deviations by 10 and sharpen by 200 steps of rate 2.5e-4 with a pull of
-1000 toward the unsharpened sample, which keeps sharpening from drawing every sample to the same
-mode).  A flag given here overrides its setting.
+1000 toward the unsharpened sample, on the log-likelihood of the GMM layer that reads each step).
+A flag given here overrides its setting.
 
 Writes into ``--out``: ``samples.png`` (the same draws before and after sharpening),
 ``class_samples.png`` (one row per class, if the stack has a Readout), ``variants.png``,
@@ -60,6 +60,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--top-s", type=int, help=f"components kept per position (the paper's S) {stored}")
     parser.add_argument("--divisor", type=float, help=f"standard-deviation divisor {stored}")
     parser.add_argument("--pool-mode", choices=["dense", "sparse"], help=f"unpooling {stored}")
+    parser.add_argument(
+        "--sharpen-target", type=sharpen_target, help=f"GMM layer sharpening climbs, or 'next' {stored}"
+    )
     parser.add_argument("--sharpen-rate", type=float, help=f"sharpening step size {stored}")
     parser.add_argument("--sharpen-iterations", type=int, help=f"sharpening steps {stored}")
     parser.add_argument("--sharpen-pull", type=float, help=f"pull toward the unsharpened sample {stored}")
@@ -78,6 +81,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def sharpen_target(text: str) -> int | str:
+    return text if text == "next" else int(text)
+
+
 def main(argv=None) -> dict:
     args = parse_args(argv)
     state = load_checkpoint(args.checkpoint)
@@ -89,9 +96,10 @@ def main(argv=None) -> dict:
     dataset = load_dataset(data_config)
     args.out.mkdir(parents=True, exist_ok=True)
     settings = sampling_settings(run, args)
-    sharpening = Sharpening(
-        rate=settings.sharpen_rate, iterations=settings.sharpen_iterations, pull=settings.sharpen_pull
-    )
+    target = settings.sharpen_target
+    if target != "next":
+        target = min(target, len(stack.gmm_layers) - 1)
+    sharpening = Sharpening(target, settings.sharpen_rate, settings.sharpen_iterations, settings.sharpen_pull)
     plain = SamplingOptions(top_s=settings.top_s, divisor=settings.divisor, pool_mode=settings.pool_mode)
     sharp = dataclasses.replace(plain, sharpening=sharpening)
     args.variant_layer = settings.variant_layer
