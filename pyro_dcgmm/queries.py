@@ -96,16 +96,16 @@ def upward_scores(stack, x: torch.Tensor, mask: torch.Tensor | None) -> Iterator
         h = output
 
 
-def observed_evidence(stack, x: torch.Tensor, mask: torch.Tensor, below: int) -> dict[int, torch.Tensor]:
-    """``log p(observed part of a patch | z = k)`` (N, K, H', W') of every GMM layer below
-    ``layers[below]``, by index: the log-densities of one masked upward pass (:func:`upward_scores`;
+def observed_evidence(stack, x: torch.Tensor, mask: torch.Tensor, until: int) -> dict[int, torch.Tensor]:
+    """``log p(observed part of a patch | z = k)`` (N, K, H', W') of every GMM layer up to
+    ``layers[until]``, by index: the log-densities of one masked upward pass (:func:`upward_scores`;
     zero where nothing of a patch counts as observed).  In-painting adds them to every layer's
     component logits, so each component is drawn given what is seen of its patch."""
     evidence = {}
     for i, scores in upward_scores(stack, x, mask):
-        if i >= below:
-            break
         evidence[i] = scores - stack.layers[i].log_mixing_map()
+        if i >= until:
+            break
     return evidence
 
 

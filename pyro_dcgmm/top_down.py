@@ -38,20 +38,22 @@ def variants(stack, x, layer: int, n_per_image: int, options=None, mask=None) ->
     pixels are kept and every layer's components are drawn given them (:class:`Observed`)."""
     index = stack.gmm_index(layer)
     x, mask = queries.checked_inputs(stack, x, mask)
-
-    def posterior(chunk, chunk_mask):
-        return torch.softmax(queries.scores_at(stack, chunk, index, chunk_mask), 1)  # (n, K, H', W')
-
-    responsibilities = queries.map_chunks(stack, x, mask, posterior, 1024)
     parameter = next(stack.parameters())
-    signal = responsibilities.to(parameter.device).repeat_interleave(n_per_image, dim=0)
     observed = None
-    if mask is not None:
+    if mask is None:
+
+        def posterior(chunk, _):
+            return torch.softmax(queries.scores_at(stack, chunk, index, None), 1)  # (n, K, H', W')
+
+        responsibilities = queries.map_chunks(stack, x, None, posterior, 1024).to(parameter.device)
+    else:
         images = x.to(parameter.device, parameter.dtype)
-        observed = Observed.of(stack, images, mask.to(parameter.device), index).repeated(n_per_image)
+        observed, responsibilities = Observed.of(stack, images, mask.to(parameter.device), index)
+        observed = observed.repeated(n_per_image)
+    signal = responsibilities.repeat_interleave(n_per_image, dim=0)
     position = stack.stages.index(index)
     samples = sample_from(stack, position, signal, signal.shape[0], options or SamplingOptions(), observed)
-    return samples.to(responsibilities.device)
+    return samples.to(x.device)
 
 
 @dataclass(frozen=True)
@@ -65,15 +67,17 @@ class Observed:
     evidence: dict[int, torch.Tensor]
 
     @classmethod
-    def of(cls, stack, images: torch.Tensor, mask: torch.Tensor, below: int) -> Observed:
-        """The evidence for every GMM layer below ``layers[below]``, in chunks of 1024 images."""
+    def of(cls, stack, images: torch.Tensor, mask: torch.Tensor, start: int) -> tuple[Observed, torch.Tensor]:
+        """What is observed, with the evidence for every GMM layer below ``layers[start]``, and the
+        posterior (N, K, H', W') at ``start``: one masked upward pass, in chunks of 1024 images."""
         with torch.no_grad():
             chunks = [
-                queries.observed_evidence(stack, images[i : i + 1024], mask[i : i + 1024], below)
+                queries.observed_evidence(stack, images[i : i + 1024], mask[i : i + 1024], start)
                 for i in range(0, images.shape[0], 1024)
             ]
-        evidence = {index: torch.cat([chunk[index] for chunk in chunks]) for index in chunks[0]}
-        return cls(mask, images, evidence)
+            evidence = {index: torch.cat([chunk[index] for chunk in chunks]) for index in chunks[0]}
+            posterior = torch.softmax(evidence.pop(start) + stack.layers[start].log_mixing_map(), 1)
+        return cls(mask, images, evidence), posterior
 
     def repeated(self, times: int) -> Observed:
         """Every image ``times`` times in a row, as :func:`variants` lays out its draws."""
