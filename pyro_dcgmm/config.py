@@ -43,6 +43,7 @@ except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
 from pyro_dcgmm.errors import ConfigError, LayerConfigError
+from pyro_dcgmm.sampling import check_stable_pull
 
 IntPair = int | tuple[int, int]
 
@@ -381,7 +382,8 @@ class SamplingConfig(Checked):
     """How ``pyro-dcgmm sample`` samples a trained model, stored with it (the run's ``[sampling]``).
 
     The defaults were chosen for 28x28 Fashion-MNIST stacks on a validation split by the measures
-    of :mod:`pyro_dcgmm.sample_quality` (``docs/figures/fashion-mnist-E-samples/``).
+    of :mod:`pyro_dcgmm.sample_quality` (``docs/figures/fashion-mnist-E-samples/``); the shipped
+    ``digits`` config sets its own sharpening (``docs/figures/digits-main-job/``).
 
     :param top_s: components kept per position below the top layer (the paper's S).
     :param divisor: every component's standard deviations are divided by this.
@@ -392,7 +394,8 @@ class SamplingConfig(Checked):
         magnitude of preset E samples from 0.58 to 0.74 of real images' but draws vertical stripes,
         so it is not the default.
     :param sharpen_rate, sharpen_iterations, sharpen_pull: gradient sharpening
-        (:class:`~pyro_dcgmm.sampling.Sharpening`): step size, steps, pull toward the plain sample.
+        (:class:`~pyro_dcgmm.sampling.Sharpening`): step size, steps, pull toward the plain sample;
+        ``sharpen_rate * sharpen_pull`` must be below 1.
     :param variant_layer: GMM layer the variants start from (``None``: the one below the top, the
         top one if alone).
     :param inpaint_layer: GMM layer the in-paintings are drawn from.
@@ -414,6 +417,7 @@ class SamplingConfig(Checked):
             self.fail(
                 f"sampling.sharpen_target must be a GMM layer index >= 0 or 'next', got {self.sharpen_target}"
             )
+        check_stable_pull(self.sharpen_rate, self.sharpen_pull, "sampling.sharpen_rate and sharpen_pull")
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,8 @@ from typing import Literal
 
 import torch
 
+from pyro_dcgmm.errors import ConfigError
+
 
 @dataclass(frozen=True)
 class Sharpening:
@@ -30,13 +32,28 @@ class Sharpening:
         step with no such GMM layer above it (or only lower ones) is left as it is.
     :param rate: step size of the gradient ascent.
     :param iterations: number of ascent steps.
-    :param pull: weight of the squared distance to the unsharpened sample.
+    :param pull: weight of the squared distance to the unsharpened sample; ``rate * pull`` must be
+        below 1 (:func:`check_stable_pull`).
     """
 
     target: Literal["next"] | int = "next"
     rate: float = 0.1
     iterations: int = 100
     pull: float = 0.0
+
+    def __post_init__(self) -> None:
+        check_stable_pull(self.rate, self.pull)
+
+
+def check_stable_pull(rate: float, pull: float, what: str = "sharpening") -> None:
+    """Each step scales the distance to the unsharpened sample by ``1 - 2 * rate * pull`` through
+    the pull alone: at ``rate * pull >= 1`` the steps overshoot and oscillate with growing amplitude,
+    so sharpened images are noise held in range only by the clamping."""
+    if rate * pull >= 1:
+        raise ConfigError(
+            f"{what}: rate {rate:g} times pull {pull:g} is {rate * pull:g}; it must be below 1, "
+            "else every step overshoots the unsharpened sample and the sharpened image oscillates"
+        )
 
 
 @dataclass(frozen=True)

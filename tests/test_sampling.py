@@ -8,9 +8,9 @@ from scipy.stats import norm
 from torch.distributions import Normal
 
 from pyro_dcgmm import GMM, Fold, MaxPool, Readout, Stack, presets, top_down
-from pyro_dcgmm.config import TrainConfig
+from pyro_dcgmm.config import SamplingConfig, TrainConfig
 from pyro_dcgmm.data import load_digits
-from pyro_dcgmm.errors import ArchitectureError, DataError
+from pyro_dcgmm.errors import ArchitectureError, ConfigError, DataError
 from pyro_dcgmm.initialisation import initialise
 from pyro_dcgmm.queries import output_mask, upward_scores
 from pyro_dcgmm.sample_quality import (
@@ -182,6 +182,14 @@ def test_bad_sampling_requests_raise():
         stack.log_prob(torch.rand(2, 1, 8, 8), mask=torch.ones(2, 1, 8, 7))
 
 
+def test_a_pull_that_overshoots_is_refused():
+    with pytest.raises(ConfigError, match=r"rate 0\.002 times pull 500 is 1; it must be below 1"):
+        Sharpening(rate=0.002, pull=500.0)
+    with pytest.raises(ConfigError, match=r"sampling\.sharpen_rate and sharpen_pull"):
+        SamplingConfig(sharpen_rate=0.01, sharpen_pull=1000.0)
+    assert Sharpening(rate=0.002, pull=499.0).pull == 499.0
+
+
 def test_ndb_separates_matching_from_mode_dropping_samples(digits):
     from pyro_dcgmm.metrics import NDB
 
@@ -319,17 +327,20 @@ def test_sampling_settings_are_stored_with_the_model(tmp_path):
 
     config = tmp_path / "run.toml"
     text = (SHIPPED_CONFIGS / "digits.toml").read_text()
-    config.write_text(text + "\n[sampling]\ndivisor = 3.0\nsharpen_iterations = 2\n")
+    config.write_text(text.replace("[sampling]", "[sampling]\ndivisor = 3.0\nsharpen_iterations = 2", 1))
     run = tmp_path / "run"
     train_svi.main(["--config", str(config), "--epochs", "1", "--out", str(run), "--no-progress"])
     checkpoint = ["--checkpoint", str(run / "checkpoint.pt"), "--no-ndb"]
     report = sample.main([*checkpoint, "--out", str(tmp_path / "a")])
     assert report["sampling"]["divisor"] == 3.0 and report["options"]["sharpening"]["iterations"] == 2
+    assert report["options"]["sharpening"]["rate"] == 0.001  # the shipped config's own setting
     report = sample.main([*checkpoint, "--out", str(tmp_path / "b"), "--divisor", "5"])  # a flag wins
     assert report["options"]["divisor"] == 5.0 and report["sampling"]["sharpen_iterations"] == 2
-    assert report["options"]["sharpening"]["target"] == "next"
+    assert report["options"]["sharpening"]["target"] == 1
     report = sample.main([*checkpoint, "--out", str(tmp_path / "c"), "--sharpen-target", "3"])
     assert report["options"]["sharpening"]["target"] == 1  # the top GMM layer of the digits stack
+    report = sample.main([*checkpoint, "--out", str(tmp_path / "d"), "--sharpen-target", "next"])
+    assert report["options"]["sharpening"]["target"] == "next"
 
 
 def test_inpainting_draws_every_layer_given_the_observed_pixels(digits):

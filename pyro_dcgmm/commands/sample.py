@@ -17,8 +17,10 @@ Writes into ``--out``: ``samples.png`` (the same draws before and after sharpeni
 ``inpainting.png`` (right half missing) and, unless ``--no-ndb``, ``report.json`` with two tables
 (also printed): NDB/K of DCGMM samples, of a flat diagonal GMM's (scikit-learn) and of held-out real
 images; and, for plain and sharpened samples, class agreement, within-class diversity and sharpness
-relative to real images, and in-painting error of a draw and of the mean of 16 draws (the DCGMM's
-conditional mean) beside the flat GMM's exact conditional mean and a conditional sample of it."""
+relative to real images, the mean log-likelihood at every GMM layer of real images and of
+unconditional samples (so that sharpening can be seen to raise it), and in-painting error of a draw
+and of the mean of 16 draws (the DCGMM's conditional mean) beside the flat GMM's exact conditional
+mean and a conditional sample of it."""
 
 from __future__ import annotations
 
@@ -207,18 +209,22 @@ MEAN_DRAWS = 16  # plain in-paintings averaged into the DCGMM's conditional mean
 
 
 def measures_table(stack, dataset, train, flat: FlatGMMInpainter, args, option_sets) -> dict:
-    """Class agreement, diversity and sharpness of plain and sharpened samples, and in-painting
+    """Class agreement, diversity, sharpness and per-layer log-likelihood of plain and sharpened
+    samples (and the log-likelihood of real images), and in-painting
     error of a draw and of the mean of ``MEAN_DRAWS`` draws (the DCGMM's conditional mean) beside the
     flat GMM's exact conditional mean and a conditional sample (:mod:`pyro_dcgmm.sample_quality`)."""
     judge = ImageClassifier(*train, seed=args.seed)
     test_x, test_y = dataset.test_images[: args.measure_images], dataset.test_labels[: args.measure_images]
     real_sharpness = sharpness(test_x)
     results = {"real": {"class_agreement": judge.agreement(test_x, test_y), "sharpness": 1.0}}
+    results["real"]["log_likelihood"] = stack.layer_log_probs(test_x).mean(0).tolist()
     mask = torch.ones_like(test_x, dtype=torch.bool)
     mask[..., test_x.shape[-1] // 2 :] = False
     for name, options in zip(("plain", "sharpened"), option_sets, strict=True):
         torch.manual_seed(args.seed)
-        row = {"sharpness": sharpness(stack.sample(len(test_x), options=options).cpu()) / real_sharpness}
+        unconditional = stack.sample(len(test_x), options=options).cpu()
+        row = {"sharpness": sharpness(unconditional) / real_sharpness}
+        row["log_likelihood"] = stack.layer_log_probs(unconditional).mean(0).tolist()
         if stack.readout is not None:
             classes = torch.arange(stack.readout.num_classes).repeat_interleave(args.measure_per_class)
             drawn = stack.sample(len(classes), classes=classes, options=options).cpu()
@@ -247,8 +253,12 @@ def measures_table(stack, dataset, train, flat: FlatGMMInpainter, args, option_s
 def print_measures(results: dict, images: int) -> None:
     columns = ["class_agreement", "within_class_diversity", "variants_keep_class", "sharpness",
                "inpainting_mse", "inpainting_keeps_class"]  # fmt: skip
-    rows = [["", "class agr.", "diversity", "variants", "sharpness", "in-paint MSE", "in-paint class"]]
+    rows = [["", "class agr.", "diversity", "variants", "sharpness", "in-paint MSE", "in-paint class",
+             "LL per GMM layer"]]  # fmt: skip
     for name, row in results.items():
-        rows.append([name] + [f"{row[c]:.3f}" if c in row else "-" for c in columns])
-    print(f"Measures on {images} test images (diversity and sharpness relative to real images):")
+        log_likelihood = " / ".join(f"{value:.1f}" for value in row.get("log_likelihood", [])) or "-"
+        rows.append([name] + [f"{row[c]:.3f}" if c in row else "-" for c in columns] + [log_likelihood])
+    relative = "diversity and sharpness relative to real images"
+    log_likelihood = "LL: mean log-likelihood per image at every GMM layer"
+    print(f"Measures on {images} test images ({relative}; {log_likelihood}):")
     print(format_table(rows))
