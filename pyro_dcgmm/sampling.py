@@ -47,8 +47,8 @@ class Sharpening:
 
 def check_stable_pull(rate: float, pull: float, what: str = "sharpening") -> None:
     """Each step scales the distance to the unsharpened sample by ``1 - 2 * rate * pull`` through
-    the pull alone: at ``rate * pull >= 1`` the steps overshoot and oscillate with growing amplitude,
-    so sharpened images are noise held in range only by the clamping."""
+    the pull alone: at ``rate * pull >= 1`` that factor is -1 or below, so the steps overshoot and
+    the oscillation never dies down; sharpened images are noise held in range only by the clamping."""
     if rate * pull >= 1:
         raise ConfigError(
             f"{what}: rate {rate:g} times pull {pull:g} is {rate * pull:g}; it must be below 1, "

@@ -210,9 +210,9 @@ MEAN_DRAWS = 16  # plain in-paintings averaged into the DCGMM's conditional mean
 
 def measures_table(stack, dataset, train, flat: FlatGMMInpainter, args, option_sets) -> dict:
     """Class agreement, diversity, sharpness and per-layer log-likelihood of plain and sharpened
-    samples (and the log-likelihood of real images), and in-painting
-    error of a draw and of the mean of ``MEAN_DRAWS`` draws (the DCGMM's conditional mean) beside the
-    flat GMM's exact conditional mean and a conditional sample (:mod:`pyro_dcgmm.sample_quality`)."""
+    samples (and the log-likelihood of real images), and in-painting error of a draw and of the mean
+    of ``MEAN_DRAWS`` draws (the DCGMM's conditional mean) beside the flat GMM's exact conditional
+    mean and a conditional sample (:mod:`pyro_dcgmm.sample_quality`)."""
     judge = ImageClassifier(*train, seed=args.seed)
     test_x, test_y = dataset.test_images[: args.measure_images], dataset.test_labels[: args.measure_images]
     real_sharpness = sharpness(test_x)
@@ -256,9 +256,11 @@ def print_measures(results: dict, images: int) -> None:
     rows = [["", "class agr.", "diversity", "variants", "sharpness", "in-paint MSE", "in-paint class",
              "LL per GMM layer"]]  # fmt: skip
     for name, row in results.items():
-        log_likelihood = " / ".join(f"{value:.1f}" for value in row.get("log_likelihood", [])) or "-"
-        rows.append([name] + [f"{row[c]:.3f}" if c in row else "-" for c in columns] + [log_likelihood])
-    relative = "diversity and sharpness relative to real images"
-    log_likelihood = "LL: mean log-likelihood per image at every GMM layer"
-    print(f"Measures on {images} test images ({relative}; {log_likelihood}):")
+        per_layer = " / ".join(f"{value:.1f}" for value in row.get("log_likelihood", [])) or "-"
+        rows.append([name] + [f"{row[c]:.3f}" if c in row else "-" for c in columns] + [per_layer])
+    legend = (
+        "diversity and sharpness relative to real images; "
+        "LL: mean log-likelihood per image at every GMM layer"
+    )
+    print(f"Measures on {images} test images ({legend}):")
     print(format_table(rows))
