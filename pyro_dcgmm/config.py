@@ -399,6 +399,10 @@ class SamplingConfig(Checked):
     :param variant_layer: GMM layer the variants start from (``None``: the one below the top, the
         top one if alone).
     :param inpaint_layer: GMM layer the in-paintings are drawn from.
+    :param inpaint_top_s: components kept per position below it when in-painting: 10 brought the
+        mean of 64 in-paintings (the conditional mean) closer to the missing half than 3 did, on
+        validation images of preset E on Fashion-MNIST (error 0.0461 against 0.0470) and of the
+        ``digits`` config (0.0494 against 0.0511); samples and variants keep ``top_s``.
     """
 
     section = "sampling"
@@ -411,6 +415,7 @@ class SamplingConfig(Checked):
     sharpen_pull: float = bounded(1000.0, ge=0)
     variant_layer: int | None = None
     inpaint_layer: int = -1
+    inpaint_top_s: int = bounded(10, ge=1)
 
     def check(self) -> None:
         if self.sharpen_target != "next" and self.sharpen_target < 0:

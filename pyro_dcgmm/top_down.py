@@ -32,10 +32,14 @@ def top_model_stage(stack) -> int:
     return max(p for p, i in enumerate(stack.stages) if isinstance(stack.layers[i], (GMM, Readout)))
 
 
+DRAWN_ROWS = 16384  # variants drawn down at once (images times draws per image): bounds the memory
+
+
 def variants(stack, x, layer: int, n_per_image: int, options=None, mask=None) -> torch.Tensor:
     """Images drawn down from the responsibilities of ``x`` at GMM layer ``layer``: (N * n_per_image,
     C, H, W), variants of image ``i`` in rows ``i * n_per_image ...``; with a ``mask``, the observed
-    pixels are kept and every layer's components are drawn given them (:class:`Observed`)."""
+    pixels are kept and every layer's components are drawn given them (:class:`Observed`).  Drawn
+    for as many images at a time as keep ``DRAWN_ROWS`` rows."""
     index = stack.gmm_index(layer)
     x, mask = queries.checked_inputs(stack, x, mask)
     parameter = next(stack.parameters())
@@ -49,11 +53,15 @@ def variants(stack, x, layer: int, n_per_image: int, options=None, mask=None) ->
     else:
         images = x.to(parameter.device, parameter.dtype)
         observed, responsibilities = Observed.of(stack, images, mask.to(parameter.device), index)
-        observed = observed.repeated(n_per_image)
-    signal = responsibilities.repeat_interleave(n_per_image, dim=0)
-    position = stack.stages.index(index)
-    samples = sample_from(stack, position, signal, signal.shape[0], options or SamplingOptions(), observed)
-    return samples.to(x.device)
+    position, options = stack.stages.index(index), options or SamplingOptions()
+    images_at_once = max(1, DRAWN_ROWS // n_per_image)
+    drawn = []
+    for start in range(0, x.shape[0], images_at_once):
+        rows = slice(start, start + images_at_once)
+        signal = responsibilities[rows].repeat_interleave(n_per_image, dim=0)
+        given = None if observed is None else observed.rows(rows).repeated(n_per_image)
+        drawn.append(sample_from(stack, position, signal, signal.shape[0], options, given))
+    return torch.cat(drawn).to(x.device)
 
 
 @dataclass(frozen=True)
@@ -78,6 +86,11 @@ class Observed:
             evidence = {index: torch.cat([chunk[index] for chunk in chunks]) for index in chunks[0]}
             posterior = torch.softmax(evidence.pop(start) + stack.layers[start].log_mixing_map(), 1)
         return cls(mask, images, evidence), posterior
+
+    def rows(self, selected: slice) -> Observed:
+        """What is observed of the ``selected`` images."""
+        evidence = {i: e[selected] for i, e in self.evidence.items()}
+        return Observed(self.mask[selected], self.images[selected], evidence)
 
     def repeated(self, times: int) -> Observed:
         """Every image ``times`` times in a row, as :func:`variants` lays out its draws."""

@@ -148,6 +148,20 @@ def test_inpainting_keeps_known_pixels_bit_identical(trained, digits):
     assert torch.isfinite(filled).all() and float(filled.max()) <= 1.0
 
 
+def test_inpainting_a_few_images_at_a_time_draws_what_all_at_once_draws(trained, digits, monkeypatch):
+    # top_s 1 with component means makes the draws deterministic, so chunks must change nothing
+    x = digits.test_images[:7]
+    mask = torch.ones_like(x, dtype=torch.bool)
+    mask[..., 4:] = False
+    options = SamplingOptions(top_s=1, mean=True)
+    filled = trained.inpaint(x, mask, layer=-1, n_per_image=3, options=options)
+    varied = trained.variants(x, layer=0, n_per_image=3, options=options)
+    monkeypatch.setattr(top_down, "DRAWN_ROWS", 4)  # one image's 3 draws at a time
+    assert torch.equal(trained.inpaint(x, mask, layer=-1, n_per_image=3, options=options), filled)
+    assert torch.equal(trained.variants(x, layer=0, n_per_image=3, options=options), varied)
+    assert filled.shape == varied.shape == (21, 1, 8, 8)
+
+
 def test_class_conditional_samples_are_classified_as_requested(trained):
     torch.manual_seed(3)
     classes = torch.arange(10).repeat(20)
@@ -341,6 +355,27 @@ def test_sampling_settings_are_stored_with_the_model(tmp_path):
     assert report["options"]["sharpening"]["target"] == 1  # the top GMM layer of the digits stack
     report = sample.main([*checkpoint, "--out", str(tmp_path / "d"), "--sharpen-target", "next"])
     assert report["options"]["sharpening"]["target"] == "next"
+    assert report["sampling"]["inpaint_top_s"] == 10 and report["options"]["top_s"] == 3
+    report = sample.main([*checkpoint, "--out", str(tmp_path / "e"), "--inpaint-top-s", "2"])
+    assert report["sampling"]["inpaint_top_s"] == 2
+
+
+def test_inpainting_keeps_its_own_top_s():
+    import argparse
+
+    from pyro_dcgmm.commands import sample
+
+    calls = []
+
+    class RecordingStack:
+        def inpaint(self, x, mask, layer, n_per_image, options):
+            calls.append((layer, n_per_image, options.top_s, options.divisor))
+            return x
+
+    args = argparse.Namespace(inpaint_layer=-2, inpaint_top_s=10)
+    x = torch.zeros(2, 1, 8, 8)
+    sample.inpaint(RecordingStack(), x, x > 0, args, SamplingOptions(top_s=3, divisor=7.0), n_per_image=4)
+    assert calls == [(-2, 4, 10, 7.0)]
 
 
 def test_inpainting_draws_every_layer_given_the_observed_pixels(digits):

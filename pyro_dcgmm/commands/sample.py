@@ -8,8 +8,9 @@ Example::
 How to sample comes with the model: the run's ``[sampling]`` section
 (:class:`~pyro_dcgmm.config.SamplingConfig`, stored in the checkpoint; its defaults, chosen on a
 validation split for 28x28 Fashion-MNIST stacks, keep the top-3 components below the top layer, the
-paper's S, divide standard deviations by 10 and sharpen by 200 steps of rate 2.5e-4 with a pull of
-1000 toward the unsharpened sample, on the log-likelihood of the GMM layer that reads each step).
+paper's S (10 when in-painting), divide standard deviations by 10 and sharpen by 200 steps of rate
+2.5e-4 with a pull of 1000 toward the unsharpened sample, on the log-likelihood of the GMM layer that
+reads each step).
 A flag given here overrides its setting.
 
 Writes into ``--out``: ``samples.png`` (the same draws before and after sharpening),
@@ -19,7 +20,7 @@ Writes into ``--out``: ``samples.png`` (the same draws before and after sharpeni
 images; and, for plain and sharpened samples, class agreement, within-class diversity and sharpness
 relative to real images, the mean log-likelihood at every GMM layer of real images and of
 unconditional samples (so that sharpening can be seen to raise it), and in-painting error of a draw
-and of the mean of 16 draws (the DCGMM's conditional mean) beside the flat GMM's exact conditional
+and of the mean of 64 draws (the DCGMM's conditional mean) beside the flat GMM's exact conditional
 mean and a conditional sample of it."""
 
 from __future__ import annotations
@@ -70,6 +71,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--sharpen-pull", type=float, help=f"pull toward the unsharpened sample {stored}")
     parser.add_argument("--variant-layer", type=int, help=f"GMM layer of the variants {stored}")
     parser.add_argument("--inpaint-layer", type=int, help=f"GMM layer of the in-painting {stored}")
+    parser.add_argument("--inpaint-top-s", type=int, help=f"S when in-painting {stored}")
     parser.add_argument("--ndb-bins", type=int, default=100, help="NDB bins (k-means clusters)")
     parser.add_argument("--ndb-samples", type=int, default=2000, help="samples per model for NDB")
     parser.add_argument("--ndb-train", type=int, default=20000, help="training images for the bins")
@@ -107,7 +109,7 @@ def main(argv=None) -> dict:
     args.variant_layer = settings.variant_layer
     if args.variant_layer is None:
         args.variant_layer = -2 if len(stack.gmm_layers) > 1 else -1
-    args.inpaint_layer = settings.inpaint_layer
+    args.inpaint_layer, args.inpaint_top_s = settings.inpaint_layer, settings.inpaint_top_s
     save_figures(stack, dataset, args, plain, sharp)
     report = {"checkpoint": str(args.checkpoint), "sampling": to_dict(settings), "options": to_dict(sharp)}
     if not args.no_ndb:
@@ -168,8 +170,7 @@ def save_figures(stack, dataset, args, plain: SamplingOptions, sharp: SamplingOp
     )  # fmt: skip
     mask = torch.ones_like(test, dtype=torch.bool)
     mask[..., test.shape[-1] // 2 :] = False
-    filled = stack.inpaint(test, mask, layer=args.inpaint_layer, n_per_image=3, options=sharp)
-    filled = filled.view(8, 3, *test.shape[1:]).cpu()
+    filled = inpaint(stack, test, mask, args, sharp, n_per_image=3).view(8, 3, *test.shape[1:]).cpu()
     shown = torch.where(mask, test, 0.5)
     rows = torch.cat([test[:, None], shown[:, None], filled], 1).flatten(0, 1)
     save_image_grid(rows, args.out / "inpainting.png", 5, "original, right half removed, three in-paintings")
@@ -205,7 +206,14 @@ def ndb_table(stack, dataset, train_x, flat: FlatGMMInpainter, args, options: Sa
     return results
 
 
-MEAN_DRAWS = 16  # plain in-paintings averaged into the DCGMM's conditional mean
+MEAN_DRAWS = 64  # plain in-paintings averaged into the DCGMM's conditional mean
+
+
+def inpaint(stack, x, mask, args, options: SamplingOptions, n_per_image: int = 1) -> torch.Tensor:
+    """In-paintings of ``x`` from the in-painting layer, keeping ``args.inpaint_top_s`` components
+    per position instead of ``options.top_s``."""
+    options = dataclasses.replace(options, top_s=args.inpaint_top_s)
+    return stack.inpaint(x, mask, layer=args.inpaint_layer, n_per_image=n_per_image, options=options)
 
 
 def measures_table(stack, dataset, train, flat: FlatGMMInpainter, args, option_sets) -> dict:
@@ -232,13 +240,11 @@ def measures_table(stack, dataset, train, flat: FlatGMMInpainter, args, option_s
             row["within_class_diversity"] = within_class_diversity(drawn, classes, test_x, test_y)
         variants = stack.variants(test_x, layer=args.variant_layer, n_per_image=1, options=options).cpu()
         row["variants_keep_class"] = judge.agreement(variants, test_y)
-        filled = stack.inpaint(test_x, mask, layer=args.inpaint_layer, options=options).cpu()
+        filled = inpaint(stack, test_x, mask, args, options).cpu()
         row["inpainting_mse"] = inpainting_error(filled, test_x, mask)
         row["inpainting_keeps_class"] = judge.agreement(filled, test_y)
         results[f"dcgmm_{name}"] = row
-    draws = stack.inpaint(
-        test_x, mask, layer=args.inpaint_layer, n_per_image=MEAN_DRAWS, options=option_sets[0]
-    )
+    draws = inpaint(stack, test_x, mask, args, option_sets[0], n_per_image=MEAN_DRAWS)
     for name, filled in (
         ("dcgmm_conditional_mean", draws.cpu().view(len(test_x), MEAN_DRAWS, *test_x.shape[1:]).mean(1)),
         ("flat_conditional_mean", flat.conditional_mean(test_x, mask)),
