@@ -40,6 +40,8 @@ def variants(stack, x, layer: int, n_per_image: int, options=None, mask=None) ->
     C, H, W), variants of image ``i`` in rows ``i * n_per_image ...``; with a ``mask``, the observed
     pixels are kept and every layer's components are drawn given them (:class:`Observed`).  Drawn
     for as many images at a time as keep ``DRAWN_ROWS`` rows."""
+    if not isinstance(n_per_image, int) or n_per_image < 1:
+        raise DataError(f"n_per_image must be a positive int, got {n_per_image!r}")
     index = stack.gmm_index(layer)
     x, mask = queries.checked_inputs(stack, x, mask)
     parameter = next(stack.parameters())

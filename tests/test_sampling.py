@@ -160,6 +160,9 @@ def test_inpainting_a_few_images_at_a_time_draws_what_all_at_once_draws(trained,
     assert torch.equal(trained.inpaint(x, mask, layer=-1, n_per_image=3, options=options), filled)
     assert torch.equal(trained.variants(x, layer=0, n_per_image=3, options=options), varied)
     assert filled.shape == varied.shape == (21, 1, 8, 8)
+    for count in (0, 2.5):
+        with pytest.raises(DataError, match="n_per_image must be a positive int"):
+            trained.inpaint(x, mask, n_per_image=count)
 
 
 def test_class_conditional_samples_are_classified_as_requested(trained):
