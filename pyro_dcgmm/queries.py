@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from pyro_dcgmm.errors import ArchitectureError, DataError
 from pyro_dcgmm.gmm import GMM
-from pyro_dcgmm.validation import as_images, as_tensor
+from pyro_dcgmm.validation import as_images, as_tensor, check_positive_int
 
 Chunk = Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor]
 
@@ -44,8 +44,7 @@ def checked_inputs(stack, x, mask=None) -> tuple[torch.Tensor, torch.Tensor | No
 
 def map_chunks(stack, x: torch.Tensor, mask, fn: Chunk, batch_size: int) -> torch.Tensor:
     """``fn(chunk, chunk_mask)`` over chunks of checked images, on the stack's device, concatenated."""
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise DataError(f"batch_size must be a positive int, got {batch_size!r}")
+    check_positive_int(batch_size, "batch_size")
     parameter = next(stack.parameters())
     outputs = []
     with torch.no_grad():

@@ -8,17 +8,16 @@ from dataclasses import dataclass
 import torch
 
 from pyro_dcgmm import queries
-from pyro_dcgmm.errors import ArchitectureError, DataError
+from pyro_dcgmm.errors import ArchitectureError
 from pyro_dcgmm.gmm import GMM
 from pyro_dcgmm.readout import Readout
 from pyro_dcgmm.sampling import SamplingOptions, Sharpening, sharpen
-from pyro_dcgmm.validation import as_labels
+from pyro_dcgmm.validation import as_labels, check_positive_int
 
 
 def sample(stack, n: int, classes=None, options: SamplingOptions | None = None) -> torch.Tensor:
     """``n`` images (n, C, H, W) drawn from the top stage down, conditioned on ``classes`` if given."""
-    if not isinstance(n, int) or n < 1:
-        raise DataError(f"n must be a positive int, got {n!r}")
+    check_positive_int(n, "n")
     if classes is not None:
         if stack.readout is None:
             raise ArchitectureError("class-conditional sampling needs a Readout as the top layer")
@@ -40,8 +39,7 @@ def variants(stack, x, layer: int, n_per_image: int, options=None, mask=None) ->
     C, H, W), variants of image ``i`` in rows ``i * n_per_image ...``; with a ``mask``, the observed
     pixels are kept and every layer's components are drawn given them (:class:`Observed`).  Drawn
     for as many images at a time as keep ``DRAWN_ROWS`` rows."""
-    if not isinstance(n_per_image, int) or n_per_image < 1:
-        raise DataError(f"n_per_image must be a positive int, got {n_per_image!r}")
+    check_positive_int(n_per_image, "n_per_image")
     index = stack.gmm_index(layer)
     x, mask = queries.checked_inputs(stack, x, mask)
     parameter = next(stack.parameters())

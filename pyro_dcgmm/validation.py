@@ -1,4 +1,4 @@
-"""Checks of user-supplied arrays; each failure names the argument, the value and the fix."""
+"""Checks of user-supplied arrays and counts; each failure names the argument, the value and the fix."""
 
 from __future__ import annotations
 
@@ -8,6 +8,12 @@ import numpy as np
 import torch
 
 from pyro_dcgmm.errors import DataError
+
+
+def check_positive_int(value, name: str) -> None:
+    """Refuse a ``value`` that is not an int of at least 1 (a count or a batch size)."""
+    if not isinstance(value, int) or value < 1:
+        raise DataError(f"{name} must be a positive int, got {value!r}")
 
 
 def as_tensor(x, name: str = "x") -> torch.Tensor:

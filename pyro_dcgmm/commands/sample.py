@@ -168,8 +168,7 @@ def save_figures(stack, dataset, args, plain: SamplingOptions, sharp: SamplingOp
         torch.cat([test[:, None], variants.cpu()], 1).flatten(0, 1), args.out / "variants.png", 8,
         f"first column: test image; then variants from GMM layer {args.variant_layer}",
     )  # fmt: skip
-    mask = torch.ones_like(test, dtype=torch.bool)
-    mask[..., test.shape[-1] // 2 :] = False
+    mask = right_half_missing(test)
     filled = inpaint(stack, test, mask, args, sharp, n_per_image=3).view(8, 3, *test.shape[1:]).cpu()
     shown = torch.where(mask, test, 0.5)
     rows = torch.cat([test[:, None], shown[:, None], filled], 1).flatten(0, 1)
@@ -209,6 +208,13 @@ def ndb_table(stack, dataset, train_x, flat: FlatGMMInpainter, args, options: Sa
 MEAN_DRAWS = 64  # plain in-paintings averaged into the DCGMM's conditional mean
 
 
+def right_half_missing(images: torch.Tensor) -> torch.Tensor:
+    """The mask (true = observed) of ``images`` with the right half of every image missing."""
+    mask = torch.ones_like(images, dtype=torch.bool)
+    mask[..., images.shape[-1] // 2 :] = False
+    return mask
+
+
 def inpaint(stack, x, mask, args, options: SamplingOptions, n_per_image: int = 1) -> torch.Tensor:
     """In-paintings of ``x`` from the in-painting layer, keeping ``args.inpaint_top_s`` components
     per position instead of ``options.top_s``."""
@@ -226,8 +232,7 @@ def measures_table(stack, dataset, train, flat: FlatGMMInpainter, args, option_s
     real_sharpness = sharpness(test_x)
     results = {"real": {"class_agreement": judge.agreement(test_x, test_y), "sharpness": 1.0}}
     results["real"]["log_likelihood"] = stack.layer_log_probs(test_x).mean(0).tolist()
-    mask = torch.ones_like(test_x, dtype=torch.bool)
-    mask[..., test_x.shape[-1] // 2 :] = False
+    mask = right_half_missing(test_x)
     for name, options in zip(("plain", "sharpened"), option_sets, strict=True):
         torch.manual_seed(args.seed)
         unconditional = stack.sample(len(test_x), options=options).cpu()
