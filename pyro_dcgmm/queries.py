@@ -42,15 +42,20 @@ def checked_inputs(stack, x, mask=None) -> tuple[torch.Tensor, torch.Tensor | No
     return as_images(x, stack.input_shape, stack.data_range), mask
 
 
+def row_slices(total: int, size: int) -> list[slice]:
+    """Consecutive slices of at most ``size`` rows covering ``total`` rows."""
+    return [slice(start, min(start + size, total)) for start in range(0, total, size)]
+
+
 def map_chunks(stack, x: torch.Tensor, mask, fn: Chunk, batch_size: int) -> torch.Tensor:
     """``fn(chunk, chunk_mask)`` over chunks of checked images, on the stack's device, concatenated."""
     check_positive_int(batch_size, "batch_size")
     parameter = next(stack.parameters())
     outputs = []
     with torch.no_grad():
-        for start in range(0, x.shape[0], batch_size):
-            chunk = x[start : start + batch_size].to(device=parameter.device, dtype=parameter.dtype)
-            chunk_mask = None if mask is None else mask[start : start + batch_size].to(parameter.device)
+        for rows in row_slices(x.shape[0], batch_size):
+            chunk = x[rows].to(device=parameter.device, dtype=parameter.dtype)
+            chunk_mask = None if mask is None else mask[rows].to(parameter.device)
             outputs.append(fn(chunk, chunk_mask))
     return torch.cat(outputs).to(x.device)
 

@@ -14,6 +14,8 @@ from pyro_dcgmm.readout import Readout
 from pyro_dcgmm.sampling import SamplingOptions, Sharpening, sharpen
 from pyro_dcgmm.validation import as_labels, check_positive_int
 
+DRAWN_ROWS = 16384  # images drawn down at once (samples, or variants times draws): bounds the memory
+
 
 def sample(stack, n: int, classes=None, options: SamplingOptions | None = None) -> torch.Tensor:
     """``n`` images (n, C, H, W) drawn from the top stage down, conditioned on ``classes`` if given."""
@@ -22,16 +24,18 @@ def sample(stack, n: int, classes=None, options: SamplingOptions | None = None) 
         if stack.readout is None:
             raise ArchitectureError("class-conditional sampling needs a Readout as the top layer")
         classes = as_labels(torch.as_tensor(classes), n, stack.readout.num_classes, "classes")
-    return sample_from(stack, top_model_stage(stack), classes, n, options or SamplingOptions())
+    start, options = top_model_stage(stack), options or SamplingOptions()
+    drawn = []
+    for rows in queries.row_slices(n, DRAWN_ROWS):
+        signal = None if classes is None else classes[rows]
+        drawn.append(sample_from(stack, start, signal, rows.stop - rows.start, options))
+    return torch.cat(drawn)
 
 
 def top_model_stage(stack) -> int:
     """The highest stage with a generative model (a GMM or the Readout): sampling starts there,
     since a Fold or MaxPool above the top GMM only transforms what it outputs."""
     return max(p for p, i in enumerate(stack.stages) if isinstance(stack.layers[i], (GMM, Readout)))
-
-
-DRAWN_ROWS = 16384  # variants drawn down at once (images times draws per image): bounds the memory
 
 
 def variants(stack, x, layer: int, n_per_image: int, options=None, mask=None) -> torch.Tensor:
@@ -54,10 +58,8 @@ def variants(stack, x, layer: int, n_per_image: int, options=None, mask=None) ->
         images = x.to(parameter.device, parameter.dtype)
         observed, responsibilities = Observed.of(stack, images, mask.to(parameter.device), index)
     position, options = stack.stages.index(index), options or SamplingOptions()
-    images_at_once = max(1, DRAWN_ROWS // n_per_image)
     drawn = []
-    for start in range(0, x.shape[0], images_at_once):
-        rows = slice(start, start + images_at_once)
+    for rows in queries.row_slices(x.shape[0], max(1, DRAWN_ROWS // n_per_image)):
         signal = responsibilities[rows].repeat_interleave(n_per_image, dim=0)
         given = None if observed is None else observed.rows(rows).repeated(n_per_image)
         drawn.append(sample_from(stack, position, signal, signal.shape[0], options, given))
@@ -80,8 +82,8 @@ class Observed:
         posterior (N, K, H', W') at ``start``: one masked upward pass, in chunks of 1024 images."""
         with torch.no_grad():
             chunks = [
-                queries.observed_evidence(stack, images[i : i + 1024], mask[i : i + 1024], start)
-                for i in range(0, images.shape[0], 1024)
+                queries.observed_evidence(stack, images[rows], mask[rows], start)
+                for rows in queries.row_slices(images.shape[0], 1024)
             ]
             evidence = {index: torch.cat([chunk[index] for chunk in chunks]) for index in chunks[0]}
             posterior = torch.softmax(evidence.pop(start) + stack.layers[start].log_mixing_map(), 1)

@@ -165,6 +165,20 @@ def test_inpainting_a_few_images_at_a_time_draws_what_all_at_once_draws(trained,
             trained.inpaint(x, mask, n_per_image=count)
 
 
+def test_sampling_a_few_images_at_a_time_draws_what_separate_calls_draw(trained, monkeypatch):
+    # a chunked call must consume the random stream exactly as one call per chunk does
+    options, classes = SamplingOptions(top_s=2), torch.tensor([3, 1, 4, 1, 5, 9, 2, 6, 5, 3])
+    chunks = [slice(0, 4), slice(4, 8), slice(8, 10)]
+    torch.manual_seed(11)
+    separate = torch.cat([trained.sample(c.stop - c.start, options=options) for c in chunks])
+    separate_classes = torch.cat([trained.sample(c.stop - c.start, classes[c], options) for c in chunks])
+    monkeypatch.setattr(top_down, "DRAWN_ROWS", 4)
+    torch.manual_seed(11)
+    assert torch.equal(trained.sample(10, options=options), separate)
+    assert torch.equal(trained.sample(10, classes, options), separate_classes)
+    assert not torch.equal(separate[:4], separate[4:8])
+
+
 def test_class_conditional_samples_are_classified_as_requested(trained):
     torch.manual_seed(3)
     classes = torch.arange(10).repeat(20)

@@ -110,11 +110,13 @@ def main(argv=None) -> dict:
     if args.variant_layer is None:
         args.variant_layer = -2 if len(stack.gmm_layers) > 1 else -1
     args.inpaint_layer, args.inpaint_top_s = settings.inpaint_layer, settings.inpaint_top_s
-    save_figures(stack, dataset, args, plain, sharp)
-    report = {"checkpoint": str(args.checkpoint), "sampling": to_dict(settings), "options": to_dict(sharp)}
+    train_x, train_y, flat = None, None, None
     if not args.no_ndb:
         train_x, train_y = reference_set(dataset, args)
         flat = FlatGMMInpainter(train_x, args.flat_components, args.seed)
+    save_figures(stack, dataset, args, plain, sharp, flat)
+    report = {"checkpoint": str(args.checkpoint), "sampling": to_dict(settings), "options": to_dict(sharp)}
+    if not args.no_ndb:
         report["ndb"] = ndb_table(stack, dataset, train_x, flat, args, sharp)
         report["measures"] = measures_table(stack, dataset, (train_x, train_y), flat, args, (plain, sharp))
         atomic_write(
@@ -142,8 +144,19 @@ def reference_set(dataset, args) -> tuple[torch.Tensor, torch.Tensor]:
     return dataset.train_images[order], dataset.train_labels[order]
 
 
-def save_figures(stack, dataset, args, plain: SamplingOptions, sharp: SamplingOptions) -> None:
-    """Samples (plain and sharpened), class-conditional samples, variants and in-paintings."""
+MEAN_DRAWS = 64  # plain in-paintings averaged into the DCGMM's conditional mean
+
+
+def right_half_missing(images: torch.Tensor) -> torch.Tensor:
+    """The mask (true = observed) of ``images`` with the right half of every image missing."""
+    mask = torch.ones_like(images, dtype=torch.bool)
+    mask[..., images.shape[-1] // 2 :] = False
+    return mask
+
+
+def save_figures(stack, dataset, args, plain: SamplingOptions, sharp: SamplingOptions, flat=None) -> None:
+    """Samples (plain and sharpened), class-conditional samples, variants and in-paintings (beside
+    the ``flat`` GMM's conditional mean if given)."""
     torch.manual_seed(args.seed)
     before = stack.sample(32, options=plain)
     torch.manual_seed(args.seed)
@@ -168,14 +181,29 @@ def save_figures(stack, dataset, args, plain: SamplingOptions, sharp: SamplingOp
         torch.cat([test[:, None], variants.cpu()], 1).flatten(0, 1), args.out / "variants.png", 8,
         f"first column: test image; then variants from GMM layer {args.variant_layer}",
     )  # fmt: skip
-    mask = right_half_missing(test)
-    filled = inpaint(stack, test, mask, args, sharp, n_per_image=3).view(8, 3, *test.shape[1:]).cpu()
-    shown = torch.where(mask, test, 0.5)
-    rows = torch.cat([test[:, None], shown[:, None], filled], 1).flatten(0, 1)
-    save_image_grid(rows, args.out / "inpainting.png", 5, "original, right half removed, three in-paintings")
+    save_inpainting_figure(stack, test, args, (plain, sharp), flat)
     for name in ["samples.png", "class_samples.png", "variants.png", "inpainting.png"]:
         if (args.out / name).exists():
             print(f"wrote {args.out / name}")
+
+
+def save_inpainting_figure(stack, test, args, option_sets, flat: FlatGMMInpainter | None) -> None:
+    """``test`` images, their observed left halves, three sharpened in-paintings, the DCGMM's
+    conditional mean (the mean of ``MEAN_DRAWS`` plain in-paintings, as the measures take it) and,
+    if given, the ``flat`` GMM's conditional mean."""
+    mask, shape = right_half_missing(test), test.shape[1:]
+    plain, sharp = option_sets
+    columns = [test, torch.where(mask, test, 0.5)]
+    columns += (
+        inpaint(stack, test, mask, args, sharp, n_per_image=3).cpu().view(len(test), 3, *shape).unbind(1)
+    )
+    draws = inpaint(stack, test, mask, args, plain, n_per_image=MEAN_DRAWS).cpu()
+    columns.append(draws.view(len(test), MEAN_DRAWS, *shape).mean(1))
+    title = f"original, right half removed, three in-paintings, mean of {MEAN_DRAWS} in-paintings"
+    if flat is not None:
+        columns.append(torch.as_tensor(flat.conditional_mean(test, mask), dtype=test.dtype).view_as(test))
+        title += ",\nflat GMM's conditional mean"
+    save_image_grid(torch.stack(columns, 1).flatten(0, 1), args.out / "inpainting.png", len(columns), title)
 
 
 def ndb_table(stack, dataset, train_x, flat: FlatGMMInpainter, args, options: SamplingOptions) -> dict:
@@ -203,16 +231,6 @@ def ndb_table(stack, dataset, train_x, flat: FlatGMMInpainter, args, options: Sa
     ]
     print(format_table(rows))
     return results
-
-
-MEAN_DRAWS = 64  # plain in-paintings averaged into the DCGMM's conditional mean
-
-
-def right_half_missing(images: torch.Tensor) -> torch.Tensor:
-    """The mask (true = observed) of ``images`` with the right half of every image missing."""
-    mask = torch.ones_like(images, dtype=torch.bool)
-    mask[..., images.shape[-1] // 2 :] = False
-    return mask
 
 
 def inpaint(stack, x, mask, args, options: SamplingOptions, n_per_image: int = 1) -> torch.Tensor:
