@@ -1,3 +1,4 @@
+import importlib.util
 import json
 import subprocess
 import sys
@@ -120,3 +121,19 @@ def test_a_failed_config_check_leaves_no_folder(tmp_path):
     with pytest.raises(ConfigError, match=r"training\.epochs must be >= 1, got 0"):
         train_svi.main(["--config", "digits", "--epochs", "0", "--out", str(tmp_path / "x"), "--no-progress"])
     assert not (tmp_path / "x").exists()
+
+
+def test_subnormal_bench_trains_and_samples_the_same_either_way(tmp_path, capsys):
+    train_svi.main(["--config", "digits", "--epochs", "1", "--out", str(tmp_path / "run"), "--no-progress"])
+    spec = importlib.util.spec_from_file_location("bench_subnormals", ROOT / "scripts/bench_subnormals.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    capsys.readouterr()
+    checkpoint = str(tmp_path / "run" / "checkpoint.pt")
+    bench.main(["--dataset", "digits", "--components", "4", "--steps", "3", "--checkpoints", checkpoint])
+    lines = capsys.readouterr().out.splitlines()
+    trained = [line.split() for line in lines if line.split()[:1] == ["4"]]  # first-layer K 4
+    assert [row[1] for row in trained] == ["kept", "zeroed"]
+    assert trained[0][3:] == trained[1][3:]  # the same validation log-likelihoods
+    sampled = [line.split() for line in lines if line.startswith(checkpoint)]
+    assert [row[1] for row in sampled] == ["kept", "zeroed"] and sampled[0][3] == sampled[1][3] == "0"

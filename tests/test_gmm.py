@@ -6,6 +6,7 @@ from torch.distributions import Normal
 
 from pyro_dcgmm import GMM, Fold, Stack
 from pyro_dcgmm.errors import ArchitectureError
+from pyro_dcgmm.gmm import SubnormalGradientFlushed
 
 
 def patches_of(x, patch, stride):
@@ -162,3 +163,34 @@ def test_checkpoints_from_before_covariance_structures_load():
     torch.testing.assert_close(
         fresh.layers[1].covariance.log_precision, stack.layers[1].covariance.log_precision
     )
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_subnormal_gradients_are_zeroed_and_normal_ones_kept(dtype):
+    tiny = torch.finfo(dtype).tiny  # the smallest normal number
+    table = torch.linspace(-3, 3, 6, dtype=dtype, requires_grad=True)
+    flushed = SubnormalGradientFlushed.apply(table)
+    assert torch.equal(flushed, table)
+    incoming = torch.tensor([1.0, -2.5, tiny, tiny / 4, -tiny / 8, 0.0], dtype=dtype)
+    assert incoming[3] > 0  # tiny / 4 is subnormal, not zero
+    (gradient,) = torch.autograd.grad(flushed, table, incoming)
+    assert torch.equal(gradient, torch.tensor([1.0, -2.5, tiny, 0.0, 0.0, 0.0], dtype=dtype))
+
+
+def test_training_gradients_match_the_mixture_with_far_apart_components():
+    # components 0, 90 and 200 nats apart from the best give normal, subnormal and zero
+    # responsibilities in float32; the layer's gradient must be the mixture's, subnormals aside
+    torch.manual_seed(0)
+    stack = Stack([Fold(2, 1), GMM(3)], (1, 5, 5))
+    gmm = stack.layers[1]
+    x = torch.rand(8, 1, 5, 5)
+    with torch.no_grad():
+        gmm.means.copy_(torch.tensor([[0.5] * 4, [3.8] * 4, [5.5] * 4]))
+        gmm.covariance.log_precision.fill_(math.log(4.0))
+    scores, table = gmm.annealed_log_scores(x, annealed=False)
+    flushed = torch.autograd.grad(table.logsumexp(-1).sum(), gmm.means)[0]
+    unflushed = gmm.log_prob_table(x) + gmm.log_mixing_map()
+    exact = torch.autograd.grad(unflushed.logsumexp(1).sum(), gmm.means)[0]
+    responsibilities = torch.softmax(scores.detach(), 1)
+    assert ((responsibilities > 0) & (responsibilities < torch.finfo(torch.float32).tiny)).any()
+    torch.testing.assert_close(flushed, exact, rtol=1e-6, atol=0.0)
