@@ -110,15 +110,15 @@ def main(argv=None) -> dict:
     if args.variant_layer is None:
         args.variant_layer = -2 if len(stack.gmm_layers) > 1 else -1
     args.inpaint_layer, args.inpaint_top_s = settings.inpaint_layer, settings.inpaint_top_s
-    train_x, train_y, flat = None, None, None
+    flat = None
     if not args.no_ndb:
-        train_x, train_y = reference_set(dataset, args)
-        flat = FlatGMMInpainter(train_x, args.flat_components, args.seed)
+        train = reference_set(dataset, args)
+        flat = FlatGMMInpainter(train[0], args.flat_components, args.seed)
     save_figures(stack, dataset, args, plain, sharp, flat)
     report = {"checkpoint": str(args.checkpoint), "sampling": to_dict(settings), "options": to_dict(sharp)}
-    if not args.no_ndb:
-        report["ndb"] = ndb_table(stack, dataset, train_x, flat, args, sharp)
-        report["measures"] = measures_table(stack, dataset, (train_x, train_y), flat, args, (plain, sharp))
+    if flat is not None:
+        report["ndb"] = ndb_table(stack, dataset, train[0], flat, args, sharp)
+        report["measures"] = measures_table(stack, dataset, train, flat, args, (plain, sharp))
         atomic_write(
             args.out / "report.json", lambda h: h.write(json.dumps(report, indent=2, default=str).encode())
         )
@@ -154,7 +154,9 @@ def right_half_missing(images: torch.Tensor) -> torch.Tensor:
     return mask
 
 
-def save_figures(stack, dataset, args, plain: SamplingOptions, sharp: SamplingOptions, flat=None) -> None:
+def save_figures(
+    stack, dataset, args, plain: SamplingOptions, sharp: SamplingOptions, flat: FlatGMMInpainter | None = None
+) -> None:
     """Samples (plain and sharpened), class-conditional samples, variants and in-paintings (beside
     the ``flat`` GMM's conditional mean if given)."""
     torch.manual_seed(args.seed)
