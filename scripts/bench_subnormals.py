@@ -7,8 +7,8 @@ multiply many times slower than normal ones. The tables zero them on CPU
 zeroing and with it replaced by the identity, from the same seed: ``--steps`` training steps of
 preset E with first GMM layers of each ``--components`` (seconds per step, k-means initialisation
 included, after an untimed warm-up run, and the validation log-likelihood per GMM layer after
-them), and 100 sharpened samples (preset E's sampling defaults) from each trained ``--checkpoints``
-(seconds, and the largest difference between the two runs' samples)::
+them), and 100 sharpened samples (with its stored sampling settings) from each trained
+``--checkpoints`` (seconds, and the largest difference between the two runs' samples)::
 
     python scripts/bench_subnormals.py --dataset fashion-mnist --components 25 100 --steps 100 \\
         --checkpoints runs/doc/x/checkpoint.pt
@@ -28,14 +28,12 @@ import torch
 from pyro_dcgmm import presets
 from pyro_dcgmm.checkpoint import load_checkpoint, stack_from_checkpoint
 from pyro_dcgmm.cli import add_data_flags, format_table, make_parser, run_script
+from pyro_dcgmm.commands.sample import sampling_options, sampling_settings
 from pyro_dcgmm.config import DataConfig, GMMConfig, TrainConfig
 from pyro_dcgmm.data import load_dataset, split_validation
 from pyro_dcgmm.gmm import SubnormalGradientFlushed
-from pyro_dcgmm.sampling import SamplingOptions, Sharpening
 from pyro_dcgmm.stack import Stack
 from pyro_dcgmm.train import evaluate, train
-
-SHARPENED = SamplingOptions(divisor=10.0, sharpening=Sharpening("next", 2.5e-4, 200, 1000.0))
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -78,15 +76,19 @@ def training_row(model, data, steps: int, zeroed: bool) -> list[str]:
 
 
 def sampling_rows(path: Path) -> list[list[str]]:
-    """Seconds for 100 sharpened samples from the model at ``path``, keeping subnormal gradients
-    and zeroing them, and how far the two draws differ."""
-    stack = stack_from_checkpoint(load_checkpoint(path))
+    """Seconds for 100 sharpened samples from the model at ``path`` (its stored ``[sampling]``
+    settings, as ``pyro-dcgmm sample`` takes them), keeping subnormal gradients and zeroing them, and
+    how far the two draws differ."""
+    state = load_checkpoint(path)
+    stack = stack_from_checkpoint(state)
+    settings = sampling_settings(state["run_config"] or {}, argparse.Namespace())
+    _, sharpened = sampling_options(settings, len(stack.gmm_layers))
     times, draws = [], []
     for zeroed in (False, True):
         torch.manual_seed(0)
         with subnormals(zeroed):
             start = time.perf_counter()
-            draws.append(stack.sample(100, options=SHARPENED))
+            draws.append(stack.sample(100, options=sharpened))
             times.append(time.perf_counter() - start)
     difference = f"{float((draws[0] - draws[1]).abs().max()):.2g}"
     return [
@@ -111,7 +113,7 @@ def main(argv=None) -> None:
         rows = [["checkpoint", "subnormal gradients", "s", "largest pixel difference"]]
         for path in args.checkpoints:
             rows += sampling_rows(path)
-        print("100 sharpened samples (200 steps toward the next layer, rate 2.5e-4, pull 1000):")
+        print("100 sharpened samples (each checkpoint's stored sampling settings):")
         print(format_table(rows))
 
 

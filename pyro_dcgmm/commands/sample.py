@@ -100,12 +100,7 @@ def main(argv=None) -> dict:
     dataset = load_dataset(data_config)
     args.out.mkdir(parents=True, exist_ok=True)
     settings = sampling_settings(run, args)
-    target = settings.sharpen_target
-    if target != "next":
-        target = min(target, len(stack.gmm_layers) - 1)
-    sharpening = Sharpening(target, settings.sharpen_rate, settings.sharpen_iterations, settings.sharpen_pull)
-    plain = SamplingOptions(top_s=settings.top_s, divisor=settings.divisor, pool_mode=settings.pool_mode)
-    sharp = dataclasses.replace(plain, sharpening=sharpening)
+    plain, sharp = sampling_options(settings, len(stack.gmm_layers))
     args.variant_layer = settings.variant_layer
     if args.variant_layer is None:
         args.variant_layer = -2 if len(stack.gmm_layers) > 1 else -1
@@ -135,6 +130,17 @@ def sampling_settings(run: dict, args) -> SamplingConfig:
         if getattr(args, field.name, None) is not None
     }
     return dataclasses.replace(stored, **given)
+
+
+def sampling_options(settings: SamplingConfig, gmm_layers: int) -> tuple[SamplingOptions, SamplingOptions]:
+    """Plain and sharpened :class:`SamplingOptions` from ``[sampling]`` settings, for a stack of
+    ``gmm_layers`` GMM layers (a sharpening target above the top one aims at the top one)."""
+    target = settings.sharpen_target
+    if target != "next":
+        target = min(target, gmm_layers - 1)
+    sharpening = Sharpening(target, settings.sharpen_rate, settings.sharpen_iterations, settings.sharpen_pull)
+    plain = SamplingOptions(top_s=settings.top_s, divisor=settings.divisor, pool_mode=settings.pool_mode)
+    return plain, dataclasses.replace(plain, sharpening=sharpening)
 
 
 def reference_set(dataset, args) -> tuple[torch.Tensor, torch.Tensor]:
