@@ -191,6 +191,11 @@ class GMMConfig(Checked):
         log-densities ``log N(x | c)``, standardised over the components) or ``"likelihoods"``
         (the normalised likelihood vector ``N(x | c) / sum_c' N(x | c')``).
     :param means_lr_scale, precision_lr_scale, mixing_lr_scale: per-parameter learning-rate factors.
+    :param classes: 0, or the number of classes C whose labels split the components into C equal
+        groups, component k belonging to class ``k // (K / C)``: a labelled training vector is
+        explained by its class's group only (mixture discriminant analysis), so ``p(class | k)`` is
+        exact, class-conditional samples draw within the group, and k-means initialises and dead
+        components re-seed each group from its class's vectors.  Unlabelled queries use all K.
     """
 
     section = "gmm"
@@ -221,6 +226,7 @@ class GMMConfig(Checked):
     means_lr_scale: float = bounded(1.0, ge=0)
     precision_lr_scale: float = bounded(1.0, ge=0)
     mixing_lr_scale: float = bounded(1.0, ge=0)
+    classes: int = bounded(0, ge=0)
 
     def check(self) -> None:
         if not self.precision_floor < self.precision_ceiling:
@@ -242,6 +248,11 @@ class GMMConfig(Checked):
             )
         if self.init != "random" and self.init_vectors < self.components:
             self.fail(f"gmm.init_vectors must be >= components ({self.components}), got {self.init_vectors}")
+        if self.classes == 1 or (self.classes and self.components % self.classes):
+            self.fail(
+                f"gmm.classes must be 0 or at least 2 classes dividing components ({self.components}) "
+                f"into equal groups, got {self.classes}"
+            )
 
 
 FULL_PRECISION_RANGE = 1e6  # float32 keeps a precision matrix positive definite up to this condition

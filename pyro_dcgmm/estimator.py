@@ -106,8 +106,8 @@ class DCGMM(ClusterMixin, DensityMixin, BaseEstimator):
             torch.manual_seed(seed)
             stack = Stack.from_config(self._model_config(shape))
         labels = None
-        if y is not None and stack.readout is not None:
-            labels = as_labels(y, x.shape[0], stack.readout.num_classes, "y")
+        if y is not None and stack.num_classes is not None:
+            labels = as_labels(y, x.shape[0], stack.num_classes, "y")
         config = TrainConfig(
             epochs=self.epochs,
             batch_size=self.batch_size,

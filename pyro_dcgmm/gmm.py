@@ -250,6 +250,16 @@ class GMM(Layer):
             values = log_densities
         return standardise(values, active)
 
+    def class_log_likelihood(self, classes: torch.Tensor) -> torch.Tensor:
+        """``log p(class | z = k)`` (n, K, 1, 1) of a layer whose components are split by class
+        (``config.classes``): 0 for the components of each sample's class, ``PRUNED_LOGIT`` for the
+        others."""
+        group = torch.arange(self.components, device=classes.device) // (
+            self.components // self.config.classes
+        )
+        within = group == classes[:, None]  # (n, K)
+        return torch.where(within, 0.0, PRUNED_LOGIT).to(self.means.dtype)[:, :, None, None]
+
     def _component_map(self, values: torch.Tensor) -> torch.Tensor:
         """Per-component ``values`` (K,) or (H', W', K) laid out like a table: (1, K, 1 | H', 1 | W')."""
         shaped = values[:, None, None] if self.config.shared else values.permute(2, 0, 1)
@@ -298,11 +308,15 @@ class GMM(Layer):
         annealing is over), so that a trace of the model tells every layer's loss apart.
 
         :param torch.Tensor x: layer input (N, C, H, W).
+        :param torch.Tensor labels: class indices (N,) or ``None``; a layer split by class
+            (``config.classes``) then scores every sample with its class's components only.
         :param bool annealed: use the neighbourhood-smoothed table while annealing is unfinished;
             ``False`` always gives the exact mixture.
         :returns: detached responsibilities (N, K, H', W').
         """
         scores, table = self.annealed_log_scores(x, annealed)
+        if labels is not None and self.config.classes:
+            table = table + self.class_log_likelihood(labels).permute(0, 2, 3, 1)  # within the class
         _, out_h, out_w = self.output_shape
         with self._position_plate("h", out_h, -2), self._position_plate("w", out_w, -1):
             record(self.site("objective"), table.detach().logsumexp(-1))  # (N, H', W')

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from sklearn.cluster import kmeans_plusplus
 
+from pyro_dcgmm.errors import DataError
 from pyro_dcgmm.gmm import GMM
 
 
@@ -102,23 +103,50 @@ def _random_vectors(x: torch.Tensor, k: int, generator: torch.Generator):
     return means, x.new_ones(p, m, k), x.mean(1, keepdim=True).expand_as(means)
 
 
-def initialise(gmm: GMM, inputs: torch.Tensor, generator: torch.Generator) -> None:
+def vectors_by_class(
+    gmm: GMM, inputs: torch.Tensor, labels, generator: torch.Generator
+) -> list[torch.Tensor]:
+    """The layer's input vectors (:func:`patch_vectors`) in one set, or, for a layer split by class
+    (``config.classes``) given the images' ``labels``, one set per class from its images."""
+    if not gmm.config.classes or labels is None:
+        return [patch_vectors(gmm, inputs, generator)]
+    sets = []
+    for c in range(gmm.config.classes):
+        chosen = labels == c
+        if not bool(chosen.any()):
+            raise DataError(
+                f"none of the {labels.shape[0]} images that initialise a GMM layer split by class is "
+                f"of class {c}; every class needs images"
+            )
+        sets.append(patch_vectors(gmm, inputs[chosen.to(inputs.device)], generator))
+    return sets
+
+
+def initialise(gmm: GMM, inputs: torch.Tensor, generator: torch.Generator, labels=None) -> None:
     """Set ``gmm``'s parameters from its inputs (N, C, H, W) by its ``init`` rule; mark it initialised.
 
-    Needs at least K vectors per mixture (K images for a per-position layer).
+    A layer split by class, given the inputs' ``labels`` (N,), fits each class's components to that
+    class's vectors.  Needs at least as many vectors per mixture (images, for a per-position layer)
+    as components (per class).
     """
     config = gmm.config
-    x = patch_vectors(gmm, inputs, generator).to(torch.float64)  # (P, M, D)
-    if x.shape[1] < config.components:
+    sets = [x.to(torch.float64) for x in vectors_by_class(gmm, inputs, labels, generator)]  # (P, M_c, D)
+    k = config.components // len(sets)
+    if min(x.shape[1] for x in sets) < k:
         raise ValueError(
-            f"initialising a GMM of {config.components} components needs at least that many "
-            f"input vectors per mixture, got {x.shape[1]}"
+            f"initialising a GMM of {k} components (per class) needs at least that many input "
+            f"vectors per mixture, got {min(x.shape[1] for x in sets)}"
         )
+    x = torch.cat(sets, 1)  # (P, M, D)
     if config.init == "kmeans":
-        weights, assignment = _clusters(kmeans(x, config.components, config.init_iterations, generator))
+        blocks = [kmeans(v, k, config.init_iterations, generator) for v in sets]  # (P, M_c, k) each
+        onehot = torch.cat([F.pad(b, (c * k, (len(sets) - c - 1) * k)) for c, b in enumerate(blocks)], 1)
+        weights, assignment = _clusters(onehot)
         means = centres = _weighted_means(x, assignment)
     else:
-        means, assignment, centres = _random_vectors(x, config.components, generator)
+        means = torch.cat([_random_vectors(v, k, generator)[0] for v in sets], 1)
+        assignment = x.new_ones(*x.shape[:2], config.components)
+        centres = x.mean(1, keepdim=True).expand_as(means)
         weights = x.new_full(means.shape[:2], 1.0 / config.components)
     values = gmm.covariance.fit(x, assignment, centres)
     with torch.no_grad():
@@ -143,8 +171,9 @@ def prune_dead(gmm: GMM) -> int:
     return int(dead.sum())
 
 
-def reseed_dead(gmm: GMM, inputs: torch.Tensor, generator: torch.Generator) -> int:
-    """Move every dead component to a random input vector, with the inputs' spread and weight 1/K.
+def reseed_dead(gmm: GMM, inputs: torch.Tensor, generator: torch.Generator, labels=None) -> int:
+    """Move every dead component to a random input vector, with the inputs' spread and weight 1/K;
+    in a layer split by class, given the inputs' ``labels`` (N,), to a vector of its class.
 
     :param torch.Tensor inputs: the layer's inputs (N, C, H, W).
     :returns: how many components were re-seeded.
@@ -152,7 +181,15 @@ def reseed_dead(gmm: GMM, inputs: torch.Tensor, generator: torch.Generator) -> i
     dead = dead_components(gmm)  # (P, K)
     if not bool(dead.any()):
         return 0
-    x = patch_vectors(gmm, inputs, generator).to(gmm.means.dtype)  # (P, M, D)
+    sets = vectors_by_class(gmm, inputs, labels, generator)
+    group = torch.arange(gmm.components, device=dead.device) // (gmm.components // len(sets))
+    for c, x in enumerate(sets):
+        _reseed(gmm, x.to(gmm.means.dtype), dead & (group == c), generator)
+    return int(dead.sum())
+
+
+def _reseed(gmm: GMM, x: torch.Tensor, dead: torch.Tensor, generator: torch.Generator) -> None:
+    """Re-seed the ``dead`` (P, K) components at random vectors of ``x`` (P, M, D)."""
     means, assignment, centres = _random_vectors(x, gmm.components, generator)  # (P, K, D)
     values = gmm.covariance.fit(x, assignment, centres)
     with torch.no_grad():
@@ -164,4 +201,3 @@ def reseed_dead(gmm: GMM, inputs: torch.Tensor, generator: torch.Generator) -> i
         gmm.mixing_logits.copy_(
             (weights / weights.sum(-1, keepdim=True)).log().reshape(gmm.mixing_logits.shape)
         )
-    return int(dead.sum())

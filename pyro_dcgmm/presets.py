@@ -1,8 +1,9 @@
 """The paper's architectures A-G and a small one for 8x8 digits, as :class:`ModelConfig` objects.
 
-Layer strings below read ``F<patch>/<stride>`` (Fold), ``G<K>`` (GMM), ``P<kernel>/<stride>``
-(MaxPool), ``R`` (Readout); ``Ffull`` folds whatever remains into one patch, which is how the
-architectures adapt to inputs other than 28x28.  As in the reference's configuration files every
+Layer strings below read ``F<patch>/<stride>`` (Fold), ``G<K>`` (GMM; ``G<K>c`` splits its K
+components by class, ``GMMConfig.classes``), ``P<kernel>/<stride>`` (MaxPool), ``R`` (Readout);
+``Ffull`` folds whatever remains into one patch, which is how the architectures adapt to inputs
+other than 28x28.  As in the reference's configuration files every
 GMM layer is shared (convolutional) and upper layers wait (stay frozen) for 10% of training per
 level, so the layers below settle first; each is then initialised by k-means on its real inputs.
 Unlike the reference, every GMM layer below the top passes its standardised log-responsibilities
@@ -16,6 +17,7 @@ B     F8/2 - G49 - Ffull - G36 - R
 C     F8/1 - G25 - P2/2 - Ffull - G36 - R
 D     F3/1 - G25 - P2/2 - F4/1 - G25 - P2/2 - Ffull - G25 - R
 E     F3/1 - G25 - F4/2 - G25 - Ffull - G25 - R
+EC    F3/1 - G25 - F4/2 - G25 - Ffull - G30c - R  (E with 3 top components per class)
 F     F3/1 - G25 - F4/2 - G25 - F4/2 - G25 - Ffull - G25 - R
 G     F3/1 - G25 - P2/2 - F3/1 - G25 - P2/2 - F3/1 - G25 - P2/2 - Ffull - G25 - R
 digits F4/2 - G100 - Ffull - G25 - R  (for 8x8 inputs)
@@ -35,6 +37,7 @@ ARCHITECTURES = {
     "C": "F8/1 G25 P2/2 Ffull G36 R",
     "D": "F3/1 G25 P2/2 F4/1 G25 P2/2 Ffull G25 R",
     "E": "F3/1 G25 F4/2 G25 Ffull G25 R",
+    "EC": "F3/1 G25 F4/2 G25 Ffull G30c R",
     "F": "F3/1 G25 F4/2 G25 F4/2 G25 Ffull G25 R",
     "G": "F3/1 G25 P2/2 F3/1 G25 P2/2 F3/1 G25 P2/2 Ffull G25 R",
     "digits": "F4/2 G100 Ffull G25 R",
@@ -75,7 +78,9 @@ def parse_architecture(
             kernel, stride = spec.split("/")
             layers.append(MaxPoolConfig(kernel=int(kernel), stride=int(stride)))
         elif kind == "G":
-            options = {"components": int(spec), "wait": min(WAIT_PER_LEVEL * level, 0.5)}
+            options = {"components": int(spec.removesuffix("c")), "wait": min(WAIT_PER_LEVEL * level, 0.5)}
+            if spec.endswith("c"):
+                options["classes"] = num_classes
             if level > 0:
                 options["precision_ceiling"] = upper_precision_ceiling
             if position < top_gmm:

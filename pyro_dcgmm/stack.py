@@ -91,6 +91,14 @@ class Stack(PyroModule):
             i += 1
         self.output_shape = shape
         self.gmm_indices = [i for i, layer in enumerate(layers) if isinstance(layer, GMM)]
+        counts = {layer.config.classes for layer in self.gmm_layers if layer.config.classes}
+        counts |= {self.readout.num_classes} if self.readout is not None else set()
+        if len(counts) > 1:
+            raise ArchitectureError(
+                f"the Readout and the GMM layers split by class must agree on the number of classes, "
+                f"got {sorted(counts)}"
+            )
+        self.num_classes: int | None = counts.pop() if counts else None
 
     @classmethod
     def from_config(cls, config: ModelConfig, input_shape: tuple[int, int, int] | None = None):
@@ -222,7 +230,8 @@ class Stack(PyroModule):
     def sample(self, n: int, classes=None, options: SamplingOptions | None = None) -> torch.Tensor:
         """``n`` images (n, C, H, W) sampled top-down (the posterior predictive of the model).
 
-        :param classes: (n,) class labels for class-conditional samples through the Readout.
+        :param classes: (n,) class labels for class-conditional samples: within the class's
+            components of a top GMM split by class, else through the Readout.
         :param SamplingOptions options: top-S, standard-deviation divisor, means, pooling, sharpening.
         """
         return top_down.sample(self, n, classes, options)

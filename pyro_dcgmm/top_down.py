@@ -11,7 +11,7 @@ from pyro_dcgmm import queries
 from pyro_dcgmm.errors import ArchitectureError
 from pyro_dcgmm.gmm import GMM
 from pyro_dcgmm.readout import Readout
-from pyro_dcgmm.sampling import SamplingOptions, Sharpening, sharpen
+from pyro_dcgmm.sampling import ComponentLikelihood, SamplingOptions, Sharpening, sharpen
 from pyro_dcgmm.validation import as_labels, check_positive_int
 
 DRAWN_ROWS = 16384  # images drawn down at once (samples, or variants times draws): bounds the memory
@@ -21,15 +21,36 @@ def sample(stack, n: int, classes=None, options: SamplingOptions | None = None) 
     """``n`` images (n, C, H, W) drawn from the top stage down, conditioned on ``classes`` if given."""
     check_positive_int(n, "n")
     if classes is not None:
-        if stack.readout is None:
-            raise ArchitectureError("class-conditional sampling needs a Readout as the top layer")
-        classes = as_labels(torch.as_tensor(classes), n, stack.readout.num_classes, "classes")
-    start, options = top_model_stage(stack), options or SamplingOptions()
+        if not conditions_on_classes(stack):
+            raise ArchitectureError(
+                "class-conditional sampling needs a Readout as the top layer or a top GMM layer "
+                "split by class (gmm.classes)"
+            )
+        classes = as_labels(torch.as_tensor(classes), n, stack.num_classes, "classes")
+    options = options or SamplingOptions()
     drawn = []
     for rows in queries.row_slices(n, DRAWN_ROWS):
-        signal = None if classes is None else classes[rows]
+        start, signal = (
+            (top_model_stage(stack), None) if classes is None else class_signal(stack, classes[rows])
+        )
         drawn.append(sample_from(stack, start, signal, rows.stop - rows.start, options))
     return torch.cat(drawn)
+
+
+def conditions_on_classes(stack) -> bool:
+    """Whether the stack can sample given a class: through a top GMM split by class or a Readout."""
+    return bool(stack.gmm_layers[-1].config.classes) or stack.readout is not None
+
+
+def class_signal(stack, classes: torch.Tensor) -> tuple[int, object]:
+    """Where class-conditional sampling starts, and what it starts from: a top GMM split by class
+    draws within the class's components (exact), else the Readout turns the labels into evidence
+    about the components below it."""
+    top = stack.gmm_layers[-1]
+    if not top.config.classes:
+        return top_model_stage(stack), classes
+    log_likelihood = top.class_log_likelihood(classes).expand(-1, -1, *top.output_shape[1:])
+    return stack.stages.index(stack.gmm_indices[-1]), ComponentLikelihood(log_likelihood)
 
 
 def top_model_stage(stack) -> int:

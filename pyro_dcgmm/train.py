@@ -178,8 +178,9 @@ def waiting_layers(stack: Stack, progress: float) -> list:
     return [layer for layer in stack.layers if getattr(layer.config, "wait", 0.0) > progress]
 
 
-def initialise_ready_layers(stack: Stack, images: torch.Tensor, waiting: list, generator) -> None:
-    """Initialise, from their real inputs, the GMM layers that start training now.
+def initialise_ready_layers(stack: Stack, images: torch.Tensor, labels, waiting: list, generator) -> None:
+    """Initialise, from their real inputs (and ``labels``, for a layer split by class), the GMM
+    layers that start training now.
 
     The inputs are a random subsample of ``images`` passed up through the layers below as trained
     so far.  Every process of a data-parallel run draws the same subsample; rank 0's result is
@@ -188,16 +189,19 @@ def initialise_ready_layers(stack: Stack, images: torch.Tensor, waiting: list, g
     for index, gmm in zip(stack.gmm_indices, stack.gmm_layers, strict=True):
         if bool(gmm.initialised) or gmm in waiting:
             continue
-        initialise(gmm, _layer_inputs(stack, images, index, gmm, generator), generator)
+        inputs, chosen_labels = _layer_inputs(stack, images, labels, index, gmm, generator)
+        initialise(gmm, inputs, generator, chosen_labels)
         _broadcast_layer(gmm)
 
 
-def _layer_inputs(stack: Stack, images: torch.Tensor, index: int, gmm, generator) -> torch.Tensor:
-    """The inputs of ``layers[index]`` for a random subsample of ``images`` (enough for ``gmm``)."""
+def _layer_inputs(stack: Stack, images: torch.Tensor, labels, index: int, gmm, generator):
+    """The inputs of ``layers[index]`` for a random subsample of ``images`` (enough for ``gmm``),
+    and the subsample's labels (``None`` without ``labels``)."""
     count = min(images.shape[0], images_needed(gmm))
     chosen = torch.randperm(images.shape[0], generator=generator)[:count].to(images.device)
     with torch.no_grad():
-        return torch.cat([stack.upward(chunk, index) for chunk in images[chosen].split(1000)])
+        inputs = torch.cat([stack.upward(chunk, index) for chunk in images[chosen].split(1000)])
+    return inputs, None if labels is None else labels[chosen]
 
 
 def _broadcast_layer(gmm) -> None:
@@ -208,7 +212,9 @@ def _broadcast_layer(gmm) -> None:
                 dist.broadcast(tensor, 0)
 
 
-def reseed_dead_layers(stack: Stack, images: torch.Tensor, generator, optimizer, log, final: bool) -> None:
+def reseed_dead_layers(
+    stack: Stack, images: torch.Tensor, labels, generator, optimizer, log, final: bool
+) -> None:
     """Re-seed or prune the dead components of every trained GMM layer (``GMMConfig.dead_weight``
     and ``dead_components``); after the ``final`` epoch only prune, since a re-seeded component
     would end the run untrained.
@@ -222,7 +228,8 @@ def reseed_dead_layers(stack: Stack, images: torch.Tensor, generator, optimizer,
         if not reseeding:
             count, event = prune_dead(gmm), "pruned"
         else:
-            count = reseed_dead(gmm, _layer_inputs(stack, images, index, gmm, generator), generator)
+            inputs, chosen_labels = _layer_inputs(stack, images, labels, index, gmm, generator)
+            count = reseed_dead(gmm, inputs, generator, chosen_labels)
             event = "reseeded"
             forget(optimizer, list(gmm.parameters()))
         _broadcast_layer(gmm)
@@ -334,8 +341,10 @@ def _checked_inputs(stack: Stack, images, labels, validation):
     images = as_images(images, stack.input_shape, stack.data_range, "images")
     if images.shape[0] < 2:
         raise DataError(f"images holds {images.shape[0]} sample; training needs at least 2")
-    readout = stack.readout
-    labels = as_labels(labels, images.shape[0], readout.num_classes if readout else None)
+    labels = as_labels(labels, images.shape[0], stack.num_classes)
+    split = [i for i, gmm in zip(stack.gmm_indices, stack.gmm_layers, strict=True) if gmm.config.classes]
+    if labels is None and split:
+        raise DataError(f"GMM layer(s) {split} split their components by class: training needs labels")
     if validation is not None:
         validation = as_images(validation, stack.input_shape, stack.data_range, "validation")
     parameter = next(stack.parameters())  # training data go to the stack's device and dtype
@@ -514,7 +523,7 @@ def _next_step(
 ):
     """Initialise the layers whose wait is over, then take one SVI step on the next mini-batch."""
     waiting = waiting_layers(stack, state.step / planned_steps)
-    initialise_ready_layers(stack, images, waiting, generator)
+    initialise_ready_layers(stack, images, labels, waiting, generator)
     index = state.next_batch(min(config.batch_size, images.shape[0])).to(images.device)
     batch = images[index]
     if dequantize_levels is not None:
@@ -581,7 +590,7 @@ def train(
                 step(state, planned_steps, log, bar)
             # 3. An epoch ends: dead components re-seeded, a record (and validation); a checkpoint.
             if state.offset >= images.shape[0]:
-                reseed_dead_layers(stack, images, generator, optimizer, log, state.step >= stop_step)
+                reseed_dead_layers(stack, images, labels, generator, optimizer, log, state.step >= stop_step)
                 _end_epoch(stack, state, validation, config, log, start_time)
             if checkpointer is not None:
                 checkpointer.save(stack, state, optimizer, generator, time.perf_counter() - start_time)

@@ -12,10 +12,13 @@ from pyro_dcgmm.em import OnlineEM, step_size
 from pyro_dcgmm.train import train_step
 
 
-def hand_written_em_step(vectors, means, variances, weights, floor, ceiling):
-    """Batch EM for one diagonal mixture: vectors (M, D), means/variances (K, D), weights (K,)."""
+def hand_written_em_step(vectors, means, variances, weights, floor, ceiling, allowed=None):
+    """Batch EM for one diagonal mixture: vectors (M, D), means/variances (K, D), weights (K,);
+    ``allowed`` (M, K): the components each vector may belong to (all if ``None``)."""
     diff = vectors[:, None, :] - means[None]  # (M, K, D)
     log_n = -0.5 * (diff**2 / variances + variances.log() + math.log(2 * math.pi)).sum(-1)
+    if allowed is not None:
+        log_n = log_n.masked_fill(~allowed, -math.inf)
     r = torch.softmax(log_n + weights.log(), dim=1)  # (M, K)
     mass = r.sum(0)  # (K,)
     new_means = (r.T @ vectors) / mass[:, None]
@@ -24,10 +27,16 @@ def hand_written_em_step(vectors, means, variances, weights, floor, ceiling):
     return new_means, new_var, mass / mass.sum()
 
 
-def _stack(shared):
+def _stack(shared, components=3, classes=0):
     torch.manual_seed(0)
     gmm = GMM(
-        3, shared=shared, init="random", precision_floor=0.1, precision_ceiling=500.0, precision_init=5.0
+        components,
+        shared=shared,
+        init="random",
+        precision_floor=0.1,
+        precision_ceiling=500.0,
+        precision_init=5.0,
+        classes=classes,
     )
     stack = Stack([Fold(3, 2), gmm], (1, 7, 7)).double()
     with torch.no_grad():
@@ -70,6 +79,27 @@ def test_full_batch_em_step_with_unit_step_size_is_exact_em(shared):
         )
         for e, g in zip(expected, got, strict=True):
             torch.testing.assert_close(g, e)
+
+
+def test_full_batch_em_step_with_labels_is_exact_em_within_each_class():
+    stack, gmm = _stack(True, components=4, classes=2)  # components 0, 1: class 0; 2, 3: class 1
+    images = torch.rand(40, 1, 7, 7, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    labels = torch.arange(40) % 2
+    before = [
+        p.detach().clone()
+        for p in (gmm.means, gmm.covariance.precision, torch.softmax(gmm.mixing_logits, -1))
+    ]
+    optimizer = OnlineEM([gmm], step_offset=1.0, step_decay=0.0)
+    elbo = TraceEnum_ELBO(max_plate_nesting=3, strict_enumeration_warning=False)
+    outcome = train_step(stack, elbo, optimizer, images, labels, 40, [], TrainConfig(device="cpu"))
+    assert outcome.problem is None
+    vectors = torch.nn.functional.unfold(images, 3, stride=2).transpose(1, 2).reshape(-1, 9)  # (40 * 9, 9)
+    vector_labels = labels.repeat_interleave(9)
+    allowed = (torch.arange(4) // 2)[None] == vector_labels[:, None]  # (M, K)
+    expected = hand_written_em_step(vectors, before[0], 1 / before[1], before[2], 0.1, 500.0, allowed)
+    got = (gmm.means, 1 / gmm.covariance.precision, torch.softmax(gmm.mixing_logits, -1))
+    for e, g in zip(expected, got, strict=True):
+        torch.testing.assert_close(g, e)
 
 
 def test_step_sizes_follow_the_schedule():

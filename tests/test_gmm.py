@@ -2,6 +2,7 @@ import math
 
 import pytest
 import torch
+from pyro.infer import TraceEnum_ELBO
 from torch.distributions import Normal
 
 from pyro_dcgmm import GMM, Fold, Stack
@@ -101,6 +102,8 @@ def test_precision_stays_within_bounds():
         {"precision_ceiling": 0.005},
         {"width_decay": 1.5},
         {"wait": 1.0},
+        {"classes": 1},
+        {"classes": 3},
     ],
 )
 def test_invalid_gmm_options_raise(options):
@@ -194,3 +197,25 @@ def test_training_gradients_match_the_mixture_with_far_apart_components():
     responsibilities = torch.softmax(scores.detach(), 1)
     assert ((responsibilities > 0) & (responsibilities < torch.finfo(torch.float32).tiny)).any()
     torch.testing.assert_close(flushed, exact, rtol=1e-6, atol=0.0)
+
+
+@pytest.mark.parametrize("enumerated", [True, False])
+def test_labelled_samples_are_scored_by_their_class_components_only(enumerated):
+    torch.manual_seed(0)
+    gmm = GMM(4, classes=2, init="random")  # components 0, 1: class 0; 2, 3: class 1
+    stack = Stack([Fold(None), gmm], (1, 2, 2)).double()
+    with torch.no_grad():
+        gmm.means.uniform_(0.0, 1.0)
+        gmm.covariance.log_precision.uniform_(0.0, 2.0)
+        gmm.mixing_logits.normal_()
+    x = torch.rand(6, 1, 2, 2, dtype=torch.float64)
+    labels = torch.tensor([0, 1, 1, 0, 1, 0])
+    sd = gmm.covariance.precision.detach().rsqrt()
+    log_weights = torch.log_softmax(gmm.mixing_logits.detach(), -1)
+    joint = log_weights + Normal(gmm.means.detach(), sd).log_prob(x.view(6, 1, 4)).sum(-1)  # (6, K)
+    within = joint.view(6, 2, 2)[torch.arange(6), labels].logsumexp(-1)
+    elbo = TraceEnum_ELBO(max_plate_nesting=3, strict_enumeration_warning=False)
+    labelled = elbo.differentiable_loss(stack.model, stack.guide, x, labels=labels, enumerated=enumerated)
+    unlabelled = elbo.differentiable_loss(stack.model, stack.guide, x, enumerated=enumerated)
+    torch.testing.assert_close(labelled, -within.sum())
+    torch.testing.assert_close(unlabelled, -joint.logsumexp(-1).sum())

@@ -9,7 +9,8 @@ import pyro_dcgmm.train as training
 from pyro_dcgmm import GMM, Fold, Stack
 from pyro_dcgmm.config import TrainConfig
 from pyro_dcgmm.data import load_digits
-from pyro_dcgmm.initialisation import initialise
+from pyro_dcgmm.errors import DataError
+from pyro_dcgmm.initialisation import initialise, reseed_dead
 
 
 def separated_clusters(n=600, seed=0):
@@ -39,6 +40,39 @@ def test_initialisation_uses_real_inputs(rule):
         assert float(gmm.covariance.precision.detach().max()) < 100.0
 
 
+def _split_by_class(images):
+    """A layer of 2 components per class over the clusters' images; class 0 is clusters 0 and 1,
+    class 1 is cluster 2 (the clusters' images take turns)."""
+    gmm = GMM(4, classes=2, init_vectors=600, precision_ceiling=1e5)
+    Stack([Fold(None), gmm], (1, 2, 2))
+    return gmm, (torch.arange(images.shape[0]) % 3 == 2).long()
+
+
+def test_layer_split_by_class_initialises_each_class_from_its_images():
+    images, centres = separated_clusters()
+    gmm, labels = _split_by_class(images)
+    initialise(gmm, images, torch.Generator().manual_seed(0), labels)
+    distance = torch.cdist(gmm.means.detach(), centres)  # (K, clusters)
+    assert set(distance[:2].argmin(1).tolist()) == {0, 1}  # class 0's components: one per cluster
+    assert distance[2:, 2].max() < 0.1  # class 1's both at its only cluster
+    weights = torch.softmax(gmm.mixing_logits.detach(), -1)
+    assert float(weights[2:].sum()) == pytest.approx(1 / 3, abs=0.01)
+    with pytest.raises(DataError, match="of class 1; every class needs images"):
+        initialise(gmm, images, torch.Generator().manual_seed(0), torch.zeros_like(labels))
+
+
+def test_dead_component_of_a_layer_split_by_class_is_reseeded_at_a_vector_of_its_class():
+    images, centres = separated_clusters()
+    gmm, labels = _split_by_class(images)
+    initialise(gmm, images, torch.Generator().manual_seed(0), labels)
+    for seed in range(10):  # a vector of any class would be of class 1 a third of the time
+        with torch.no_grad():
+            gmm.mixing_logits[3] = -30.0  # class 1's second component is dead
+            gmm.means[3] = 5.0
+        assert reseed_dead(gmm, images, torch.Generator().manual_seed(seed), labels) == 1
+        assert float((gmm.means[3].detach() - centres[2]).abs().max()) < 0.1
+
+
 def test_per_position_layer_is_initialised_at_every_position():
     images, _ = separated_clusters(90)
     gmm = GMM(3, shared=False, init_vectors=90, precision_ceiling=1e5)
@@ -57,9 +91,9 @@ def test_layers_are_initialised_when_their_wait_ends_and_never_again_on_resume(t
     stack = Stack([Fold(4, 2), GMM(9), Fold(None), GMM(4, wait=0.5)], (1, 8, 8))
     calls = []
 
-    def counting(gmm, inputs, generator):
+    def counting(gmm, inputs, generator, labels):
         calls.append((stack.gmm_layers.index(gmm), inputs.shape))
-        initialise(gmm, inputs, generator)
+        initialise(gmm, inputs, generator, labels)
 
     monkeypatch.setattr(training, "initialise", counting)
     config = TrainConfig(epochs=2, batch_size=100, progress=False, device="cpu", max_steps=5)

@@ -38,7 +38,7 @@ def trained(digits):
     return stack
 
 
-@pytest.mark.parametrize("name", ["A", "B", "C", "D", "E", "F", "G"])
+@pytest.mark.parametrize("name", ["A", "B", "C", "D", "E", "EC", "F", "G"])
 def test_sample_shapes_and_range_for_every_preset(name):
     stack = Stack.from_config(presets.get(name, (1, 28, 28)))
     options = SamplingOptions(top_s=2, divisor=2.0, pool_mode="sparse", sharpening=Sharpening(iterations=2))
@@ -201,6 +201,29 @@ def test_class_conditional_sharpening_with_a_pool_below_the_readout():
     options = SamplingOptions(sharpening=Sharpening(iterations=2))
     images = stack.sample(4, classes=[0, 1, 2, 0], options=options)  # raised StopIteration before
     assert images.shape == (4, 1, 8, 8) and torch.isfinite(images).all()
+
+
+def test_class_conditional_samples_of_a_top_layer_split_by_class_come_from_its_components():
+    gmm = GMM(4, classes=2, init="random")  # components 0, 1: class 0; 2, 3: class 1; no Readout
+    stack = Stack([Fold(None), gmm], (1, 2, 2))
+    with torch.no_grad():
+        gmm.means.copy_(torch.tensor([0.1, 0.2, 0.8, 0.9])[:, None].expand(4, 4))
+    torch.manual_seed(0)
+    samples = stack.sample(40, classes=torch.arange(40) % 2, options=SamplingOptions(mean=True))
+    pixel = samples.view(20, 2, 4)  # (draws, class, pixels)
+    torch.testing.assert_close(pixel[:, 0].unique(), torch.tensor([0.1, 0.2]))  # both of class 0's
+    torch.testing.assert_close(pixel[:, 1].unique(), torch.tensor([0.8, 0.9]))
+
+
+def test_digits_samples_of_a_top_layer_split_by_class_show_their_class(digits):
+    torch.manual_seed(0)
+    stack = Stack([Fold(4, 2), GMM(25), Fold(None), GMM(30, wait=0.1, classes=10)], (1, 8, 8))
+    config = TrainConfig(epochs=20, batch_size=100, progress=False, device="cpu")
+    train(stack, digits.train_images, digits.train_labels, config=config)
+    classes = torch.arange(10).repeat_interleave(20)
+    samples = stack.sample(200, classes=classes, options=SamplingOptions(top_s=3, divisor=2.0))
+    judge = ImageClassifier(digits.train_images, digits.train_labels)
+    assert judge.agreement(samples, classes) > 0.6  # chance is 0.1
 
 
 def test_bad_sampling_requests_raise():

@@ -197,3 +197,10 @@ def test_bad_layer_index_raises():
     stack = Stack.from_config(presets.get("digits", (1, 8, 8)))
     with pytest.raises(IndexError, match="2 GMM layers"):
         stack.responsibilities(torch.rand(1, 1, 8, 8), layer=2)
+
+
+def test_readout_and_layers_split_by_class_must_agree_on_the_classes():
+    with pytest.raises(ArchitectureError, match=r"agree on the number of classes, got \[3, 4\]"):
+        Stack([Fold(None), GMM(6, classes=3), Readout(4)], (1, 4, 4))
+    assert Stack([Fold(None), GMM(6, classes=3), Readout(3)], (1, 4, 4)).num_classes == 3
+    assert Stack([Fold(None), GMM(6)], (1, 4, 4)).num_classes is None

@@ -264,3 +264,13 @@ def test_a_non_finite_total_without_readout_is_not_blamed_on_a_readout():
     without = Stack([Fold(4, 2), GMM(4)], (1, 8, 8))
     assert _non_finite(without, float("inf"), [1.0], 0.0) == "non-finite total loss"
     assert _non_finite(small_stack(), float("inf"), [1.0, 2.0], 0.0) == "non-finite loss in the readout"
+
+
+def test_a_layer_split_by_class_needs_labels_of_its_classes():
+    stack = Stack([Fold(None), GMM(4, classes=2)], (1, 8, 8))
+    images = load_digits().train_images[:20]
+    config = TrainConfig(epochs=1, progress=False, device="cpu")
+    with pytest.raises(DataError, match=r"GMM layer\(s\) \[1\] split their components by class"):
+        train(stack, images, config=config)
+    with pytest.raises(DataError, match=r"labels must lie in \[0, 1\]"):
+        train(stack, images, torch.arange(20) % 3, config=config)

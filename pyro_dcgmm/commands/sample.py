@@ -35,6 +35,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from pyro_dcgmm import top_down
 from pyro_dcgmm.checkpoint import load_checkpoint, stack_from_checkpoint
 from pyro_dcgmm.cli import add_device_flag, format_table, make_parser
 from pyro_dcgmm.config import DataConfig, SamplingConfig, from_dict, to_dict
@@ -173,13 +174,12 @@ def save_figures(
         torch.cat([before, after]), args.out / "samples.png", 16,
         "samples: top two rows plain, bottom two rows sharpened (same draws)",
     )  # fmt: skip
-    readout = stack.readout
-    if readout is not None:
-        classes = torch.arange(readout.num_classes).repeat_interleave(8)
+    if top_down.conditions_on_classes(stack):
+        classes = torch.arange(stack.num_classes).repeat_interleave(8)
         conditional = stack.sample(len(classes), classes=classes, options=sharp)
         save_image_grid(
             conditional, args.out / "class_samples.png", 8, "class-conditional samples",
-            row_labels=list(dataset.class_names)[: readout.num_classes],
+            row_labels=list(dataset.class_names)[: stack.num_classes],
         )  # fmt: skip
     test = dataset.test_images[:8]
     variants = stack.variants(test, layer=args.variant_layer, n_per_image=7, options=sharp).view(
@@ -264,8 +264,8 @@ def measures_table(stack, dataset, train, flat: FlatGMMInpainter, args, option_s
         unconditional = stack.sample(len(test_x), options=options).cpu()
         row = {"sharpness": sharpness(unconditional) / real_sharpness}
         row["log_likelihood"] = stack.layer_log_probs(unconditional).mean(0).tolist()
-        if stack.readout is not None:
-            classes = torch.arange(stack.readout.num_classes).repeat_interleave(args.measure_per_class)
+        if top_down.conditions_on_classes(stack):
+            classes = torch.arange(stack.num_classes).repeat_interleave(args.measure_per_class)
             drawn = stack.sample(len(classes), classes=classes, options=options).cpu()
             row["class_agreement"] = judge.agreement(drawn, classes)
             row["within_class_diversity"] = within_class_diversity(drawn, classes, test_x, test_y)

@@ -143,12 +143,9 @@ def main(argv: list[str] | None = None) -> dict:
     config = dataclasses.replace(config, model=model_config)
     torch.manual_seed(config.training.seed)
     stack = Stack.from_config(model_config)
-    readout = stack.readout
-    labels = train_y if readout is not None else None
-    if readout is not None and int(train_y.max()) >= readout.num_classes:
-        raise DataError(
-            f"labels go up to {int(train_y.max())} but the readout has {readout.num_classes} classes"
-        )
+    labels = train_y if stack.num_classes is not None else None
+    if labels is not None and int(train_y.max()) >= stack.num_classes:
+        raise DataError(f"labels go up to {int(train_y.max())} but the model has {stack.num_classes} classes")
     if rank == 0:
         claim_run_folder(args.out, args.resume, args.overwrite, OUTPUTS)
     before = evaluate(stack, dataset.test_images) if args.resume is None and rank == 0 else None
