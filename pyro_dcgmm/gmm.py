@@ -250,14 +250,16 @@ class GMM(Layer):
             values = log_densities
         return standardise(values, active)
 
+    def component_classes(self) -> torch.Tensor:
+        """The class of every component (K,) of a layer split by class (``config.classes`` = C):
+        component k belongs to class ``k // (K / C)``."""
+        per_class = self.components // self.config.classes
+        return torch.arange(self.components, device=self.means.device) // per_class
+
     def class_log_likelihood(self, classes: torch.Tensor) -> torch.Tensor:
-        """``log p(class | z = k)`` (n, K, 1, 1) of a layer whose components are split by class
-        (``config.classes``): 0 for the components of each sample's class, ``PRUNED_LOGIT`` for the
-        others."""
-        group = torch.arange(self.components, device=classes.device) // (
-            self.components // self.config.classes
-        )
-        within = group == classes[:, None]  # (n, K)
+        """``log p(class | z = k)`` (n, K, 1, 1) of a layer split by class: 0 for the components of
+        each sample's class, ``PRUNED_LOGIT`` for the others."""
+        within = self.component_classes().to(classes.device) == classes[:, None]  # (n, K)
         return torch.where(within, 0.0, PRUNED_LOGIT).to(self.means.dtype)[:, :, None, None]
 
     def _component_map(self, values: torch.Tensor) -> torch.Tensor:

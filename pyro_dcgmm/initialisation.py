@@ -103,13 +103,12 @@ def _random_vectors(x: torch.Tensor, k: int, generator: torch.Generator):
     return means, x.new_ones(p, m, k), x.mean(1, keepdim=True).expand_as(means)
 
 
-def vectors_by_class(
-    gmm: GMM, inputs: torch.Tensor, labels, generator: torch.Generator
-) -> list[torch.Tensor]:
-    """The layer's input vectors (:func:`patch_vectors`) in one set, or, for a layer split by class
-    (``config.classes``) given the images' ``labels``, one set per class from its images."""
+def vectors_by_class(gmm: GMM, inputs: torch.Tensor, labels, generator: torch.Generator) -> list[tuple]:
+    """The layer's input vectors (:func:`patch_vectors`) with the components (a (K,) mask) they
+    are for: all of them, or, for a layer split by class (``config.classes``) given the images'
+    ``labels``, each class's vectors for that class's components."""
     if not gmm.config.classes or labels is None:
-        return [patch_vectors(gmm, inputs, generator)]
+        return [(patch_vectors(gmm, inputs, generator), torch.ones(gmm.components, dtype=torch.bool))]
     sets = []
     for c in range(gmm.config.classes):
         chosen = labels == c
@@ -118,7 +117,8 @@ def vectors_by_class(
                 f"none of the {labels.shape[0]} images that initialise a GMM layer split by class is "
                 f"of class {c}; every class needs images"
             )
-        sets.append(patch_vectors(gmm, inputs[chosen.to(inputs.device)], generator))
+        vectors = patch_vectors(gmm, inputs[chosen.to(inputs.device)], generator)
+        sets.append((vectors, (gmm.component_classes() == c).cpu()))
     return sets
 
 
@@ -130,21 +130,29 @@ def initialise(gmm: GMM, inputs: torch.Tensor, generator: torch.Generator, label
     as components (per class).
     """
     config = gmm.config
-    sets = [x.to(torch.float64) for x in vectors_by_class(gmm, inputs, labels, generator)]  # (P, M_c, D)
-    k = config.components // len(sets)
-    if min(x.shape[1] for x in sets) < k:
+    sets = [
+        (v.to(torch.float64), for_components)
+        for v, for_components in vectors_by_class(gmm, inputs, labels, generator)
+    ]
+    k = int(sets[0][1].sum())  # components per set
+    if min(v.shape[1] for v, _ in sets) < k:
         raise ValueError(
             f"initialising a GMM of {k} components (per class) needs at least that many input "
-            f"vectors per mixture, got {min(x.shape[1] for x in sets)}"
+            f"vectors per mixture, got {min(v.shape[1] for v, _ in sets)}"
         )
-    x = torch.cat(sets, 1)  # (P, M, D)
+    x = torch.cat([v for v, _ in sets], 1)  # (P, M, D)
     if config.init == "kmeans":
-        blocks = [kmeans(v, k, config.init_iterations, generator) for v in sets]  # (P, M_c, k) each
-        onehot = torch.cat([F.pad(b, (c * k, (len(sets) - c - 1) * k)) for c, b in enumerate(blocks)], 1)
-        weights, assignment = _clusters(onehot)
+        blocks = []  # one-hot assignments (P, M_c, K) of every set's vectors to its components
+        for v, for_components in sets:
+            onehot = kmeans(v, k, config.init_iterations, generator)  # (P, M_c, k)
+            blocks.append(onehot.new_zeros(*onehot.shape[:2], config.components))
+            blocks[-1][..., for_components.to(onehot.device)] = onehot
+        weights, assignment = _clusters(torch.cat(blocks, 1))
         means = centres = _weighted_means(x, assignment)
     else:
-        means = torch.cat([_random_vectors(v, k, generator)[0] for v in sets], 1)
+        means = x.new_zeros(x.shape[0], config.components, x.shape[2])
+        for v, for_components in sets:
+            means[:, for_components.to(x.device)] = _random_vectors(v, k, generator)[0]
         assignment = x.new_ones(*x.shape[:2], config.components)
         centres = x.mean(1, keepdim=True).expand_as(means)
         weights = x.new_full(means.shape[:2], 1.0 / config.components)
@@ -181,10 +189,8 @@ def reseed_dead(gmm: GMM, inputs: torch.Tensor, generator: torch.Generator, labe
     dead = dead_components(gmm)  # (P, K)
     if not bool(dead.any()):
         return 0
-    sets = vectors_by_class(gmm, inputs, labels, generator)
-    group = torch.arange(gmm.components, device=dead.device) // (gmm.components // len(sets))
-    for c, x in enumerate(sets):
-        _reseed(gmm, x.to(gmm.means.dtype), dead & (group == c), generator)
+    for x, for_components in vectors_by_class(gmm, inputs, labels, generator):
+        _reseed(gmm, x.to(gmm.means.dtype), dead & for_components.to(dead.device), generator)
     return int(dead.sum())
 
 
