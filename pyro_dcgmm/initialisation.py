@@ -104,11 +104,12 @@ def _random_vectors(x: torch.Tensor, k: int, generator: torch.Generator):
 
 
 def vectors_by_class(gmm: GMM, inputs: torch.Tensor, labels, generator: torch.Generator) -> list[tuple]:
-    """The layer's input vectors (:func:`patch_vectors`) with the components (a (K,) mask) they
-    are for: all of them, or, for a layer split by class (``config.classes``) given the images'
-    ``labels``, each class's vectors for that class's components."""
+    """The layer's input vectors (:func:`patch_vectors`) with the components (a (K,) mask on the
+    inputs' device) they are for: all of them, or, for a layer split by class (``config.classes``)
+    given the images' ``labels``, each class's vectors for that class's components."""
     if not gmm.config.classes or labels is None:
-        return [(patch_vectors(gmm, inputs, generator), torch.ones(gmm.components, dtype=torch.bool))]
+        everything = torch.ones(gmm.components, dtype=torch.bool, device=inputs.device)
+        return [(patch_vectors(gmm, inputs, generator), everything)]
     sets = []
     for c in range(gmm.config.classes):
         chosen = labels == c
@@ -118,7 +119,7 @@ def vectors_by_class(gmm: GMM, inputs: torch.Tensor, labels, generator: torch.Ge
                 f"of class {c}; every class needs images"
             )
         vectors = patch_vectors(gmm, inputs[chosen.to(inputs.device)], generator)
-        sets.append((vectors, (gmm.component_classes() == c).cpu()))
+        sets.append((vectors, (gmm.component_classes() == c).to(inputs.device)))
     return sets
 
 
@@ -146,13 +147,13 @@ def initialise(gmm: GMM, inputs: torch.Tensor, generator: torch.Generator, label
         for v, for_components in sets:
             onehot = kmeans(v, k, config.init_iterations, generator)  # (P, M_c, k)
             blocks.append(onehot.new_zeros(*onehot.shape[:2], config.components))
-            blocks[-1][..., for_components.to(onehot.device)] = onehot
+            blocks[-1][..., for_components] = onehot
         weights, assignment = _clusters(torch.cat(blocks, 1))
         means = centres = _weighted_means(x, assignment)
     else:
         means = x.new_zeros(x.shape[0], config.components, x.shape[2])
         for v, for_components in sets:
-            means[:, for_components.to(x.device)] = _random_vectors(v, k, generator)[0]
+            means[:, for_components] = _random_vectors(v, k, generator)[0]
         assignment = x.new_ones(*x.shape[:2], config.components)
         centres = x.mean(1, keepdim=True).expand_as(means)
         weights = x.new_full(means.shape[:2], 1.0 / config.components)
