@@ -269,12 +269,69 @@ class ReadoutConfig(Checked):
     wait: float = bounded(0.0, ge=0, lt=1)
 
 
-LayerConfig = FoldConfig | MaxPoolConfig | GMMConfig | ReadoutConfig
+@dataclass(frozen=True)
+class TreeConfig(Checked):
+    """A layer of a joint stack (:mod:`pyro_dcgmm.joint`): at each of its positions a component
+    ``z`` whose children are the components of a block of positions of the layer below, with
+    ``p(z_child = k | z = j) = A[offset, j, k]``.
+
+    :param components: number of components J.
+    :param block: (height, width) of the block of positions below that one position covers, an int
+        for a square, or ``"full"`` for all of them (one position: the top of the tree).  Blocks tile
+        the grid below from its top-left corner; blocks at the bottom and right edges may be cut
+        short, and their missing children are simply absent.
+    :param shared: one transition table for all positions (convolutional) if true, else one per
+        position.
+    :param probability_floor: every transition probability and mixing weight is kept at or above
+        this (EM's counts are floored there before normalising), so that no child component becomes
+        impossible and the closed form's matrix products never underflow.
+    :param init_vectors: block vectors (children's posteriors) that the k-means initialisation
+        looks at (per position when not shared).
+    :param init_iterations: Lloyd iterations of that k-means.
+    :param wait: fraction of training before this layer joins the tree (is initialised and
+        becomes its root); the layers below train as the tree's top until then.
+    :param classes: 0, or the number of classes C whose labels split the top layer's components
+        into C equal groups (component j belongs to class ``j // (J / C)``): labelled images are
+        explained by their class's components only, which makes the stack a class-conditional
+        density and a generative classifier.  Only the top layer may be split.
+    """
+
+    section = "tree"
+    error = LayerConfigError
+    type: Literal["tree"] = field(default="tree", kw_only=True)
+    components: int = bounded(32, ge=1)
+    block: IntPair | Literal["full"] = 2
+    shared: bool = True
+    probability_floor: float = bounded(1e-6, gt=0, lt=1)
+    init_vectors: int = bounded(5000, ge=1)
+    init_iterations: int = bounded(20, ge=0)
+    wait: float = bounded(0.0, ge=0, lt=1)
+    classes: int = bounded(0, ge=0)
+
+    def check(self) -> None:
+        if self.block != "full":
+            self.check_pair("block")
+        if self.probability_floor * self.components >= 1:
+            self.fail(
+                f"tree.probability_floor times components must be below 1 (the mixing weights sum to 1), "
+                f"got {self.probability_floor:g} * {self.components}"
+            )
+        if self.init_vectors < self.components:
+            self.fail(f"tree.init_vectors must be >= components ({self.components}), got {self.init_vectors}")
+        if self.classes == 1 or (self.classes and self.components % self.classes):
+            self.fail(
+                f"tree.classes must be 0 or at least 2 classes dividing components ({self.components}) "
+                f"into equal groups, got {self.classes}"
+            )
+
+
+LayerConfig = FoldConfig | MaxPoolConfig | GMMConfig | ReadoutConfig | TreeConfig
 LAYER_CONFIGS: dict[str, type] = {
     "fold": FoldConfig,
     "maxpool": MaxPoolConfig,
     "gmm": GMMConfig,
     "readout": ReadoutConfig,
+    "tree": TreeConfig,
 }
 
 
@@ -333,6 +390,9 @@ class TrainConfig(Checked):
     :param validate_args: keep Pyro's checks of distribution arguments on (slower).
     :param keep_epoch_checkpoints: also keep ``epoch-XXXX.pt`` for every epoch, not only the latest.
     :param progress: show a tqdm progress bar.
+    :param joint_refinement: for a joint stack, keep training every layer of the tree grown so far
+        (true: the whole tree is refined jointly) or only its top (false: greedy layer-by-layer
+        training, each layer left as it was when the one above joined).
     """
 
     section = "training"
@@ -354,6 +414,7 @@ class TrainConfig(Checked):
     validate_args: bool = False
     keep_epoch_checkpoints: bool = False
     progress: bool = True
+    joint_refinement: bool = True
 
 
 @dataclass(frozen=True)

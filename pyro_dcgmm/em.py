@@ -38,6 +38,7 @@ from __future__ import annotations
 import torch
 
 from pyro_dcgmm.gmm import GMM
+from pyro_dcgmm.tree import Tree
 
 TINY_MASS = 1e-12
 
@@ -101,3 +102,86 @@ def maximise(gmm: GMM, statistics) -> None:
     alive = s0 > TINY_MASS * s0.sum(-1, keepdim=True)  # (..., K)
     gmm.covariance.maximise(s0.clamp_min(TINY_MASS), s1, s2, alive, gmm.means)
     gmm.mixing_logits.copy_(s0.clamp_min(TINY_MASS * s0.sum(-1, keepdim=True)).log())
+
+
+class JointOnlineEM(torch.optim.Optimizer):
+    """Online EM for every layer of a joint stack (:class:`~pyro_dcgmm.joint.JointStack`) at once.
+
+    The E-step of the whole tree is the backward pass of its closed-form log-likelihood: the
+    gradient of the mean ``log p(x)`` with respect to a layer's normalised log-weights is the
+    expected count of every (parent, child) pair, and with respect to the leaves' log-density table
+    the posterior of every leaf component (the stack records both, :attr:`JointStack.counts`); the
+    leaves' first and second moments come from their parameters' gradients as in :class:`OnlineEM`.
+    Each layer keeps running averages of its statistics with step sizes ``(t + t0)^-kappa``, from
+    the statistics of its parameters when it joins the tree, and sets its parameters to their
+    M-step: a Tree layer's transitions (and the top's mixing weights) the normalised counts, floored
+    at its ``probability_floor``; the leaves as in :func:`maximise` (their mixing weights become
+    the components' share of the leaves).  With ``rho = 1`` on the whole data set a step is one
+    step of batch EM on the tree.
+
+    :param stack: the joint stack, trained through its closed-form objective.
+    :param float step_offset: ``t0`` of the step-size schedule.
+    :param float step_decay: ``kappa`` of the step-size schedule.
+    """
+
+    def __init__(self, stack, step_offset: float = 2.0, step_decay: float = 0.6):
+        groups = [{"params": list(layer.parameters())} for layer in stack.mixture_layers]
+        super().__init__(groups, {"step_offset": step_offset, "step_decay": step_decay})
+        self.stack = stack
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        top = self.stack.root_level
+        for level, (group, layer) in enumerate(
+            zip(self.param_groups, self.stack.mixture_layers, strict=True)
+        ):
+            if not self._trained(level, layer):
+                continue
+            batch = self._batch_statistics(level, layer, level == top)
+            state = self.state[group["params"][0]]
+            if len(state.get("statistics", ())) != len(batch):  # joining the tree, or leaving its top
+                state.setdefault("step", 0)
+                state["statistics"] = self._current_statistics(layer, batch)
+            rho = step_size(state["step"], group["step_offset"], group["step_decay"])
+            for running, new in zip(state["statistics"], batch, strict=True):
+                running.add_(new - running, alpha=rho)
+            state["step"] += 1
+            self._maximise(layer, state["statistics"])
+
+    def _trained(self, level: int, layer) -> bool:
+        """Whether this backward pass reached ``layer`` and it is not frozen (its gradients kept)."""
+        name = "components" if level == 0 else "transitions"
+        key_parameter = layer.means if level == 0 else layer.transition_logits
+        return (level, name) in self.stack.counts and key_parameter.grad is not None
+
+    def _batch_statistics(self, level: int, layer, top: bool) -> tuple:
+        """This batch's statistics: a Tree layer's transition counts (and mixing counts at the top),
+        the leaves' posterior mass and moments."""
+        counts = self.stack.counts
+        if level > 0:
+            mixing = (counts[(level, "mixing")],) if top else ()
+            return (counts[(level, "transitions")], *mixing)
+        s0 = counts[(0, "components")]  # (K, H, W): the leaves' posterior mass per position
+        s0 = s0.sum((1, 2)) if layer.config.shared else s0.permute(1, 2, 0)
+        return (s0, *layer.covariance.batch_statistics(s0, layer.means))
+
+    @staticmethod
+    def _current_statistics(layer, batch: tuple) -> list[torch.Tensor]:
+        """The statistics whose M-step gives ``layer``'s current parameters, with the masses of the
+        ``batch`` statistics (each parent's, for the transitions; the leaves' per component)."""
+        if isinstance(layer, Tree):
+            transitions, *mixing = batch
+            current = [transitions.sum(-1, keepdim=True) * layer.log_transitions().exp()]
+            return current + [m.sum(-1, keepdim=True) * layer.log_mixing().exp() for m in mixing]
+        s0 = batch[0]
+        return [s0.clone(), *layer.covariance.current_statistics(s0, layer.means)]
+
+    @staticmethod
+    def _maximise(layer, statistics) -> None:
+        if isinstance(layer, Tree):
+            transitions, *mixing = statistics
+            alive = transitions.sum(-1, keepdim=True) > TINY_MASS  # parents that were used
+            transitions = torch.where(alive, transitions, layer.log_transitions().exp())
+            layer.assign_(transitions, mixing[0] if mixing else None)
+        else:
+            maximise(layer, statistics)

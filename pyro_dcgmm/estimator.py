@@ -121,7 +121,7 @@ class DCGMM(ClusterMixin, DensityMixin, BaseEstimator):
         self.stack_ = stack.cpu()
         self.input_shape_ = shape
         self.n_features_in_ = math.prod(shape)
-        self.n_components_ = stack.gmm_layers[-1].components
+        self.n_components_ = stack.mixture_layers[-1].components
         self.history_ = result.history
         self.labels_ = self.predict(x)
         return self

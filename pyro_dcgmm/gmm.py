@@ -29,9 +29,13 @@ from pyro_dcgmm.config import GMMConfig, from_dict
 from pyro_dcgmm.covariances import Geometry, make_covariance
 from pyro_dcgmm.fold import Fold, fold_back, is_lossless
 from pyro_dcgmm.layer import (
+    PRUNED_LOGIT,
     Layer,
     Shape,
     check_parameter_memory,
+    class_log_likelihood,
+    component_classes,
+    component_map,
     local_params,
     record,
     window_output_size,
@@ -39,7 +43,6 @@ from pyro_dcgmm.layer import (
 from pyro_dcgmm.sampling import ComponentLikelihood
 
 RESPONSIBILITY_FLOOR = 1e-4  # log-responsibilities below log(1e-4) carry no information upward
-PRUNED_LOGIT = -1e4  # a pruned component's mixing logit: weight exp(-1e4) = 0, no NaN from -inf - -inf
 
 
 class SubnormalGradientFlushed(torch.autograd.Function):
@@ -253,19 +256,16 @@ class GMM(Layer):
     def component_classes(self) -> torch.Tensor:
         """The class of every component (K,) of a layer split by class (``config.classes`` = C):
         component k belongs to class ``k // (K / C)``."""
-        per_class = self.components // self.config.classes
-        return torch.arange(self.components, device=self.means.device) // per_class
+        return component_classes(self.components, self.config.classes, self.means.device)
 
     def class_log_likelihood(self, classes: torch.Tensor) -> torch.Tensor:
         """``log p(class | z = k)`` (n, K, 1, 1) of a layer split by class: 0 for the components of
         each sample's class, ``PRUNED_LOGIT`` for the others."""
-        within = self.component_classes().to(classes.device) == classes[:, None]  # (n, K)
-        return torch.where(within, 0.0, PRUNED_LOGIT).to(self.means.dtype)[:, :, None, None]
+        return class_log_likelihood(self.components, self.config.classes, classes, self.means.dtype)
 
     def _component_map(self, values: torch.Tensor) -> torch.Tensor:
         """Per-component ``values`` (K,) or (H', W', K) laid out like a table: (1, K, 1 | H', 1 | W')."""
-        shaped = values[:, None, None] if self.config.shared else values.permute(2, 0, 1)
-        return shaped.unsqueeze(0)
+        return component_map(values, self.config.shared)
 
     @property
     def output_range(self) -> tuple[float, float]:

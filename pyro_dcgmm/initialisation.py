@@ -25,6 +25,7 @@ from sklearn.cluster import kmeans_plusplus
 
 from pyro_dcgmm.errors import DataError
 from pyro_dcgmm.gmm import GMM
+from pyro_dcgmm.tree import Tree
 
 
 def images_needed(gmm: GMM) -> int:
@@ -165,6 +166,15 @@ def initialise(gmm: GMM, inputs: torch.Tensor, generator: torch.Generator, label
         gmm.initialised.fill_(True)
 
 
+def initialise_layer(layer, inputs: torch.Tensor, generator: torch.Generator, labels=None) -> None:
+    """Initialise a GMM layer from its inputs (:func:`initialise`) or a Tree layer from its
+    children's posteriors (:func:`initialise_tree`)."""
+    if isinstance(layer, Tree):
+        initialise_tree(layer, inputs, generator, labels)
+    else:
+        initialise(layer, inputs, generator, labels)
+
+
 def dead_components(gmm: GMM) -> torch.Tensor:
     """Boolean (P, K): active components whose mixing weight is below ``dead_weight``, per mixture."""
     weights = gmm.log_mixing().detach().exp().reshape(-1, gmm.components)
@@ -208,3 +218,56 @@ def _reseed(gmm: GMM, x: torch.Tensor, dead: torch.Tensor, generator: torch.Gene
         gmm.mixing_logits.copy_(
             (weights / weights.sum(-1, keepdim=True)).log().reshape(gmm.mixing_logits.shape)
         )
+
+
+def block_vectors(tree: Tree, posteriors: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """The children's posteriors (N, K, Hc, Wc) below every position of ``tree``, one vector of
+    length O K per position (absent children zero): (1, M, O K) subsampled from all positions when
+    shared, (H' W', N, O K) per position otherwise."""
+    slots = tree.slots(posteriors)  # (N, H', W', O, K)
+    vectors = slots.flatten(3)  # (N, H', W', O K)
+    if not tree.config.shared:
+        return vectors.flatten(1, 2).transpose(0, 1)  # (H' W', N, O K)
+    flat = vectors.reshape(-1, vectors.shape[-1])
+    keep = torch.randperm(flat.shape[0], generator=generator)[: tree.config.init_vectors]
+    return flat[keep.to(flat.device)].unsqueeze(0)
+
+
+def initialise_tree(tree: Tree, posteriors: torch.Tensor, generator: torch.Generator, labels=None) -> None:
+    """Start a Tree layer from its children's posteriors (N, K, Hc, Wc) under the tree below it:
+    k-means clusters of the block vectors (:func:`block_vectors`; per class for a layer split by
+    class, given the images' ``labels``) become its components, each cluster's mean posterior of
+    every child its transition probabilities and its share of the vectors its mixing weight."""
+    config = tree.config
+    if config.classes and labels is not None:
+        sets = [
+            (posteriors[labels.to(posteriors.device) == c], tree.component_classes() == c)
+            for c in range(config.classes)
+        ]
+    else:
+        sets = [(posteriors, torch.ones(tree.components, dtype=torch.bool, device=posteriors.device))]
+    _, height, width = tree.output_shape
+    positions = 1 if config.shared else height * width
+    counts = posteriors.new_zeros(
+        positions, tree.components, tree.offsets * tree.input_shape[0], dtype=torch.float64
+    )
+    sizes = posteriors.new_zeros(positions, tree.components, dtype=torch.float64)
+    for chosen, for_components in sets:
+        if chosen.shape[0] == 0:
+            raise DataError(
+                "none of the images that initialise a Tree layer split by class is of one of its classes"
+            )
+        x = block_vectors(tree, chosen, generator).double()  # (P, M, O K)
+        k = int(for_components.sum())
+        if x.shape[1] < k:
+            raise ValueError(
+                f"initialising a Tree layer of {k} components (per class) needs at least that many "
+                f"block vectors per mixture, got {x.shape[1]}"
+            )
+        onehot = kmeans(x, k, config.init_iterations, generator)  # (P, M, k)
+        counts[:, for_components] = onehot.transpose(1, 2) @ x
+        sizes[:, for_components] = onehot.sum(1)
+    transitions = counts.view(positions, tree.components, tree.offsets, -1).transpose(1, 2)  # (P, O, J, K)
+    lead = () if config.shared else (height, width)
+    tree.assign_(transitions.reshape(*lead, *transitions.shape[1:]), sizes.reshape(*lead, -1) + 1.0)
+    tree.initialised.fill_(True)

@@ -64,6 +64,29 @@ def check_parameter_memory(count: int, what: str) -> None:
         )
 
 
+PRUNED_LOGIT = -1e4  # a ruled-out component's logit: weight exp(-1e4) = 0, no NaN from -inf - -inf
+
+
+def component_classes(components: int, classes: int, device=None) -> torch.Tensor:
+    """The class of every one of ``components`` components (K,) split into ``classes`` equal groups:
+    component k belongs to class ``k // (K / C)``."""
+    return torch.arange(components, device=device) // (components // classes)
+
+
+def class_log_likelihood(components: int, classes: int, labels: torch.Tensor, dtype) -> torch.Tensor:
+    """``log p(class | z = k)`` (n, K, 1, 1) of components split by class: 0 for the components of
+    each sample's class (``labels`` (n,)), ``PRUNED_LOGIT`` for the others."""
+    within = component_classes(components, classes, labels.device) == labels[:, None]  # (n, K)
+    return torch.where(within, 0.0, PRUNED_LOGIT).to(dtype)[:, :, None, None]
+
+
+def component_map(values: torch.Tensor, shared: bool) -> torch.Tensor:
+    """Per-component ``values`` (K,) when ``shared``, else (H', W', K), laid out like a table:
+    (1, K, 1 | H', 1 | W')."""
+    shaped = values[:, None, None] if shared else values.permute(2, 0, 1)
+    return shaped.unsqueeze(0)
+
+
 def local_params(model):
     """Run a PyroModule method with module-local parameters.
 

@@ -8,8 +8,10 @@ from __future__ import annotations
 import torch
 
 from pyro_dcgmm.config import TrainConfig
-from pyro_dcgmm.em import OnlineEM
+from pyro_dcgmm.em import JointOnlineEM, OnlineEM
+from pyro_dcgmm.errors import ConfigError
 from pyro_dcgmm.gmm import GMM
+from pyro_dcgmm.joint import JointStack
 
 
 class OptimizerChain:
@@ -75,6 +77,13 @@ def make_optimizer(stack, config: TrainConfig):
     trainable = [layer for layer in stack.layers if hasattr(layer, "parameter_groups")]
     if config.optimizer != "em":
         return _gradient_optimizer(_gradient_groups(trainable, config), config)
+    if isinstance(stack, JointStack):
+        if config.objective != "closed_form":
+            raise ConfigError(
+                "online EM trains a joint stack through its closed-form objective (objective = "
+                "'closed_form'); the enumerated one serves Adam, SGD and inference"
+            )
+        return JointOnlineEM(stack, config.em_step_offset, config.em_step_decay)
     others = [layer for layer in trainable if not isinstance(layer, GMM)]
     optimizers = [OnlineEM(stack.gmm_layers, config.em_step_offset, config.em_step_decay)]
     if others:

@@ -162,8 +162,11 @@ def plot_component_views(views, path: str | Path, title: str, spectrum: bool, ma
     mean_bound = max(float(np.nanmax(np.abs(view.mean))) for view in views) or 1.0  # one scale for all means
     for row, view in zip(axes, views, strict=True):
         _show(row[0], _as_picture(view.mean), "gray", mean_bound)
-        precision = np.fft.fftshift(view.precision_map, axes=(-2, -1)) if spectrum else view.precision_map
-        _show(row[1], np.log10(_as_picture(precision)), "viridis")
+        if view.precision_map is None:  # a Tree layer's component: its mean is all there is
+            row[1].set_axis_off()
+        else:
+            precision = np.fft.fftshift(view.precision_map, axes=(-2, -1)) if spectrum else view.precision_map
+            _show(row[1], np.log10(_as_picture(precision)), "viridis")
         for axis, example in zip(row[2:], view.examples, strict=False):
             centred = float(example.min()) < 0  # zero-meaned patches: grey is zero
             _show(
@@ -174,7 +177,8 @@ def plot_component_views(views, path: str | Path, title: str, spectrum: bool, ma
         state = "" if view.active else " (pruned)"
         row[0].set_ylabel(f"#{view.index}\nw={view.weight:.3f}{state}", rotation=0, ha="right", va="center")
     axes[0][0].set_title("mean")
-    axes[0][1].set_title("power spectrum\n(log10)" if spectrum else "precision\n(log10)")
+    if views[0].precision_map is not None:
+        axes[0][1].set_title("power spectrum\n(log10)" if spectrum else "precision\n(log10)")
     for j in range(top):
         axes[0][2 + j].set_title(f"top {j + 1}")
     figure.suptitle(title, y=1.0 - 0.15 / height)

@@ -1,15 +1,17 @@
 """The paper's architectures A-G and a small one for 8x8 digits, as :class:`ModelConfig` objects.
 
 Layer strings below read ``F<patch>/<stride>`` (Fold), ``G<K>`` (GMM; ``G<K>c`` splits its K
-components by class, ``GMMConfig.classes``), ``P<kernel>/<stride>`` (MaxPool), ``R`` (Readout);
-``Ffull`` folds whatever remains into one patch, which is how the architectures adapt to inputs
-other than 28x28.  As in the reference's configuration files every
-GMM layer is shared (convolutional) and upper layers wait (stay frozen) for 10% of training per
-level, so the layers below settle first; each is then initialised by k-means on its real inputs.
-Unlike the reference, every GMM layer below the top passes its standardised log-responsibilities
-upward (responsibilities are one-hot in practice and hide the runner-up components), and the GMM
-layers above the first model them with a variance floor of 0.1 (``precision_ceiling = 10``; 1 for
-``digits``); both were chosen on validation splits (``docs/figures/training-quality/README.md``).
+components by class, ``GMMConfig.classes``), ``P<kernel>/<stride>`` (MaxPool), ``R`` (Readout),
+``T<J>/<block>`` (a Tree layer of a joint stack over blocks of ``block`` x ``block`` positions;
+``T<J>/full`` over all of them, ``T<J>c/...`` split by class); ``Ffull`` folds whatever remains into
+one patch, which is how the architectures adapt to inputs other than 28x28.  As in the reference's
+configuration files every GMM layer is shared (convolutional) and upper layers wait (stay frozen)
+for 10% of training per level, so the layers below settle first; each is then initialised by
+k-means on its real inputs.  Unlike the reference, every GMM layer below the top passes its
+standardised log-responsibilities upward (responsibilities are one-hot in practice and hide the
+runner-up components), and the GMM layers above the first model them with a variance floor of 0.1
+(``precision_ceiling = 10``; 1 for ``digits``); both were chosen on validation splits
+(``docs/figures/training-quality/README.md``).
 
 ===== =========================================================
 A     Ffull - G25 - R
@@ -22,13 +24,33 @@ F     F3/1 - G25 - F4/2 - G25 - F4/2 - G25 - Ffull - G25 - R
 G     F3/1 - G25 - P2/2 - F3/1 - G25 - P2/2 - F3/1 - G25 - P2/2 - Ffull - G25 - R
 digits F4/2 - G100 - Ffull - G25 - R  (for 8x8 inputs)
 ===== =========================================================
+
+The joint presets (:class:`~pyro_dcgmm.joint.JointStack`: one mixture over the pixels) have leaves of
+full-covariance components, one mixture per position, with precisions in [1, 1e6] (a variance floor
+below the dequantisation noise of 8-bit images), and Tree layers with transitions per position
+that join the tree 10% of training apart:
+
+======= =========================================================
+J       F4/4 - G32 - T128/2 - T128/2 - T256/full
+JC      F4/4 - G32 - T128/2 - T128/2 - T250c/full  (J with 25 top components per class)
+Jdigits F2/2 - G16 - T16/2 - T32/full  (for 8x8 inputs)
+JCdigits F2/2 - G16 - T16/2 - T40c/full  (Jdigits with 4 top components per class)
+======= =========================================================
 """
 
 from __future__ import annotations
 
 import dataclasses
 
-from pyro_dcgmm.config import FoldConfig, GMMConfig, MaxPoolConfig, ModelConfig, ReadoutConfig, nearest
+from pyro_dcgmm.config import (
+    FoldConfig,
+    GMMConfig,
+    MaxPoolConfig,
+    ModelConfig,
+    ReadoutConfig,
+    TreeConfig,
+    nearest,
+)
 from pyro_dcgmm.errors import ConfigError
 
 ARCHITECTURES = {
@@ -41,7 +63,12 @@ ARCHITECTURES = {
     "F": "F3/1 G25 F4/2 G25 F4/2 G25 Ffull G25 R",
     "G": "F3/1 G25 P2/2 F3/1 G25 P2/2 F3/1 G25 P2/2 Ffull G25 R",
     "digits": "F4/2 G100 Ffull G25 R",
+    "J": "F4/4 G32 T128/2 T128/2 T256/full",
+    "JC": "F4/4 G32 T128/2 T128/2 T250c/full",
+    "Jdigits": "F2/2 G16 T16/2 T32/full",
+    "JCdigits": "F2/2 G16 T16/2 T40c/full",
 }
+JOINT_LEAVES = {"shared": False, "covariance": "full", "precision_floor": 1.0, "precision_ceiling": 1e6}
 WAIT_PER_LEVEL = 0.1
 UPPER_PRECISION_CEILING = {"digits": 1.0}  # per preset, chosen on validation splits
 DEFAULT_UPPER_PRECISION_CEILING = 10.0
@@ -61,8 +88,11 @@ def parse_architecture(
     """Layer configs from a string such as ``"F3/1 G25 P2/2 Ffull G25 R"``.
 
     ``gmm_options`` are passed to every GMM layer and win over the string and the defaults (e.g.
-    ``shared=False`` or ``components=49``).
+    ``shared=False`` or ``components=49``).  The GMM of a joint stack (a string with ``T`` layers)
+    starts from :data:`JOINT_LEAVES`.
     """
+    joint = any(token.startswith("T") for token in text.split())
+    gmm_options = {**JOINT_LEAVES, **gmm_options} if joint else gmm_options
     layers = []
     level = 0
     top_gmm = max(i for i, token in enumerate(text.split()) if token.startswith("G"))
@@ -87,6 +117,18 @@ def parse_architecture(
                 options["output"] = "log_responsibilities"
             options.update(gmm_options)
             layers.append(GMMConfig(**options))
+            level += 1
+        elif kind == "T":
+            components, block = spec.split("/")
+            layers.append(
+                TreeConfig(
+                    components=int(components.removesuffix("c")),
+                    block=block if block == "full" else int(block),
+                    classes=num_classes if components.endswith("c") else 0,
+                    wait=min(WAIT_PER_LEVEL * level, 0.5),
+                    shared=False,
+                )
+            )
             level += 1
         elif kind == "R":
             layers.append(ReadoutConfig(num_classes=num_classes))
@@ -123,6 +165,13 @@ def default_preset(input_shape: tuple[int, int, int]) -> str:
     a side, ``digits`` (4x4 patches) from 4, the flat ``A`` (one mixture over the whole input) below."""
     side = min(input_shape[1:])
     return "E" if side >= 13 else "digits" if side >= 4 else "A"
+
+
+def default_joint_preset(input_shape: tuple[int, int, int], by_class: bool = False) -> str:
+    """The joint preset for images of ``input_shape``: ``J`` (4x4 leaves) from 13 pixels a side,
+    ``Jdigits`` (2x2 leaves) below; ``JC`` and ``JCdigits`` with the top split ``by_class``."""
+    name = "J" if min(input_shape[1:]) >= 13 else "Jdigits"
+    return name.replace("J", "JC") if by_class else name
 
 
 def resolve(config: ModelConfig, input_shape: tuple[int, int, int], **gmm_options) -> ModelConfig:

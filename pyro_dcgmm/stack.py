@@ -17,11 +17,14 @@ from pyro_dcgmm.layer import Layer, local_params
 from pyro_dcgmm.pool import MaxPool
 from pyro_dcgmm.readout import Readout
 from pyro_dcgmm.sampling import SamplingOptions
+from pyro_dcgmm.tree import Tree
 
 MAX_PLATE_NESTING = 3  # data, height, width
 
 
-LAYER_CLASSES: dict[type, type[Layer]] = {cls.config_class: cls for cls in (Fold, MaxPool, GMM, Readout)}
+LAYER_CLASSES: dict[type, type[Layer]] = {
+    cls.config_class: cls for cls in (Fold, MaxPool, GMM, Readout, Tree)
+}
 
 
 def layer_from_config(config: LayerConfig) -> Layer:
@@ -67,6 +70,7 @@ class Stack(PyroModule):
                 raise ArchitectureError(f"layers[{i}] is a Readout, which may only be the top layer")
         if not any(isinstance(layer, GMM) for layer in layers):
             raise ArchitectureError("a Stack needs at least one GMM layer")
+        self._check_layer_types(layers)
         self.input_shape = input_shape
         self.data_range = tuple(data_range)
         self.layers = PyroModule[torch.nn.ModuleList](layers)
@@ -91,7 +95,7 @@ class Stack(PyroModule):
             i += 1
         self.output_shape = shape
         self.gmm_indices = [i for i, layer in enumerate(layers) if isinstance(layer, GMM)]
-        counts = {layer.config.classes for layer in self.gmm_layers if layer.config.classes}
+        counts = {layer.config.classes for layer in self.mixture_layers if layer.config.classes}
         counts |= {self.readout.num_classes} if self.readout is not None else set()
         if len(counts) > 1:
             raise ArchitectureError(
@@ -100,15 +104,29 @@ class Stack(PyroModule):
             )
         self.num_classes: int | None = counts.pop() if counts else None
 
+    def _check_layer_types(self, layers: Sequence[Layer]) -> None:
+        """The layerwise stack takes Fold, GMM, MaxPool and Readout layers."""
+        trees = [i for i, layer in enumerate(layers) if isinstance(layer, Tree)]
+        if trees:
+            raise ArchitectureError(
+                f"layers{trees} are Tree layers, which form a joint stack: build it with JointStack "
+                "(Stack.from_config picks it for a config with tree layers)"
+            )
+
     @classmethod
     def from_config(cls, config: ModelConfig, input_shape: tuple[int, int, int] | None = None):
-        """Build a stack from a :class:`~pyro_dcgmm.config.ModelConfig` (layers must be given)."""
+        """Build a stack from a :class:`~pyro_dcgmm.config.ModelConfig` (layers must be given): a
+        :class:`~pyro_dcgmm.joint.JointStack` when it has tree layers, else a layerwise stack."""
         shape = input_shape if input_shape is not None else config.input_shape
         if shape is None:
             raise ArchitectureError("the model config has no input_shape and none was given")
         if not config.layers:
             raise ArchitectureError("the model config has no layers; resolve presets first")
         layers = [layer_from_config(c) for c in config.layers]
+        if cls is Stack and any(isinstance(layer, Tree) for layer in layers):
+            from pyro_dcgmm.joint import JointStack
+
+            cls = JointStack
         return cls(layers, tuple(shape), config.data_range)
 
     @property
@@ -123,6 +141,60 @@ class Stack(PyroModule):
     @property
     def gmm_layers(self) -> list[GMM]:
         return [self.layers[i] for i in self.gmm_indices]
+
+    @property
+    def mixture_layers(self) -> list[Layer]:
+        """The layers with components, bottom first: the GMM layers here (and the Tree layers of a
+        joint stack)."""
+        return self.gmm_layers
+
+    @property
+    def max_plate_nesting(self) -> int:
+        """Plates the Pyro model nests (``TraceEnum_ELBO(max_plate_nesting=...)``)."""
+        return MAX_PLATE_NESTING
+
+    @property
+    def objective_names(self) -> list[str]:
+        """A name for each objective training logs: every GMM layer's, ``L<index in layers>``."""
+        return [f"L{i}" for i in self.gmm_indices]
+
+    @property
+    def objective_sites(self) -> list[str]:
+        """The deterministic sites of the model that hold each objective per sample (and position)."""
+        return [gmm.site("objective") for gmm in self.gmm_layers]
+
+    @property
+    def mixture_indices(self) -> list[int]:
+        """Indices in ``layers`` of :attr:`mixture_layers`."""
+        return self.gmm_indices
+
+    trains_distributed = True  # whether data-parallel training (torchrun) is supported
+
+    def reseedable_layers(self) -> list[tuple[int, GMM]]:
+        """(index, layer) of the GMM layers whose dead components training re-seeds or prunes."""
+        return list(zip(self.gmm_indices, self.gmm_layers, strict=True))
+
+    def layers_below_top(self) -> list[Layer]:
+        """The layers below the top of a joint stack's tree (none here: every layer has its own
+        objective)."""
+        return []
+
+    def update_schedules(self, objective_losses: list[float], waiting: list) -> None:
+        """Advance every training GMM layer's annealing schedule with its loss of this step."""
+        for gmm, value in zip(self.gmm_layers, objective_losses, strict=True):
+            if gmm not in waiting:
+                gmm.schedule.update(value)
+
+    @property
+    def classifies(self) -> bool:
+        """Whether :meth:`predict_proba` answers: through a Readout here (through a top layer split
+        by class in a joint stack)."""
+        return self.readout is not None
+
+    @property
+    def samples_by_class(self) -> bool:
+        """Whether :meth:`sample` takes classes: through a top GMM split by class or a Readout."""
+        return bool(self.mixture_layers[-1].config.classes) or self.readout is not None
 
     @property
     def readout(self) -> Readout | None:

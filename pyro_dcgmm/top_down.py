@@ -21,7 +21,7 @@ def sample(stack, n: int, classes=None, options: SamplingOptions | None = None) 
     """``n`` images (n, C, H, W) drawn from the top stage down, conditioned on ``classes`` if given."""
     check_positive_int(n, "n")
     if classes is not None:
-        if not conditions_on_classes(stack):
+        if not stack.samples_by_class:
             raise ArchitectureError(
                 "class-conditional sampling needs a Readout as the top layer or a top GMM layer "
                 "split by class (gmm.classes)"
@@ -35,11 +35,6 @@ def sample(stack, n: int, classes=None, options: SamplingOptions | None = None) 
         )
         drawn.append(sample_from(stack, start, signal, rows.stop - rows.start, options))
     return torch.cat(drawn)
-
-
-def conditions_on_classes(stack) -> bool:
-    """Whether the stack can sample given a class: through a top GMM split by class or a Readout."""
-    return bool(stack.gmm_layers[-1].config.classes) or stack.readout is not None
 
 
 def class_signal(stack, classes: torch.Tensor) -> tuple[int, object]:

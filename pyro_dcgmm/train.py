@@ -52,10 +52,16 @@ from pyro_dcgmm.errors import (
     TrainingInterrupted,
     TrainingWarning,
 )
-from pyro_dcgmm.initialisation import dead_components, images_needed, initialise, prune_dead, reseed_dead
+from pyro_dcgmm.initialisation import (
+    dead_components,
+    images_needed,
+    initialise_layer,
+    prune_dead,
+    reseed_dead,
+)
 from pyro_dcgmm.optim import forget, make_optimizer
 from pyro_dcgmm.run_folder import CHECKPOINT_NAME, LOG_NAME, Checkpointer, JsonLog, claim_run_folder
-from pyro_dcgmm.stack import MAX_PLATE_NESTING, Stack
+from pyro_dcgmm.stack import Stack
 from pyro_dcgmm.validation import as_images, as_labels
 
 
@@ -186,12 +192,12 @@ def initialise_ready_layers(stack: Stack, images: torch.Tensor, labels, waiting:
     so far.  Every process of a data-parallel run draws the same subsample; rank 0's result is
     broadcast so all processes start from identical parameters.
     """
-    for index, gmm in zip(stack.gmm_indices, stack.gmm_layers, strict=True):
-        if bool(gmm.initialised) or gmm in waiting:
+    for index, layer in zip(stack.mixture_indices, stack.mixture_layers, strict=True):
+        if bool(layer.initialised) or layer in waiting:
             continue
-        inputs, chosen_labels = _layer_inputs(stack, images, labels, index, gmm, generator)
-        initialise(gmm, inputs, generator, chosen_labels)
-        _broadcast_layer(gmm)
+        inputs, chosen_labels = _layer_inputs(stack, images, labels, index, layer, generator)
+        initialise_layer(layer, inputs, generator, chosen_labels)
+        _broadcast_layer(layer)
 
 
 def _layer_inputs(stack: Stack, images: torch.Tensor, labels, index: int, gmm, generator):
@@ -221,7 +227,7 @@ def reseed_dead_layers(
 
     The optimiser forgets what it kept about a re-seeded layer (online EM's running statistics).
     """
-    for index, gmm in zip(stack.gmm_indices, stack.gmm_layers, strict=True):
+    for index, gmm in stack.reseedable_layers():
         reseeding = gmm.config.dead_components == "reseed"
         if not bool(gmm.initialised) or (reseeding and final) or not bool(dead_components(gmm).any()):
             continue
@@ -240,26 +246,26 @@ def _local_loss(stack, elbo, batch, batch_labels, num_data: int, enumerated: boo
     """This process's summed negative ELBO and per-GMM-layer loss sums (no averaging yet)."""
     if batch.shape[0] == 0:  # a last global batch smaller than the number of processes
         # zero gradients for exactly the parameters the other processes get gradients for
-        used = [p for gmm in stack.gmm_layers for p in gmm.parameters()]
+        used = [p for layer in stack.mixture_layers for p in layer.parameters()]
         if batch_labels is not None and stack.readout is not None:
             used += list(stack.readout.parameters())
         zero = sum(p.sum() for p in used) * 0.0
-        return zero, torch.zeros(len(stack.gmm_indices), device=zero.device, dtype=zero.dtype)
+        return zero, torch.zeros(len(stack.objective_sites), device=zero.device, dtype=zero.dtype)
     with poutine.trace() as tape:
         loss = elbo.differentiable_loss(
             stack.model, stack.guide, batch, labels=batch_labels, num_data=num_data, enumerated=enumerated
         )
     scale = batch.shape[0] / num_data  # undo the data plate's num_data / batch scaling
-    objectives = [tape.trace.nodes[gmm.site("objective")]["value"] for gmm in stack.gmm_layers]
+    objectives = [tape.trace.nodes[site]["value"] for site in stack.objective_sites]
     return loss * scale, -torch.stack([objective.sum() for objective in objectives])
 
 
 def _non_finite(stack, loss: float, layer_losses: list[float], gradient: float) -> str | None:
     """What is not finite in one step's loss and gradients, or ``None``."""
-    names = [f"L{i}" for i in stack.gmm_indices]
+    names = stack.objective_names
     bad = [name for name, value in zip(names, layer_losses, strict=True) if not math.isfinite(value)]
     if bad:
-        return f"non-finite loss in layer(s) {', '.join(bad)}"
+        return f"non-finite loss in objective(s) {', '.join(bad)}"
     if not math.isfinite(loss):
         return "non-finite loss in the readout" if stack.readout is not None else "non-finite total loss"
     if not math.isfinite(gradient):
@@ -327,8 +333,8 @@ def _finite_update(stack: Stack, optimizer) -> str | None:
     parameters = [p for p in stack.parameters() if p.grad is not None]
     before = [p.detach().clone() for p in parameters]
     optimizer.step()
-    for gmm in stack.gmm_layers:
-        gmm.project_()
+    for layer in stack.mixture_layers:
+        layer.project_()
     if bool(torch.cat([p.detach().flatten() for p in parameters]).isfinite().all()):
         return None
     with torch.no_grad():
@@ -342,9 +348,10 @@ def _checked_inputs(stack: Stack, images, labels, validation):
     if images.shape[0] < 2:
         raise DataError(f"images holds {images.shape[0]} sample; training needs at least 2")
     labels = as_labels(labels, images.shape[0], stack.num_classes)
-    split = [i for i, gmm in zip(stack.gmm_indices, stack.gmm_layers, strict=True) if gmm.config.classes]
+    indices, layers = stack.mixture_indices, stack.mixture_layers
+    split = [i for i, layer in zip(indices, layers, strict=True) if layer.config.classes]
     if labels is None and split:
-        raise DataError(f"GMM layer(s) {split} split their components by class: training needs labels")
+        raise DataError(f"layer(s) {split} split their components by class: training needs labels")
     if validation is not None:
         validation = as_images(validation, stack.input_shape, stack.data_range, "validation")
     parameter = next(stack.parameters())  # training data go to the stack's device and dtype
@@ -411,14 +418,12 @@ def _skip(outcome: StepOutcome, state: TrainingState, config: TrainConfig, log: 
 def _record_step(stack, outcome: StepOutcome, state: TrainingState, waiting, config, log, bar) -> None:
     """Book-keeping after a taken step: annealing schedules, epoch sums, log and progress bar."""
     state.skipped_in_a_row = 0
-    for gmm, value in zip(stack.gmm_layers, outcome.layer_losses, strict=True):
-        if gmm not in waiting:
-            gmm.schedule.update(value)
+    stack.update_schedules(outcome.layer_losses, waiting)
     state.epoch_losses += torch.tensor(outcome.layer_losses, dtype=torch.float64)
     state.epoch_steps += 1
     state.step += 1
     if state.step % config.log_every == 0:
-        names = [f"L{i}" for i in stack.gmm_indices]
+        names = stack.objective_names
         bar.set_postfix({n: f"{v:.4g}" for n, v in zip(names, outcome.layer_losses, strict=True)})
         widths = [g.neighbourhood_width for g in stack.gmm_layers]
         log.write(
@@ -492,9 +497,9 @@ def _planned_steps(config: TrainConfig, num_data: int) -> tuple[int, int]:
     return planned, planned if config.max_steps is None else min(planned, config.max_steps)
 
 
-def _elbo(config: TrainConfig) -> TraceEnum_ELBO:
+def _elbo(stack: Stack, config: TrainConfig) -> TraceEnum_ELBO:
     return TraceEnum_ELBO(
-        max_plate_nesting=MAX_PLATE_NESTING,
+        max_plate_nesting=stack.max_plate_nesting,
         strict_enumeration_warning=config.objective == "enumerated",  # the closed form has no sites
     )
 
@@ -524,6 +529,8 @@ def _next_step(
     """Initialise the layers whose wait is over, then take one SVI step on the next mini-batch."""
     waiting = waiting_layers(stack, state.step / planned_steps)
     initialise_ready_layers(stack, images, labels, waiting, generator)
+    if not config.joint_refinement:  # greedy: only the top of a joint stack's tree trains
+        waiting = waiting + stack.layers_below_top()
     index = state.next_batch(min(config.batch_size, images.shape[0])).to(images.device)
     batch = images[index]
     if dequantize_levels is not None:
@@ -567,16 +574,26 @@ def train(
     """
     start_time = time.perf_counter()
     config = config if config is not None else TrainConfig()
+    if distributed_rank_and_size()[1] > 1 and not stack.trains_distributed:
+        raise ConfigError(f"a {type(stack).__name__} trains in one process; start it without torchrun")
     device = resolve_device(config.device)
     _place(stack, device)
     images, labels, validation = _checked_inputs(stack, images, labels, validation)
     optimizer = make_optimizer(stack, config)
     generator = torch.Generator().manual_seed(config.seed)
     checkpointer, log = _writers(out_dir, config, run_config, resume, overwrite)
-    state = TrainingState(len(stack.gmm_layers))
+    state = TrainingState(len(stack.objective_names))
     _resume(resume, stack, optimizer, generator, state, log, device, images.shape[0])
     step = functools.partial(
-        _next_step, stack, images, labels, optimizer, generator, config, dequantize_levels, _elbo(config)
+        _next_step,
+        stack,
+        images,
+        labels,
+        optimizer,
+        generator,
+        config,
+        dequantize_levels,
+        _elbo(stack, config),
     )
     planned_steps, stop_step = _planned_steps(config, images.shape[0])
     bar = tqdm(total=stop_step, initial=state.step, disable=not config.progress)

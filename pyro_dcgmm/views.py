@@ -18,19 +18,20 @@ import torch
 from pyro_dcgmm import queries
 from pyro_dcgmm.errors import ArchitectureError
 from pyro_dcgmm.gmm import GMM
+from pyro_dcgmm.tree import Tree
 
 
 @dataclass
 class ComponentView:
     """One component: ``index``, ``weight``, ``active`` (not pruned), ``mean`` and ``precision_map``
-    (C, ph, pw), ``examples`` (n, C, h, w), their ``log_posteriors`` (n,) and ``sources`` (n,), the
-    indices of the images they come from."""
+    (C, ph, pw; ``None`` for a Tree layer's component), ``examples`` (n, C, h, w), their
+    ``log_posteriors`` (n,) and ``sources`` (n,), the indices of the images they come from."""
 
     index: int
     weight: float
     active: bool
     mean: np.ndarray
-    precision_map: np.ndarray
+    precision_map: np.ndarray | None
     examples: np.ndarray
     log_posteriors: np.ndarray
     sources: np.ndarray
@@ -69,9 +70,32 @@ def _patch_at(gmm: GMM, image: torch.Tensor, position: int) -> torch.Tensor:
     return image[:, top : top + gmm.patch[0], left : left + gmm.patch[1]]
 
 
+def tree_views(stack, images: torch.Tensor, layer: int, top: int = 10) -> list[ComponentView]:
+    """A :class:`ComponentView` per component of the Tree layer at ``stack.layers[layer]`` of a joint
+    stack, most used first: its expected pixels under one position (the mean; no precision map) and
+    the whole images whose posterior for it, at its best position, is highest."""
+    level = stack.mixture_indices.index(layer)
+    posterior = stack.responsibilities(images, layer=level).double()  # (N, K, H, W)
+    log_posteriors = posterior.clamp_min(1e-300).log().flatten(2).amax(-1)  # (N, K)
+    means = stack.component_images(level).cpu()
+    usage = posterior.mean((0, 2, 3)).cpu()  # the share of positions each component explains
+    views = []
+    for k in torch.argsort(usage, descending=True).tolist():
+        order = torch.argsort(log_posteriors[:, k], descending=True)[:top]
+        examples = images[order].cpu().numpy()
+        views.append(
+            ComponentView(k, float(usage[k]), True, means[k].numpy(), None, examples,
+                          log_posteriors[order, k].cpu().numpy(), order.cpu().numpy())
+        )  # fmt: skip
+    return views
+
+
 def component_views(stack, images: torch.Tensor, layer: int, top: int = 10) -> list[ComponentView]:
-    """A :class:`ComponentView` per component of the GMM at ``stack.layers[layer]``, heaviest first."""
+    """A :class:`ComponentView` per component of the GMM at ``stack.layers[layer]``, heaviest first
+    (of a joint stack's Tree layer: :func:`tree_views`)."""
     gmm = stack.layers[layer]
+    if isinstance(gmm, Tree):
+        return tree_views(stack, images, layer, top)
     if not isinstance(gmm, GMM):
         raise ArchitectureError(f"layer {layer} is a {type(gmm).__name__}, not a GMM: it has no components")
     on_image = gmm.input_shape == stack.input_shape

@@ -82,7 +82,7 @@ def sampling_rows(path: Path) -> list[list[str]]:
     state = load_checkpoint(path)
     stack = stack_from_checkpoint(state)
     settings = sampling_settings(state["run_config"] or {}, argparse.Namespace())
-    _, sharpened = sampling_options(settings, len(stack.gmm_layers))
+    sharpened = sampling_options(settings, stack)["sharpened"]
     times, draws = [], []
     for zeroed in (False, True):
         torch.manual_seed(0)

@@ -95,7 +95,7 @@ def test_layers_are_initialised_when_their_wait_ends_and_never_again_on_resume(t
         calls.append((stack.gmm_layers.index(gmm), inputs.shape))
         initialise(gmm, inputs, generator, labels)
 
-    monkeypatch.setattr(training, "initialise", counting)
+    monkeypatch.setattr(training, "initialise_layer", counting)
     config = TrainConfig(epochs=2, batch_size=100, progress=False, device="cpu", max_steps=5)
     training.train(stack, digits.train_images, config=config, out_dir=tmp_path)
     assert [layer for layer, _ in calls] == [0]  # the top layer still waits

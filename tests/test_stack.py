@@ -125,15 +125,16 @@ def test_presets_build_and_run_on_28x28(name):
     stack = Stack.from_config(presets.get(name, (1, 28, 28)))
     x = torch.rand(3, 1, 28, 28)
     labels = torch.tensor([0, 5, 9])
-    loss = TraceEnum_ELBO(max_plate_nesting=3).differentiable_loss(stack.model, stack.guide, x, labels=labels)
+    elbo = TraceEnum_ELBO(max_plate_nesting=stack.max_plate_nesting)
+    loss = elbo.differentiable_loss(stack.model, stack.guide, x, labels=labels)
     loss.backward()
     assert torch.isfinite(loss)
     all_layers = stack.layer_log_probs(x)
-    assert all_layers.shape == (3, len(stack.gmm_indices))
-    for j in range(len(stack.gmm_indices)):
+    assert all_layers.shape == (3, len(stack.objective_names))  # a joint stack has one: log p(x)
+    for j in range(len(stack.objective_names)):
         torch.testing.assert_close(stack.log_prob(x, j), all_layers[:, j])
     top = stack.responsibilities(x)
-    assert top.shape == (3, stack.gmm_layers[-1].components, 1, 1)
+    assert top.shape == (3, stack.mixture_layers[-1].components, 1, 1)
     torch.testing.assert_close(top.sum(1), torch.ones(3, 1, 1))
 
 

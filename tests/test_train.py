@@ -148,7 +148,7 @@ def test_non_finite_loss_stops_training_before_writing(tmp_path, digits):
     stack = small_stack()
     with torch.no_grad():
         stack.layers[3].means[0, 0] = float("nan")
-    with pytest.raises(NonFiniteLossError, match=r"layer\(s\) L3 at step 0 \(epoch 0\)"):
+    with pytest.raises(NonFiniteLossError, match=r"objective\(s\) L3 at step 0 \(epoch 0\)"):
         train(stack, digits.train_images, None, config=quick(), out_dir=tmp_path)
     assert not (tmp_path / "checkpoint.pt").exists()
 
@@ -270,7 +270,7 @@ def test_a_layer_split_by_class_needs_labels_of_its_classes():
     stack = Stack([Fold(None), GMM(4, classes=2)], (1, 8, 8))
     images = load_digits().train_images[:20]
     config = TrainConfig(epochs=1, progress=False, device="cpu")
-    with pytest.raises(DataError, match=r"GMM layer\(s\) \[1\] split their components by class"):
+    with pytest.raises(DataError, match=r"layer\(s\) \[1\] split their components by class"):
         train(stack, images, config=config)
     with pytest.raises(DataError, match=r"labels must lie in \[0, 1\]"):
         train(stack, images, torch.arange(20) % 3, config=config)

@@ -27,7 +27,7 @@ import pyro
 import torch
 from pyro.infer import TraceEnum_ELBO
 
-from pyro_dcgmm import MAX_PLATE_NESTING, Stack, presets
+from pyro_dcgmm import Stack, presets
 from pyro_dcgmm.cli import add_device_flag, make_parser
 from pyro_dcgmm.commands.handwritten_loss import handwritten_loss
 from pyro_dcgmm.files import atomic_write
@@ -66,7 +66,9 @@ def make_step(path: str, stack: Stack, x: torch.Tensor, num_data: int):
     if path == "score":
         return lambda: stack.layer_log_probs(x, batch_size=x.shape[0])
     optimizer = torch.optim.Adam(stack.parameters(), lr=1e-4)
-    elbo = TraceEnum_ELBO(max_plate_nesting=MAX_PLATE_NESTING, strict_enumeration_warning=path == "svi-enum")
+    elbo = TraceEnum_ELBO(
+        max_plate_nesting=stack.max_plate_nesting, strict_enumeration_warning=path == "svi-enum"
+    )
 
     def loss():
         if path == "hand":

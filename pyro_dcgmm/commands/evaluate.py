@@ -56,14 +56,16 @@ training split), beside a scikit-learn diagonal GMM.  Reports AUROC, AUPR and FP
 Reports ACC (Hungarian matching), purity, NMI and ARI beside k-means and a diagonal GMM.""",
     "density": """Density: bits/dim with uniform dequantisation, beside a diagonal GMM.
 
-Only configurations that are densities over pixels are scored in bits/dim: one full-image GMM and
-one GMM of non-overlapping patches.  Overlapping stacks score every pixel several times and model
-responsibilities above the first layer, so they report per-layer log-likelihoods instead.""",
+Only configurations that are densities over pixels are scored in bits/dim: a joint stack (one
+mixture over the pixels, --joint-preset), one full-image GMM and one GMM of non-overlapping
+patches.  Layerwise stacks score every pixel several times and model responsibilities above the
+first layer, so they report per-layer log-likelihoods instead.""",
     "classify": """Classification: class models (one DCGMM per class, Bayes' rule) beside a readout.
 
 The class models share one architecture (a Fold and a GMM, set by the --class-* flags) and score
-the first GMM layer's log-likelihood; beside them the preset's Readout trained on labels, and one
-scikit-learn GaussianMixture per class (diagonal and full).  Reports accuracy on the test set, or
+the first GMM layer's log-likelihood; beside them the preset's Readout trained on labels, a joint
+stack whose top layer is split by class (--joint-preset; Bayes' rule over its class's components),
+and one scikit-learn GaussianMixture per class (diagonal and full).  Reports accuracy on the test set, or
 with --validation on a held-out fifth of the training set (for choosing settings).""",
     "covariances": """Covariance structures: diag, full and stationary GMMs over whole inputs at equal K.
 
@@ -116,11 +118,21 @@ def parse_args(argv=None) -> argparse.Namespace:
             command.add_argument("--flat-components", type=int, default=5, help="K of each per-class GMM")
             command.add_argument("--flat-reg-covar", type=float, default=0.01, help="reg_covar of those")
             command.add_argument("--validation", action="store_true", help="score a validation split")
+            command.add_argument(
+                "--joint-preset",
+                choices=presets.names(),
+                help="joint stack split by class (default: JC, or JCdigits below 13 pixels a side)",
+            )
         if name == "covariances":
             command.add_argument("--components", type=int, default=32, help="K of every model")
             command.add_argument("--precision-ceiling", type=float, default=1e4, help="largest precision")
             command.add_argument("--sklearn-iterations", type=int, default=100, help="EM iterations")
         if name == "density":
+            command.add_argument(
+                "--joint-preset",
+                choices=presets.names(),
+                help="the joint stack's preset (default: J, or Jdigits below 13 pixels a side)",
+            )
             command.add_argument("--components", type=int, default=25, help="K of each density model")
             command.add_argument("--patch", type=int, default=4, help="patch of the non-overlapping model")
             command.add_argument(
@@ -190,7 +202,8 @@ def outliers(args, dataset, report) -> None:
         reference = model.stack_.layer_log_probs(val_x).numpy()
         z = (layers - reference.mean(0)) / reference.std(0).clip(min=1e-12)
         scores = {f"layer{j}": -layers[:, j] for j in range(layers.shape[1])}
-        scores["ratio_top_minus_first"] = -(z[:, -1] - z[:, 0])
+        if layers.shape[1] > 1:  # a joint stack has one log-likelihood
+            scores["ratio_top_minus_first"] = -(z[:, -1] - z[:, 0])
         gmm = GaussianMixture(args.flat_components, covariance_type="diag", random_state=args.seed)
         scores[f"flat_gmm_diag_k{args.flat_components}"] = -gmm.fit(flat(train_x)).score_samples(
             flat(dataset.test_images)
@@ -231,7 +244,7 @@ def outliers(args, dataset, report) -> None:
 
 def cluster(args, dataset, report) -> None:
     layers = preset_layers(args, dataset.input_shape)
-    top = max(i for i, layer in enumerate(layers) if layer.type == "gmm")
+    top = max(i for i, layer in enumerate(layers) if layer.type in ("gmm", "tree"))
     layers[top] = dataclasses.replace(layers[top], components=args.top_components)
     model = estimator(args, layers).fit(dataset.train_images)
     labels = dataset.test_labels.numpy()
@@ -299,7 +312,9 @@ def density(args, dataset, report) -> None:
     test = dequantize(dataset.test_images, dataset.levels, generator)
     k = args.components
     mixture = GMMConfig(components=k, precision_ceiling=args.precision_ceiling)
+    joint = args.joint_preset or presets.default_joint_preset(dataset.input_shape)
     configurations = {
+        f"dcgmm_joint_{joint}": list(presets.get(joint, dataset.input_shape).layers),
         f"dcgmm_full_image_k{k}": [FoldConfig(patch=None), mixture],
         f"dcgmm_patches{args.patch}_k{k}": [
             FoldConfig(patch=args.patch, stride=args.patch),
@@ -352,6 +367,11 @@ def classify(args, dataset, report) -> None:
     predicted = readout.stack_.predict_proba(test_x).argmax(1)
     accuracy = float((predicted == test_y).double().mean())
     report[f"readout_{name}"] = {"accuracy": accuracy, "train_seconds": time.perf_counter() - start}
+    start = time.perf_counter()
+    joint = args.joint_preset or presets.default_joint_preset(dataset.input_shape, by_class=True)
+    generative = estimator(args, joint).fit(train_x, train_y)
+    accuracy = float((generative.stack_.predict_proba(test_x).argmax(1) == test_y).double().mean())
+    report[f"joint_{joint}"] = {"accuracy": accuracy, "train_seconds": time.perf_counter() - start}
     for kind in ("diag", "full"):
         start = time.perf_counter()
         scores = [

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from pyro_dcgmm import GMM, Readout, Stack
+from pyro_dcgmm.joint import JointStack
 
 
 def handwritten_loss(
@@ -20,7 +21,12 @@ def handwritten_loss(
     annealed: bool = True,
 ) -> torch.Tensor:
     """``-sum over GMM layers, samples and positions of logsumexp_k table``, plus the readout's
-    cross-entropy when ``labels`` are given, scaled by ``num_data / N`` for a mini-batch."""
+    cross-entropy when ``labels`` are given, scaled by ``num_data / N`` for a mini-batch; for a
+    joint stack ``-sum over samples of log p(x)`` by its upward pass."""
+    scale = 1.0 if num_data is None else num_data / x.shape[0]
+    if isinstance(stack, JointStack):
+        top = stack.mixture_layers[stack.root_level]
+        return -stack.top_log_likelihood(stack.messages(x)[-1], top.log_mixing_map(), labels).sum() * scale
     total = x.new_zeros(())
     h = x
     for index in stack.stages:
@@ -36,4 +42,4 @@ def handwritten_loss(
             h = torch.softmax(logits.detach(), dim=-1)[:, :, None, None]
         else:
             h = layer.transform(h)
-    return total if num_data is None else total * (num_data / x.shape[0])
+    return total * scale

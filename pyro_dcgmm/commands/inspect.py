@@ -14,6 +14,7 @@ from pathlib import Path
 from pyro_dcgmm.checkpoint import load_checkpoint, stack_from_checkpoint
 from pyro_dcgmm.cli import format_table, make_parser
 from pyro_dcgmm.gmm import GMM
+from pyro_dcgmm.tree import Tree
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -27,7 +28,7 @@ def layer_rows(stack) -> list[list[str]]:
     """One row per layer: index, type, output shape (C, H, W), components and how they are shared."""
     rows = [["layer", "type", "output (C, H, W)", "K", "mixtures"]]
     for index, layer in enumerate(stack.layers):
-        gmm = isinstance(layer, GMM)
+        gmm = isinstance(layer, (GMM, Tree))
         rows.append(
             [
                 str(index),
@@ -55,12 +56,12 @@ def main(argv=None) -> dict:
     if history:
         last = history[-1]
         print(
-            "last epoch, training loss per GMM layer (nats per sample):",
+            f"last epoch, training loss per objective ({', '.join(stack.objective_names)}; nats per sample):",
             [round(v, 2) for v in last["train_loss"]],
         )
         if "validation_log_likelihood" in last:
             held_out = [round(v, 2) for v in last["validation_log_likelihood"]]
-            print("last epoch, held-out log-likelihood per GMM layer:", held_out)
+            print("last epoch, held-out log-likelihood per objective:", held_out)
     if args.json:
         print(json.dumps(state["run_config"], indent=2))
     return {"epochs": training.get("epoch", 0), "steps": training.get("step", 0), "layers": len(stack.layers)}

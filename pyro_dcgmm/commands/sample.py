@@ -35,12 +35,12 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from pyro_dcgmm import top_down
 from pyro_dcgmm.checkpoint import load_checkpoint, stack_from_checkpoint
 from pyro_dcgmm.cli import add_device_flag, format_table, make_parser
 from pyro_dcgmm.config import DataConfig, SamplingConfig, from_dict, to_dict
 from pyro_dcgmm.data import load_dataset
 from pyro_dcgmm.files import atomic_write
+from pyro_dcgmm.joint import JointStack
 from pyro_dcgmm.metrics import NDB
 from pyro_dcgmm.plots import save_image_grid
 from pyro_dcgmm.sample_quality import (
@@ -101,7 +101,7 @@ def main(argv=None) -> dict:
     dataset = load_dataset(data_config)
     args.out.mkdir(parents=True, exist_ok=True)
     settings = sampling_settings(run, args)
-    plain, sharp = sampling_options(settings, len(stack.gmm_layers))
+    option_sets = sampling_options(settings, stack)
     args.variant_layer = settings.variant_layer
     if args.variant_layer is None:
         args.variant_layer = -2 if len(stack.gmm_layers) > 1 else -1
@@ -110,11 +110,12 @@ def main(argv=None) -> dict:
     if not args.no_ndb:
         train = reference_set(dataset, args)
         flat = FlatGMMInpainter(train[0], args.flat_components, args.seed)
-    save_figures(stack, dataset, args, plain, sharp, flat)
-    report = {"checkpoint": str(args.checkpoint), "sampling": to_dict(settings), "options": to_dict(sharp)}
+    save_figures(stack, dataset, args, option_sets, flat)
+    final = list(option_sets.values())[-1]  # the sharpened options, or the only ones of a joint stack
+    report = {"checkpoint": str(args.checkpoint), "sampling": to_dict(settings), "options": to_dict(final)}
     if flat is not None:
-        report["ndb"] = ndb_table(stack, dataset, train[0], flat, args, sharp)
-        report["measures"] = measures_table(stack, dataset, train, flat, args, (plain, sharp))
+        report["ndb"] = ndb_table(stack, dataset, train[0], flat, args, final)
+        report["measures"] = measures_table(stack, dataset, train, flat, args, option_sets)
         atomic_write(
             args.out / "report.json", lambda h: h.write(json.dumps(report, indent=2, default=str).encode())
         )
@@ -133,15 +134,18 @@ def sampling_settings(run: dict, args) -> SamplingConfig:
     return dataclasses.replace(stored, **given)
 
 
-def sampling_options(settings: SamplingConfig, gmm_layers: int) -> tuple[SamplingOptions, SamplingOptions]:
-    """Plain and sharpened :class:`SamplingOptions` from ``[sampling]`` settings, for a stack of
-    ``gmm_layers`` GMM layers (a sharpening target above the top one aims at the top one)."""
+def sampling_options(settings: SamplingConfig, stack) -> dict[str, SamplingOptions]:
+    """The :class:`SamplingOptions` from ``[sampling]`` settings, by name: ``plain`` and
+    ``sharpened`` for a layerwise stack (a sharpening target above its top GMM layer aims at the top
+    one), ``plain`` alone for a joint stack, whose samples are exact."""
+    plain = SamplingOptions(top_s=settings.top_s, divisor=settings.divisor, pool_mode=settings.pool_mode)
+    if isinstance(stack, JointStack):
+        return {"plain": plain}
     target = settings.sharpen_target
     if target != "next":
-        target = min(target, gmm_layers - 1)
+        target = min(target, len(stack.gmm_layers) - 1)
     sharpening = Sharpening(target, settings.sharpen_rate, settings.sharpen_iterations, settings.sharpen_pull)
-    plain = SamplingOptions(top_s=settings.top_s, divisor=settings.divisor, pool_mode=settings.pool_mode)
-    return plain, dataclasses.replace(plain, sharpening=sharpening)
+    return {"plain": plain, "sharpened": dataclasses.replace(plain, sharpening=sharpening)}
 
 
 def reference_set(dataset, args) -> tuple[torch.Tensor, torch.Tensor]:
@@ -161,20 +165,22 @@ def right_half_missing(images: torch.Tensor) -> torch.Tensor:
     return mask
 
 
-def save_figures(
-    stack, dataset, args, plain: SamplingOptions, sharp: SamplingOptions, flat: FlatGMMInpainter | None = None
-) -> None:
-    """Samples (plain and sharpened), class-conditional samples, variants and in-paintings (beside
-    the ``flat`` GMM's conditional mean if given)."""
-    torch.manual_seed(args.seed)
-    before = stack.sample(32, options=plain)
-    torch.manual_seed(args.seed)
-    after = stack.sample(32, options=sharp)
-    save_image_grid(
-        torch.cat([before, after]), args.out / "samples.png", 16,
-        "samples: top two rows plain, bottom two rows sharpened (same draws)",
-    )  # fmt: skip
-    if top_down.conditions_on_classes(stack):
+def save_figures(stack, dataset, args, option_sets: dict, flat: FlatGMMInpainter | None = None) -> None:
+    """Samples (plain and sharpened, or a joint stack's exact draws), class-conditional samples,
+    variants and in-paintings (beside the ``flat`` GMM's conditional mean if given)."""
+    drawn = []
+    for options in option_sets.values():
+        torch.manual_seed(args.seed)
+        drawn.append(stack.sample(64 // len(option_sets), options=options))
+    divisor = option_sets["plain"].divisor
+    title = (
+        "samples: top two rows plain, bottom two rows sharpened (same draws)"
+        if len(option_sets) == 2
+        else f"samples of the joint model (leaf standard deviations divided by {divisor:g})"
+    )
+    save_image_grid(torch.cat(drawn), args.out / "samples.png", 16, title)
+    sharp = list(option_sets.values())[-1]
+    if stack.samples_by_class:
         classes = torch.arange(stack.num_classes).repeat_interleave(8)
         conditional = stack.sample(len(classes), classes=classes, options=sharp)
         save_image_grid(
@@ -189,25 +195,27 @@ def save_figures(
         torch.cat([test[:, None], variants.cpu()], 1).flatten(0, 1), args.out / "variants.png", 8,
         f"first column: test image; then variants from GMM layer {args.variant_layer}",
     )  # fmt: skip
-    save_inpainting_figure(stack, test, args, (plain, sharp), flat)
+    save_inpainting_figure(stack, test, args, option_sets, flat)
     for name in ["samples.png", "class_samples.png", "variants.png", "inpainting.png"]:
         if (args.out / name).exists():
             print(f"wrote {args.out / name}")
 
 
-def save_inpainting_figure(stack, test, args, option_sets, flat: FlatGMMInpainter | None) -> None:
-    """``test`` images, their observed left halves, three sharpened in-paintings, the DCGMM's
-    conditional mean (the mean of ``MEAN_DRAWS`` plain in-paintings, as the measures take it) and,
-    if given, the ``flat`` GMM's conditional mean."""
+def save_inpainting_figure(stack, test, args, option_sets: dict, flat: FlatGMMInpainter | None) -> None:
+    """``test`` images, their observed left halves, three (sharpened) in-paintings, the DCGMM's
+    conditional mean (:func:`dcgmm_conditional_mean`, as the measures take it) and, if given, the
+    ``flat`` GMM's conditional mean."""
     mask, shape = right_half_missing(test), test.shape[1:]
-    plain, sharp = option_sets
     columns = [test, torch.where(mask, test, 0.5)]
-    columns += (
-        inpaint(stack, test, mask, args, sharp, n_per_image=3).cpu().view(len(test), 3, *shape).unbind(1)
+    draws = inpaint(stack, test, mask, args, list(option_sets.values())[-1], n_per_image=3)
+    columns += draws.cpu().view(len(test), 3, *shape).unbind(1)
+    columns.append(dcgmm_conditional_mean(stack, test, mask, args, option_sets["plain"]))
+    what = (
+        "the exact conditional mean"
+        if isinstance(stack, JointStack)
+        else f"mean of {MEAN_DRAWS} in-paintings"
     )
-    draws = inpaint(stack, test, mask, args, plain, n_per_image=MEAN_DRAWS).cpu()
-    columns.append(draws.view(len(test), MEAN_DRAWS, *shape).mean(1))
-    title = f"original, right half removed, three in-paintings, mean of {MEAN_DRAWS} in-paintings"
+    title = f"original, right half removed, three in-paintings, {what}"
     if flat is not None:
         columns.append(torch.as_tensor(flat.conditional_mean(test, mask), dtype=test.dtype).view_as(test))
         title += ",\nflat GMM's conditional mean"
@@ -241,6 +249,15 @@ def ndb_table(stack, dataset, train_x, flat: FlatGMMInpainter, args, options: Sa
     return results
 
 
+def dcgmm_conditional_mean(stack, x, mask, args, options: SamplingOptions) -> torch.Tensor:
+    """The DCGMM's estimate of ``E[x | observed pixels]``: exact for a joint stack, the mean of
+    ``MEAN_DRAWS`` plain in-paintings for a layerwise one."""
+    if isinstance(stack, JointStack):
+        return stack.conditional_mean(x, mask).cpu()
+    draws = inpaint(stack, x, mask, args, options, n_per_image=MEAN_DRAWS).cpu()
+    return draws.view(len(x), MEAN_DRAWS, *x.shape[1:]).mean(1)
+
+
 def inpaint(stack, x, mask, args, options: SamplingOptions, n_per_image: int = 1) -> torch.Tensor:
     """In-paintings of ``x`` from the in-painting layer, keeping ``args.inpaint_top_s`` components
     per position instead of ``options.top_s``."""
@@ -259,12 +276,12 @@ def measures_table(stack, dataset, train, flat: FlatGMMInpainter, args, option_s
     results = {"real": {"class_agreement": judge.agreement(test_x, test_y), "sharpness": 1.0}}
     results["real"]["log_likelihood"] = stack.layer_log_probs(test_x).mean(0).tolist()
     mask = right_half_missing(test_x)
-    for name, options in zip(("plain", "sharpened"), option_sets, strict=True):
+    for name, options in option_sets.items():
         torch.manual_seed(args.seed)
         unconditional = stack.sample(len(test_x), options=options).cpu()
         row = {"sharpness": sharpness(unconditional) / real_sharpness}
         row["log_likelihood"] = stack.layer_log_probs(unconditional).mean(0).tolist()
-        if top_down.conditions_on_classes(stack):
+        if stack.samples_by_class:
             classes = torch.arange(stack.num_classes).repeat_interleave(args.measure_per_class)
             drawn = stack.sample(len(classes), classes=classes, options=options).cpu()
             row["class_agreement"] = judge.agreement(drawn, classes)
@@ -275,9 +292,8 @@ def measures_table(stack, dataset, train, flat: FlatGMMInpainter, args, option_s
         row["inpainting_mse"] = inpainting_error(filled, test_x, mask)
         row["inpainting_keeps_class"] = judge.agreement(filled, test_y)
         results[f"dcgmm_{name}"] = row
-    draws = inpaint(stack, test_x, mask, args, option_sets[0], n_per_image=MEAN_DRAWS)
     for name, filled in (
-        ("dcgmm_conditional_mean", draws.cpu().view(len(test_x), MEAN_DRAWS, *test_x.shape[1:]).mean(1)),
+        ("dcgmm_conditional_mean", dcgmm_conditional_mean(stack, test_x, mask, args, option_sets["plain"])),
         ("flat_conditional_mean", flat.conditional_mean(test_x, mask)),
         ("flat_conditional_sample", flat.conditional_sample(test_x, mask, args.seed)),
     ):

@@ -21,9 +21,11 @@ import argparse
 import dataclasses
 import json
 import logging
+import math
 import os
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -34,9 +36,11 @@ from pyro_dcgmm.config import ModelConfig, RunConfig, from_dict, load_config, to
 from pyro_dcgmm.data import load_dataset, split_validation
 from pyro_dcgmm.errors import ConfigError, DataError
 from pyro_dcgmm.files import atomic_write
+from pyro_dcgmm.joint import JointStack
+from pyro_dcgmm.metrics import bits_per_dimension
 from pyro_dcgmm.plots import plot_prototypes, plot_training_curve, read_log
 from pyro_dcgmm.run_folder import LOG_NAME, claim_run_folder
-from pyro_dcgmm.train import evaluate, train
+from pyro_dcgmm.train import dequantize, evaluate, train
 
 TRAIN_FLAGS = ("epochs", "batch_size", "lr", "optimizer", "seed", "device", "max_steps")
 DATA_FLAGS = ("dataset", "patch_size", "root", "classes", "train_limit")
@@ -148,7 +152,9 @@ def main(argv: list[str] | None = None) -> dict:
         raise DataError(f"labels go up to {int(train_y.max())} but the model has {stack.num_classes} classes")
     if rank == 0:
         claim_run_folder(args.out, args.resume, args.overwrite, OUTPUTS)
-    before = evaluate(stack, dataset.test_images) if args.resume is None and rank == 0 else None
+    test_x = held_out(dataset.test_images, dataset, config)
+    val_x = held_out(val_x, dataset, config)
+    before = evaluate(stack, test_x) if args.resume is None and rank == 0 else None
     result = train(
         stack,
         train_x,
@@ -163,16 +169,25 @@ def main(argv: list[str] | None = None) -> dict:
     if rank != 0:
         dist.destroy_process_group()
         return {}
-    summary = write_outputs(args, config, stack, dataset, before, result)
+    summary = write_outputs(args, config, stack, dataset, test_x, before, result)
     if dist.is_initialized():
         dist.destroy_process_group()
     return summary
 
 
-def write_outputs(args, config: RunConfig, stack: Stack, dataset, before, result) -> dict:
-    """Evaluate the trained stack on the test set; write summary, config and figures; print a table."""
+def held_out(images: torch.Tensor, dataset, config: RunConfig) -> torch.Tensor:
+    """Held-out images as the model is scored on them: dequantised once (with a fixed seed) when
+    training dequantises, so that held-out log-likelihoods are those of a density of the data."""
+    if not config.data.dequantize:
+        return images
+    return dequantize(images, dataset.levels, torch.Generator().manual_seed(config.training.seed))
+
+
+def write_outputs(args, config: RunConfig, stack: Stack, dataset, test_x, before, result) -> dict:
+    """Evaluate the trained stack on the (held-out) test images ``test_x``; write summary, config
+    and figures; print a table."""
     stack.cpu()
-    after = evaluate(stack, dataset.test_images)
+    after = evaluate(stack, test_x)
     samples = result.new_steps * config.training.batch_size
     summary = {
         "dataset": dataset.name,
@@ -186,7 +201,10 @@ def write_outputs(args, config: RunConfig, stack: Stack, dataset, before, result
         "train_samples_per_second": samples / result.seconds if result.new_steps else None,
         "widths": [g.neighbourhood_width for g in stack.gmm_layers],
     }
-    if stack.readout is not None:
+    if isinstance(stack, JointStack) and config.data.dequantize:
+        dims = math.prod(stack.input_shape)
+        summary["test_bits_per_dim"] = bits_per_dimension(np.array(after[:1]), dims, dataset.levels)
+    if stack.classifies:
         predicted = stack.predict_proba(dataset.test_images).argmax(1)
         summary["test_accuracy"] = round(float((predicted == dataset.test_labels).double().mean()), 6)
     atomic_write(args.out / "summary.json", lambda h: h.write(json.dumps(summary, indent=2).encode()))
@@ -197,21 +215,32 @@ def write_outputs(args, config: RunConfig, stack: Stack, dataset, before, result
     return summary
 
 
-def print_summary(stack: Stack, summary: dict, out: Path) -> None:
+def summary_rows(stack: Stack, summary: dict) -> list[list[str]]:
+    """The table of held-out log-likelihoods: one row per GMM layer, or, for a joint stack, one row
+    per layer of the tree with ``log p(x)`` on the top's row."""
     before, after = summary["test_log_likelihood_before"], summary["test_log_likelihood_after"]
+    if isinstance(stack, JointStack):
+        rows = [["level", "index", "type", "K", "positions", "test log p(x) before", "test log p(x) after"]]
+        for level, (index, layer) in enumerate(zip(stack.mixture_indices, stack.mixture_layers, strict=True)):
+            top = level == stack.root_level
+            _, height, width = layer.output_shape
+            rows.append(
+                [str(level), str(index), type(layer).__name__, str(layer.components), f"{height}x{width}",
+                 f"{before[0]:.2f}" if top and before else "", f"{after[0]:.2f}" if top else ""]
+            )  # fmt: skip
+        return rows
     rows = [["GMM layer", "index", "K", "test LL before", "test LL after", "width"]]
     for j, index in enumerate(stack.gmm_indices):
+        layer = stack.layers[index]
         rows.append(
-            [
-                str(j),
-                str(index),
-                str(stack.layers[index].components),
-                f"{before[j]:.2f}" if before else "-",
-                f"{after[j]:.2f}",
-                f"{stack.layers[index].neighbourhood_width:.3g}",
-            ]
-        )
-    print(format_table(rows))
+            [str(j), str(index), str(layer.components), f"{before[j]:.2f}" if before else "-",
+             f"{after[j]:.2f}", f"{layer.neighbourhood_width:.3g}"]
+        )  # fmt: skip
+    return rows
+
+
+def print_summary(stack: Stack, summary: dict, out: Path) -> None:
+    print(format_table(summary_rows(stack, summary)))
     if summary["new_steps"]:
         print(
             f"{summary['new_steps']} steps in {summary['train_seconds']:.1f} s "
@@ -220,8 +249,11 @@ def print_summary(stack: Stack, summary: dict, out: Path) -> None:
     else:
         epochs = summary["training"]["epochs"]
         print(f"nothing to train: the run has done its {epochs} epochs already; pass a larger --epochs")
+    if "test_bits_per_dim" in summary:
+        print(f"test bits/dim: {summary['test_bits_per_dim']:.4f} (test images dequantised as in training)")
     if "test_accuracy" in summary:
-        chance = 1.0 / stack.readout.num_classes
-        hint = " (chance level: the readout did not learn)" if summary["test_accuracy"] < 1.5 * chance else ""
-        print(f"readout test accuracy: {summary['test_accuracy']:.4f}{hint}")
+        chance = 1.0 / stack.num_classes
+        what = "readout" if stack.readout is not None else "class posterior"
+        hint = f" (chance level: the {what} did not learn)" if summary["test_accuracy"] < 1.5 * chance else ""
+        print(f"{what} test accuracy: {summary['test_accuracy']:.4f}{hint}")
     print(f"wrote {out}")

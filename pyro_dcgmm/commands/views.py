@@ -18,6 +18,7 @@ from pyro_dcgmm.cli import make_parser
 from pyro_dcgmm.config import DataConfig, from_dict
 from pyro_dcgmm.data import load_dataset
 from pyro_dcgmm.errors import ConfigError
+from pyro_dcgmm.tree import Tree
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -35,6 +36,11 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def _title(stack, layer: int, gmm, split: str, count: int) -> str:
+    if isinstance(gmm, Tree):
+        return (
+            f"Tree layer {layer}: {gmm.components} components; per row, the expected pixels below one "
+            f"position (mean), then the {split} images of highest posterior among {count}"
+        )
     whole = gmm.input_shape != stack.input_shape or gmm.patch == tuple(stack.input_shape[1:])
     inputs = "whole inputs" if whole else "patches"
     pruned = gmm.components - int(gmm.active.sum())
@@ -56,7 +62,7 @@ def main(argv=None) -> dict:
     data = from_dict(DataConfig, (state["run_config"] or {}).get("data", {}), "checkpoint run_config.data")
     dataset = load_dataset(data, seed=0)
     images = (dataset.test_images if args.split == "test" else dataset.train_images)[: args.limit]
-    layers = args.layers if args.layers is not None else range(len(stack.gmm_indices))
+    layers = args.layers if args.layers is not None else range(len(stack.mixture_indices))
     args.out.mkdir(parents=True, exist_ok=True)
     written = {}
     for layer in layers:
@@ -65,7 +71,8 @@ def main(argv=None) -> dict:
         views = component_views(stack, images, index, args.top)
         path = args.out / f"views-layer{layer}.png"
         title = _title(stack, layer, gmm, args.split, len(images))
-        plot_component_views(views, path, title, gmm.config.covariance == "stationary", args.max_rows)
+        spectrum = getattr(gmm.config, "covariance", None) == "stationary"
+        plot_component_views(views, path, title, spectrum, args.max_rows)
         summary = [
             {"component": v.index, "weight": v.weight, "active": v.active, "top_images": v.sources.tolist()}
             for v in views

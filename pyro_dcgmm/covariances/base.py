@@ -90,6 +90,10 @@ class Covariance(PyroModule):
         """Dense covariances (..., K, D, D)."""
         raise NotImplementedError
 
+    def dense_precision(self) -> torch.Tensor:
+        """Dense precision matrices (..., K, D, D) (conditionals of partly observed patches)."""
+        raise NotImplementedError
+
     def precision_map(self) -> torch.Tensor:
         """What a view of each component shows, (..., K, C, ph, pw): the diagonal precisions, or the
         filter's power spectrum of a stationary component."""
@@ -173,3 +177,28 @@ def masked_table(x, mask, means, covariance, geometry: Geometry) -> torch.Tensor
         marginal = torch.distributions.MultivariateNormal(means[place][:, dims], sigma)
         table[rows] = marginal.log_prob(vectors[rows][:, dims].unsqueeze(1))  # (rows, K)
     return table.reshape(n, places, k).transpose(1, 2).reshape(n, k, out_h, out_w)
+
+
+def gaussian_conditional(x, seen, centres, precision) -> torch.Tensor:
+    """``E[v | the seen entries of v equal those of x]`` for Gaussians ``N(centres, precision^-1)``.
+
+    With ``d = x - mu`` on the seen entries (o) and the missing ones (m),
+    ``E[v_m | v_o] = mu_m - P_mm^-1 P_mo d_o``: one solve of the system that is ``P_mm`` on the
+    missing block and the identity elsewhere.  With ``centres`` a draw from the Gaussian instead of
+    its mean, the result is a draw from the conditional (Matheron's rule).
+
+    :param torch.Tensor x: vectors (R, D); only their seen entries are read.
+    :param torch.Tensor seen: boolean (R, D).
+    :param torch.Tensor centres: (R, K, D), K Gaussians per vector.
+    :param torch.Tensor precision: (R or 1, K, D, D).
+    :returns: (R, K, D): ``x`` on the seen entries, the conditional mean on the missing ones.
+    """
+    seen = seen.unsqueeze(1)  # (R, 1, D)
+    missing = ~seen
+    offset = torch.where(seen, x.unsqueeze(1) - centres, 0.0)  # (R, K, D)
+    target = -(precision @ offset.unsqueeze(-1)).squeeze(-1) * missing  # (R, K, D)
+    block = missing.unsqueeze(-1) & missing.unsqueeze(-2)  # (R, 1, D, D)
+    eye = torch.eye(x.shape[-1], dtype=torch.float64, device=x.device)
+    system = torch.where(block, precision.double(), eye)
+    shift = torch.linalg.solve(system, target.double().unsqueeze(-1)).squeeze(-1).to(x.dtype)
+    return torch.where(seen, x.unsqueeze(1), centres + shift)

@@ -127,6 +127,9 @@ class DiagonalCovariance(Covariance):
     def covariance_matrix(self) -> torch.Tensor:
         return torch.diag_embed(self.precision.reciprocal())
 
+    def dense_precision(self) -> torch.Tensor:
+        return torch.diag_embed(self.precision)
+
     def precision_map(self) -> torch.Tensor:
         return self.as_patches(self.precision)
 

@@ -80,6 +80,9 @@ class FullCovariance(Covariance):
     def covariance_matrix(self) -> torch.Tensor:
         return torch.linalg.inv(self.precision.double()).to(self.precision_matrix.dtype)
 
+    def dense_precision(self) -> torch.Tensor:
+        return self.precision
+
     def precision_map(self) -> torch.Tensor:
         return self.as_patches(self.precision.diagonal(dim1=-2, dim2=-1))
 

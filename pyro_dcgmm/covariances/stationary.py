@@ -151,6 +151,10 @@ class StationaryCovariance(Covariance):
         basis = self.structure().basis
         return (basis.T * self.precision.reciprocal().unsqueeze(-2)) @ basis
 
+    def dense_precision(self) -> torch.Tensor:
+        basis = self.structure().basis
+        return (basis.T * self.precision.unsqueeze(-2)) @ basis
+
     def precision_map(self) -> torch.Tensor:
         """The filter's power spectrum: precision at every frequency (u, v), (..., K, C, ph, pw)."""
         return self.as_patches(self.precision)
