@@ -449,6 +449,9 @@ class DataConfig(Checked):
             self.fail(f"data.classes must be a non-empty list of labels >= 0, got {self.classes}")
 
 
+DEFAULT_DIVISORS = {"layerwise": 10.0, "joint": 2.0}  # SamplingConfig.divisor when absent
+
+
 @dataclass(frozen=True)
 class SamplingConfig(Checked):
     """How ``pyro-dcgmm sample`` samples a trained model, stored with it (the run's ``[sampling]``).
@@ -458,7 +461,10 @@ class SamplingConfig(Checked):
     ``digits`` config sets its own sharpening (``docs/figures/digits-main-job/``).
 
     :param top_s: components kept per position below the top layer (the paper's S).
-    :param divisor: every component's standard deviations are divided by this.
+    :param divisor: every component's standard deviations are divided by this; absent: the
+        formulation's own (:data:`DEFAULT_DIVISORS`: 10 for a layerwise stack; 2 for a joint stack,
+        whose exact draws carry their leaves' noise, chosen on preset J's validation split, where it
+        brought sample sharpness to 1.01 of real images', from 1.32 at 1 and 0.93 at 3).
     :param pool_mode: ``"dense"`` or ``"sparse"`` unpooling.
     :param sharpen_target: ``"next"`` (the GMM layer that reads the sharpened step, as in the
         paper) or the GMM layer whose log-likelihood sharpening climbs (the top one in a stack with
@@ -479,7 +485,7 @@ class SamplingConfig(Checked):
 
     section = "sampling"
     top_s: int = bounded(3, ge=1)
-    divisor: float = bounded(10.0, gt=0)
+    divisor: float | None = bounded(None, gt=0)
     pool_mode: Literal["dense", "sparse"] = "dense"
     sharpen_target: int | Literal["next"] = "next"
     sharpen_rate: float = bounded(2.5e-4, gt=0)

@@ -104,23 +104,33 @@ def _random_vectors(x: torch.Tensor, k: int, generator: torch.Generator):
     return means, x.new_ones(p, m, k), x.mean(1, keepdim=True).expand_as(means)
 
 
-def vectors_by_class(gmm: GMM, inputs: torch.Tensor, labels, generator: torch.Generator) -> list[tuple]:
-    """The layer's input vectors (:func:`patch_vectors`) with the components (a (K,) mask on the
-    inputs' device) they are for: all of them, or, for a layer split by class (``config.classes``)
-    given the images' ``labels``, each class's vectors for that class's components."""
-    if not gmm.config.classes or labels is None:
-        everything = torch.ones(gmm.components, dtype=torch.bool, device=inputs.device)
-        return [(patch_vectors(gmm, inputs, generator), everything)]
-    sets = []
-    for c in range(gmm.config.classes):
-        chosen = labels == c
-        if not bool(chosen.any()):
-            raise DataError(
-                f"none of the {labels.shape[0]} images that initialise a GMM layer split by class is "
-                f"of class {c}; every class needs images"
-            )
-        vectors = patch_vectors(gmm, inputs[chosen.to(inputs.device)], generator)
-        sets.append((vectors, (gmm.component_classes() == c).to(inputs.device)))
+def vectors_by_class(layer, inputs: torch.Tensor, labels, generator: torch.Generator) -> list[tuple]:
+    """The layer's input vectors (:func:`patch_vectors` of a GMM layer, :func:`block_vectors` of a
+    Tree layer) with the components (a (K,) mask on the inputs' device) they are for: all of them,
+    or, for a layer split by class (``config.classes``) given the images' ``labels``, each class's
+    vectors for that class's components.  Each set needs at least as many vectors per mixture as
+    components."""
+    vectors_of = block_vectors if isinstance(layer, Tree) else patch_vectors
+    if not layer.config.classes or labels is None:
+        everything = torch.ones(layer.components, dtype=torch.bool, device=inputs.device)
+        sets = [(vectors_of(layer, inputs, generator), everything)]
+    else:
+        sets = []
+        for c in range(layer.config.classes):
+            chosen = labels == c
+            if not bool(chosen.any()):
+                raise DataError(
+                    f"none of the {labels.shape[0]} images that initialise a layer split by class is "
+                    f"of class {c}; every class needs images"
+                )
+            vectors = vectors_of(layer, inputs[chosen.to(inputs.device)], generator)
+            sets.append((vectors, (layer.component_classes() == c).to(inputs.device)))
+    k = int(sets[0][1].sum())  # components per set
+    if min(v.shape[1] for v, _ in sets) < k:
+        raise ValueError(
+            f"initialising a {type(layer).__name__} layer of {k} components (per class) needs at least "
+            f"that many input vectors per mixture, got {min(v.shape[1] for v, _ in sets)}"
+        )
     return sets
 
 
@@ -137,11 +147,6 @@ def initialise(gmm: GMM, inputs: torch.Tensor, generator: torch.Generator, label
         for v, for_components in vectors_by_class(gmm, inputs, labels, generator)
     ]
     k = int(sets[0][1].sum())  # components per set
-    if min(v.shape[1] for v, _ in sets) < k:
-        raise ValueError(
-            f"initialising a GMM of {k} components (per class) needs at least that many input "
-            f"vectors per mixture, got {min(v.shape[1] for v, _ in sets)}"
-        )
     x = torch.cat([v for v, _ in sets], 1)  # (P, M, D)
     if config.init == "kmeans":
         blocks = []  # one-hot assignments (P, M_c, K) of every set's vectors to its components
@@ -238,36 +243,16 @@ def initialise_tree(tree: Tree, posteriors: torch.Tensor, generator: torch.Gener
     k-means clusters of the block vectors (:func:`block_vectors`; per class for a layer split by
     class, given the images' ``labels``) become its components, each cluster's mean posterior of
     every child its transition probabilities and its share of the vectors its mixing weight."""
-    config = tree.config
-    if config.classes and labels is not None:
-        sets = [
-            (posteriors[labels.to(posteriors.device) == c], tree.component_classes() == c)
-            for c in range(config.classes)
-        ]
-    else:
-        sets = [(posteriors, torch.ones(tree.components, dtype=torch.bool, device=posteriors.device))]
-    _, height, width = tree.output_shape
-    positions = 1 if config.shared else height * width
-    counts = posteriors.new_zeros(
-        positions, tree.components, tree.offsets * tree.input_shape[0], dtype=torch.float64
-    )
+    sets = vectors_by_class(tree, posteriors, labels, generator)
+    positions, _, width = sets[0][0].shape  # (P, M, O K) each
+    counts = posteriors.new_zeros(positions, tree.components, width, dtype=torch.float64)
     sizes = posteriors.new_zeros(positions, tree.components, dtype=torch.float64)
-    for chosen, for_components in sets:
-        if chosen.shape[0] == 0:
-            raise DataError(
-                "none of the images that initialise a Tree layer split by class is of one of its classes"
-            )
-        x = block_vectors(tree, chosen, generator).double()  # (P, M, O K)
-        k = int(for_components.sum())
-        if x.shape[1] < k:
-            raise ValueError(
-                f"initialising a Tree layer of {k} components (per class) needs at least that many "
-                f"block vectors per mixture, got {x.shape[1]}"
-            )
-        onehot = kmeans(x, k, config.init_iterations, generator)  # (P, M, k)
+    for vectors, for_components in sets:
+        x = vectors.double()
+        onehot = kmeans(x, int(for_components.sum()), tree.config.init_iterations, generator)  # (P, M, k)
         counts[:, for_components] = onehot.transpose(1, 2) @ x
         sizes[:, for_components] = onehot.sum(1)
     transitions = counts.view(positions, tree.components, tree.offsets, -1).transpose(1, 2)  # (P, O, J, K)
-    lead = () if config.shared else (height, width)
+    lead = () if tree.config.shared else tree.output_shape[1:]
     tree.assign_(transitions.reshape(*lead, *transitions.shape[1:]), sizes.reshape(*lead, -1) + 1.0)
     tree.initialised.fill_(True)

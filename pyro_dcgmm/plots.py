@@ -71,9 +71,10 @@ def _curve(axis, x, y, label: str) -> None:
     axis.plot(x, y, marker="o" if len(x) <= 30 else None, markersize=4, label=label)
 
 
-def plot_training_curve(records: list[dict], path: str | Path) -> None:
-    """One row per GMM layer: its training loss (per logged step; per epoch when fewer than 10 steps
-    were logged) and its log-likelihood on the validation split after every epoch."""
+def plot_training_curve(records: list[dict], path: str | Path, names: list[str] | None = None) -> None:
+    """One row per objective (every GMM layer's, or a joint stack's one): its training loss (per
+    logged step; per epoch when fewer than 10 steps were logged) and its log-likelihood on the
+    validation split after every epoch.  ``names`` label the rows (default ``GMM layer j``)."""
     epochs = [r for r in records if r.get("event") == "epoch"]
     steps = [r for r in records if "layer_loss" in r]
     per_step = len(steps) >= 10
@@ -90,7 +91,7 @@ def plot_training_curve(records: list[dict], path: str | Path) -> None:
         left, right = axes[j]
         _curve(left, x, losses[:, j], "training loss")
         left.set_xlabel("step" if per_step else "epoch")
-        left.set_ylabel(f"GMM layer {j}\nloss (nats per sample)")
+        left.set_ylabel(f"{names[j] if names else f'GMM layer {j}'}\nloss (nats per sample)")
         if validation:
             values = [r["validation_log_likelihood"][j] for r in validation]
             _curve(right, [r["epoch"] for r in validation], values, "validation split")
@@ -142,10 +143,10 @@ def _as_picture(values: np.ndarray) -> np.ndarray:
     return grid.reshape(-1, width)
 
 
-def _show(axis, picture: np.ndarray, cmap: str, bound: float | None = None) -> None:
-    """``picture`` with its own colour range, or in [-bound, bound]."""
-    limits = {} if bound is None else {"vmin": -bound, "vmax": bound}
-    axis.imshow(picture, cmap=cmap, interpolation="nearest", **limits)
+def _show(axis, picture: np.ndarray, cmap: str, limits: tuple[float, float] | None = None) -> None:
+    """``picture`` with its own colour range, or in ``limits`` (low, high)."""
+    vmin, vmax = (None, None) if limits is None else limits
+    axis.imshow(picture, cmap=cmap, interpolation="nearest", vmin=vmin, vmax=vmax)
     axis.set_xticks([])
     axis.set_yticks([])
 
@@ -160,18 +161,22 @@ def plot_component_views(views, path: str | Path, title: str, spectrum: bool, ma
     figure = Figure(figsize=(1.0 * (top + 2) + 1.6, height))
     axes = figure.subplots(len(views), top + 2, squeeze=False)
     mean_bound = max(float(np.nanmax(np.abs(view.mean))) for view in views) or 1.0  # one scale for all means
+    lowest = min(
+        float(np.nanmin(np.concatenate([view.mean.ravel(), view.examples.ravel()]))) for view in views
+    )
+    centred = lowest < 0  # zero-meaned inputs: grey is zero
+    mean_limits = (-mean_bound if centred else 0.0, mean_bound)
     for row, view in zip(axes, views, strict=True):
-        _show(row[0], _as_picture(view.mean), "gray", mean_bound)
+        _show(row[0], _as_picture(view.mean), "gray", mean_limits)
         if view.precision_map is None:  # a Tree layer's component: its mean is all there is
             row[1].set_axis_off()
         else:
             precision = np.fft.fftshift(view.precision_map, axes=(-2, -1)) if spectrum else view.precision_map
             _show(row[1], np.log10(_as_picture(precision)), "viridis")
         for axis, example in zip(row[2:], view.examples, strict=False):
-            centred = float(example.min()) < 0  # zero-meaned patches: grey is zero
-            _show(
-                axis, _as_picture(example), "gray", float(np.abs(example).max()) or 1.0 if centred else None
-            )
+            bound = float(np.abs(example).max()) or 1.0  # zero-meaned patches: grey is zero
+            limits = (-bound, bound) if centred else (0.0, max(mean_bound, bound))  # images: their grey
+            _show(axis, _as_picture(example), "gray", limits)
         for axis in row[2 + len(view.examples) :]:
             axis.set_axis_off()
         state = "" if view.active else " (pruned)"

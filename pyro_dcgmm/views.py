@@ -73,12 +73,16 @@ def _patch_at(gmm: GMM, image: torch.Tensor, position: int) -> torch.Tensor:
 def tree_views(stack, images: torch.Tensor, layer: int, top: int = 10) -> list[ComponentView]:
     """A :class:`ComponentView` per component of the Tree layer at ``stack.layers[layer]`` of a joint
     stack, most used first: its expected pixels under one position (the mean; no precision map) and
-    the whole images whose posterior for it, at its best position, is highest."""
+    the whole images whose posterior for it is highest, at its best position (at the centre one,
+    where :meth:`~pyro_dcgmm.joint.JointStack.component_images` looks, for a per-position layer)."""
     level = stack.mixture_indices.index(layer)
     posterior = stack.responsibilities(images, layer=level).double()  # (N, K, H, W)
+    if not stack.layers[layer].config.shared:
+        row, column = posterior.shape[2] // 2, posterior.shape[3] // 2
+        posterior = posterior[:, :, row : row + 1, column : column + 1]
     log_posteriors = posterior.clamp_min(1e-300).log().flatten(2).amax(-1)  # (N, K)
     means = stack.component_images(level).cpu()
-    usage = posterior.mean((0, 2, 3)).cpu()  # the share of positions each component explains
+    usage = posterior.mean((0, 2, 3)).cpu()  # the share of the images (and positions) it explains
     views = []
     for k in torch.argsort(usage, descending=True).tolist():
         order = torch.argsort(log_posteriors[:, k], descending=True)[:top]

@@ -25,8 +25,7 @@ def handwritten_loss(
     joint stack ``-sum over samples of log p(x)`` by its upward pass."""
     scale = 1.0 if num_data is None else num_data / x.shape[0]
     if isinstance(stack, JointStack):
-        top = stack.mixture_layers[stack.root_level]
-        return -stack.top_log_likelihood(stack.messages(x)[-1], top.log_mixing_map(), labels).sum() * scale
+        return -stack.watched_log_likelihood(x, labels).sum() * scale
     total = x.new_zeros(())
     h = x
     for index in stack.stages:

@@ -37,7 +37,7 @@ from tqdm.auto import tqdm
 
 from pyro_dcgmm.checkpoint import load_checkpoint, stack_from_checkpoint
 from pyro_dcgmm.cli import add_device_flag, format_table, make_parser
-from pyro_dcgmm.config import DataConfig, SamplingConfig, from_dict, to_dict
+from pyro_dcgmm.config import DEFAULT_DIVISORS, DataConfig, SamplingConfig, from_dict, to_dict
 from pyro_dcgmm.data import load_dataset
 from pyro_dcgmm.files import atomic_write
 from pyro_dcgmm.joint import JointStack
@@ -138,8 +138,10 @@ def sampling_options(settings: SamplingConfig, stack) -> dict[str, SamplingOptio
     """The :class:`SamplingOptions` from ``[sampling]`` settings, by name: ``plain`` and
     ``sharpened`` for a layerwise stack (a sharpening target above its top GMM layer aims at the top
     one), ``plain`` alone for a joint stack, whose samples are exact."""
-    plain = SamplingOptions(top_s=settings.top_s, divisor=settings.divisor, pool_mode=settings.pool_mode)
-    if isinstance(stack, JointStack):
+    joint = isinstance(stack, JointStack)
+    divisor = settings.divisor or DEFAULT_DIVISORS["joint" if joint else "layerwise"]
+    plain = SamplingOptions(top_s=settings.top_s, divisor=divisor, pool_mode=settings.pool_mode)
+    if joint:
         return {"plain": plain}
     target = settings.sharpen_target
     if target != "next":

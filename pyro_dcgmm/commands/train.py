@@ -210,7 +210,8 @@ def write_outputs(args, config: RunConfig, stack: Stack, dataset, test_x, before
     atomic_write(args.out / "summary.json", lambda h: h.write(json.dumps(summary, indent=2).encode()))
     atomic_write(args.out / "config.json", lambda h: h.write(json.dumps(to_dict(config), indent=2).encode()))
     plot_prototypes(stack.gmm_layers[0], args.out / "prototypes.png")
-    plot_training_curve(read_log(args.out / LOG_NAME), args.out / "training_curve.png")
+    names = ["joint: -log p(x)"] if isinstance(stack, JointStack) else None
+    plot_training_curve(read_log(args.out / LOG_NAME), args.out / "training_curve.png", names)
     print_summary(stack, summary, args.out)
     return summary
 

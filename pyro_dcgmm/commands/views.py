@@ -38,13 +38,17 @@ def parse_args(argv=None) -> argparse.Namespace:
 def _title(stack, layer: int, gmm, split: str, count: int) -> str:
     if isinstance(gmm, Tree):
         return (
-            f"Tree layer {layer}: {gmm.components} components; per row, the expected pixels below one "
-            f"position (mean), then the {split} images of highest posterior among {count}"
+            f"Tree layer {layer}: {gmm.components} components; per row, the expected pixels below "
+            f"{'one' if gmm.config.shared else 'the centre'} position (mean), then the {split} images "
+            f"of highest posterior among {count}"
         )
     whole = gmm.input_shape != stack.input_shape or gmm.patch == tuple(stack.input_shape[1:])
     inputs = "whole inputs" if whole else "patches"
-    pruned = gmm.components - int(gmm.active.sum())
-    kept = f"{gmm.components} {gmm.config.covariance} components" + (f", {pruned} pruned" if pruned else "")
+    pruned = int((~gmm.active).sum())  # over all positions of a per-position layer
+    where = "" if gmm.config.shared else " (over all positions)"
+    kept = f"{gmm.components} {gmm.config.covariance} components" + (
+        f", {pruned} pruned{where}" if pruned else ""
+    )
     return (
         f"GMM layer {layer}: {kept}; per row, the {inputs} of highest posterior among {count} {split} inputs"
     )
