@@ -279,7 +279,8 @@ class TreeConfig(Checked):
     :param block: (height, width) of the block of positions below that one position covers, an int
         for a square, or ``"full"`` for all of them (one position: the top of the tree).  Blocks tile
         the grid below from its top-left corner; blocks at the bottom and right edges may be cut
-        short, and their missing children are simply absent.
+        short (a block larger than the grid is cut to it), and their missing children are simply
+        absent.
     :param shared: one transition table for all positions (convolutional) if true, else one per
         position.
     :param probability_floor: every transition probability and mixing weight is kept at or above

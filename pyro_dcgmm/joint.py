@@ -35,7 +35,7 @@ from pyro_dcgmm import joint_inference
 from pyro_dcgmm.errors import ArchitectureError
 from pyro_dcgmm.fold import Fold, fold_back
 from pyro_dcgmm.gmm import GMM, SubnormalGradientFlushed
-from pyro_dcgmm.layer import PRUNED_LOGIT, Layer, component_map, local_params, record
+from pyro_dcgmm.layer import Layer, class_logits, component_map, record
 from pyro_dcgmm.plate_grid import PlateGrid
 from pyro_dcgmm.stack import Stack
 from pyro_dcgmm.tree import Tree
@@ -174,35 +174,19 @@ class JointStack(Stack):
 
     # The Pyro model.
 
-    @local_params
-    def forward(
-        self,
-        x: torch.Tensor,
-        labels: torch.Tensor | None = None,
-        num_data: int | None = None,
-        annealed: bool = True,
-        enumerated: bool = True,
-    ) -> torch.Tensor:
-        """The joint stack's Pyro model of images ``x`` (N, C, H, W) (see the module docstring).
-
-        :param labels: class indices (N,): a top layer split by class explains each image with its
-            class's components only.
-        :param int num_data: size of the full data set when ``x`` is a mini-batch.
-        :param annealed: ignored (a joint stack does not anneal); kept for the Stack's signature.
-        :param bool enumerated: Pyro enumerates every component site (``True``) or the components
-            are summed out in one closed-form factor (``False``; same loss and gradients, faster,
-            and what online EM reads its counts from).
-        :returns: ``log p(x)`` per image (N,), detached.
-        """
+    def program(self, x: torch.Tensor, labels, annealed: bool, enumerated: bool) -> torch.Tensor:
+        """The joint model's sites inside the data plate (see the module docstring): with
+        ``enumerated``, every component an enumerated site; else one closed-form factor, ``log p(x)``
+        by the upward pass (same loss and gradients, faster, and what online EM reads its counts
+        from).  ``annealed`` is ignored: a joint stack does not anneal.  Returns ``log p(x)`` (N,),
+        detached."""
         n, nesting = x.shape[0], self.max_plate_nesting
-        subsample = None if num_data is None else torch.arange(n, device=x.device)
-        with pyro.plate("data", n if num_data is None else num_data, subsample=subsample, dim=-nesting):
-            if enumerated:
-                log_p = self._enumerated_model(x, labels)
-            else:
-                log_p = self.watched_log_likelihood(x, labels)
-                pyro.factor("obs", log_p.view(n, *[1] * (nesting - 1)))
-            record("objective", log_p.detach().view(n, *[1] * (nesting - 1)))
+        if enumerated:
+            log_p = self._enumerated_model(x, labels)
+        else:
+            log_p = self.watched_log_likelihood(x, labels)
+            pyro.factor("obs", log_p.view(n, *[1] * (nesting - 1)))
+        record("objective", log_p.detach().view(n, *[1] * (nesting - 1)))
         return log_p.detach()
 
     def watched_log_likelihood(self, x: torch.Tensor, labels=None) -> torch.Tensor:
@@ -257,13 +241,9 @@ class JointStack(Stack):
         with grid.plates(self.root_level):
             z = pyro.sample(root.site("z"), dist.Categorical(logits=logits), infer={"enumerate": "parallel"})
             if labels is not None and root.config.classes:  # y ~ the class of z, observed
-                classes = root.component_classes()
-                class_logits = torch.full(
-                    (root.components, root.config.classes), PRUNED_LOGIT, dtype=logits.dtype
-                )
-                class_logits[torch.arange(root.components), classes] = 0.0
+                table = class_logits(root.components, root.config.classes, logits.device, logits.dtype)
                 y = labels.view(-1, *[1] * (grid.nesting - 1))
-                pyro.sample(root.site("y"), dist.Categorical(logits=class_logits.to(logits.device)[z]), obs=y)
+                pyro.sample(root.site("y"), dist.Categorical(logits=table[z]), obs=y)
         for level in range(self.root_level, 0, -1):
             tree, child = levels[level], levels[level - 1]
             log_a = tree.log_transitions()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import os
+import weakref
 
 import pyro
 import pyro.distributions as dist
@@ -73,11 +74,17 @@ def component_classes(components: int, classes: int, device=None) -> torch.Tenso
     return torch.arange(components, device=device) // (components // classes)
 
 
+def class_logits(components: int, classes: int, device=None, dtype=torch.float32) -> torch.Tensor:
+    """``log p(class = c | z = k)`` (K, C) of components split by class: 0 for each component's own
+    class, ``PRUNED_LOGIT`` for the others."""
+    own = component_classes(components, classes, device)[:, None] == torch.arange(classes, device=device)
+    return torch.where(own, 0.0, PRUNED_LOGIT).to(dtype)
+
+
 def class_log_likelihood(components: int, classes: int, labels: torch.Tensor, dtype) -> torch.Tensor:
     """``log p(class | z = k)`` (n, K, 1, 1) of components split by class: 0 for the components of
     each sample's class (``labels`` (n,)), ``PRUNED_LOGIT`` for the others."""
-    within = component_classes(components, classes, labels.device) == labels[:, None]  # (n, K)
-    return torch.where(within, 0.0, PRUNED_LOGIT).to(dtype)[:, :, None, None]
+    return class_logits(components, classes, labels.device, dtype)[:, labels].T[:, :, None, None]
 
 
 def component_map(values: torch.Tensor, shared: bool) -> torch.Tensor:
@@ -85,6 +92,24 @@ def component_map(values: torch.Tensor, shared: bool) -> torch.Tensor:
     (1, K, 1 | H', 1 | W')."""
     shaped = values[:, None, None] if shared else values.permute(2, 0, 1)
     return shaped.unsqueeze(0)
+
+
+class SviModule(PyroModule):
+    """A PyroModule whose parameters plain ``pyro.infer.SVI`` can step with a ``pyro.optim`` optimiser.
+
+    Its parameters are module-local (:func:`local_params`), so they are not in Pyro's param store;
+    ``SVI.step`` collects them from the model's ``param`` sites and asks each for
+    ``.unconstrained()``, which Pyro gives only to its constrained parameters (``PyroParam``).
+    Every parameter here is unconstrained, so it answers with itself.  The layers' bounds (precision
+    bounds, probability floors) are kept by :meth:`Stack.project_ <pyro_dcgmm.stack.Stack.project_>`,
+    which a plain SVI loop calls after every step.
+    """
+
+    def __getattr__(self, name: str):
+        value = super().__getattr__(name)
+        if isinstance(value, torch.nn.Parameter) and not hasattr(value, "unconstrained"):
+            value.unconstrained = weakref.ref(value)
+        return value
 
 
 def local_params(model):
@@ -102,7 +127,7 @@ def local_params(model):
     return wrapper
 
 
-class Layer(PyroModule):
+class Layer(SviModule):
     """Base class: shape bookkeeping plus the upward pass and the Pyro model of one layer.
 
     A layer is its config dataclass (checked when it was made) plus what :meth:`build` creates.

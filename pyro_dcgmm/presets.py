@@ -33,8 +33,8 @@ that join the tree 10% of training apart:
 ======= =========================================================
 J       F4/4 - G32 - T128/2 - T128/2 - T256/full
 JC      F4/4 - G32 - T128/2 - T128/2 - T250c/full  (J with 25 top components per class)
-Jdigits F2/2 - G16 - T16/2 - T32/full  (for 8x8 inputs)
-JCdigits F2/2 - G16 - T16/2 - T40c/full  (Jdigits with 4 top components per class)
+Jdigits F2/2 - G16 - T64/2 - T128/full  (for 8x8 inputs; leaf precisions up to 30)
+JCdigits F2/2 - G16 - T64/2 - T130c/full  (Jdigits with 13 top components per class)
 ======= =========================================================
 """
 
@@ -63,12 +63,13 @@ ARCHITECTURES = {
     "F": "F3/1 G25 F4/2 G25 F4/2 G25 Ffull G25 R",
     "G": "F3/1 G25 P2/2 F3/1 G25 P2/2 F3/1 G25 P2/2 Ffull G25 R",
     "digits": "F4/2 G100 Ffull G25 R",
+    "Jdigits": "F2/2 G16 T64/2 T128/full",
+    "JCdigits": "F2/2 G16 T64/2 T130c/full",
     "J": "F4/4 G32 T128/2 T128/2 T256/full",
     "JC": "F4/4 G32 T128/2 T128/2 T250c/full",
-    "Jdigits": "F2/2 G16 T16/2 T32/full",
-    "JCdigits": "F2/2 G16 T16/2 T40c/full",
 }
 JOINT_LEAVES = {"shared": False, "covariance": "full", "precision_floor": 1.0, "precision_ceiling": 1e6}
+LEAF_PRECISION_CEILING = {"Jdigits": 30.0, "JCdigits": 30.0}  # raw 17-level digits; validation split
 WAIT_PER_LEVEL = 0.1
 UPPER_PRECISION_CEILING = {"digits": 1.0}  # per preset, chosen on validation splits
 DEFAULT_UPPER_PRECISION_CEILING = 10.0
@@ -156,6 +157,8 @@ def get(
         )
     if upper_precision_ceiling is None:
         upper_precision_ceiling = UPPER_PRECISION_CEILING.get(name, DEFAULT_UPPER_PRECISION_CEILING)
+    if name in LEAF_PRECISION_CEILING:
+        gmm_options = {"precision_ceiling": LEAF_PRECISION_CEILING[name], **gmm_options}
     layers = parse_architecture(ARCHITECTURES[name], num_classes, upper_precision_ceiling, **gmm_options)
     return ModelConfig(preset=name, input_shape=tuple(input_shape), layers=layers)
 

@@ -174,6 +174,13 @@ class Stack(PyroModule):
         """(index, layer) of the GMM layers whose dead components training re-seeds or prunes."""
         return list(zip(self.gmm_indices, self.gmm_layers, strict=True))
 
+    def project_(self) -> None:
+        """Bring every layer's parameters back inside their constraints (precision bounds, a joint
+        stack's probability floors): what ``train`` does after every optimiser step, and what a
+        plain ``pyro.infer.SVI`` loop should do after every ``svi.step``."""
+        for layer in self.mixture_layers:
+            layer.project_()
+
     def layers_below_top(self) -> list[Layer]:
         """The layers below the top of a joint stack's tree (none here: every layer has its own
         objective)."""
@@ -229,18 +236,25 @@ class Stack(PyroModule):
         :param bool annealed: use the annealed (smoothed) GMM factors while annealing runs.
         :param bool enumerated: give every GMM layer its enumerated component site (``True``) or
             marginalise it in closed form (``False``; same ELBO and gradients, faster to train).
-        :returns: the output of the top layer.
+        :returns: the output of the top layer (:meth:`program`).
         """
-        n = x.shape[0]
-        if num_data is None:
-            plate = pyro.plate("data", n, dim=-3)
-        else:
-            plate = pyro.plate("data", num_data, subsample=torch.arange(n, device=x.device), dim=-3)
-        with plate:
-            h = x
-            for i in self.stages:
-                h = self.layers[i].model(h, labels=labels, annealed=annealed, enumerated=enumerated)
+        with self.data_plate(x, num_data):
+            return self.program(x, labels, annealed, enumerated)
+
+    def program(self, x: torch.Tensor, labels, annealed: bool, enumerated: bool) -> torch.Tensor:
+        """The model's sites inside the data plate: every layer's model in turn."""
+        h = x
+        for i in self.stages:
+            h = self.layers[i].model(h, labels=labels, annealed=annealed, enumerated=enumerated)
         return h
+
+    def data_plate(self, x: torch.Tensor, num_data: int | None) -> pyro.plate:
+        """The plate over the images ``x``, outermost (``dim = -max_plate_nesting``); a subsample of
+        ``num_data`` when ``x`` is a mini-batch, so that every term is scaled by ``num_data / N``."""
+        n, dim = x.shape[0], -self.max_plate_nesting
+        if num_data is None:
+            return pyro.plate("data", n, dim=dim)
+        return pyro.plate("data", num_data, subsample=torch.arange(n, device=x.device), dim=dim)
 
     def model(self, *args, **kwargs) -> torch.Tensor:
         """Alias of calling the stack: the Pyro model."""

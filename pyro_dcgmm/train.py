@@ -333,8 +333,7 @@ def _finite_update(stack: Stack, optimizer) -> str | None:
     parameters = [p for p in stack.parameters() if p.grad is not None]
     before = [p.detach().clone() for p in parameters]
     optimizer.step()
-    for layer in stack.mixture_layers:
-        layer.project_()
+    stack.project_()
     if bool(torch.cat([p.detach().flatten() for p in parameters]).isfinite().all()):
         return None
     with torch.no_grad():
@@ -584,16 +583,9 @@ def train(
     checkpointer, log = _writers(out_dir, config, run_config, resume, overwrite)
     state = TrainingState(len(stack.objective_names))
     _resume(resume, stack, optimizer, generator, state, log, device, images.shape[0])
+    elbo = _elbo(stack, config)
     step = functools.partial(
-        _next_step,
-        stack,
-        images,
-        labels,
-        optimizer,
-        generator,
-        config,
-        dequantize_levels,
-        _elbo(stack, config),
+        _next_step, stack, images, labels, optimizer, generator, config, dequantize_levels, elbo
     )
     planned_steps, stop_step = _planned_steps(config, images.shape[0])
     bar = tqdm(total=stop_step, initial=state.step, disable=not config.progress)

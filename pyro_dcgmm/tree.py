@@ -70,12 +70,8 @@ class Tree(Layer):
 
     def build(self, input_shape: Shape) -> Shape:
         children, height, width = input_shape
-        self.block = (height, width) if self.config.block == "full" else as_pair(self.config.block)
-        if self.block[0] > height or self.block[1] > width:
-            raise ArchitectureError(
-                f"Tree block of {self.block} is larger than its input grid of {(height, width)}; use a "
-                "smaller block or block = None (the whole grid)"
-            )
+        block = (height, width) if self.config.block == "full" else as_pair(self.config.block)
+        self.block = (min(block[0], height), min(block[1], width))  # a block past the grid is cut short
         if self.config.probability_floor * children >= 1:
             raise ArchitectureError(
                 f"Tree probability_floor {self.config.probability_floor:g} times the {children} components "

@@ -1,6 +1,6 @@
 import pytest
 
-from pyro_dcgmm import GMM, Stack
+from pyro_dcgmm import GMM, Stack, presets
 from pyro_dcgmm.config import (
     SHIPPED_CONFIGS,
     DataConfig,
@@ -16,6 +16,7 @@ from pyro_dcgmm.config import (
     to_dict,
 )
 from pyro_dcgmm.errors import ConfigError
+from pyro_dcgmm.joint import JointStack
 
 CONFIG = """
 [model]
@@ -54,13 +55,16 @@ def test_toml_round_trip(tmp_path):
 
 
 def test_shipped_configs_build():
-    assert shipped_configs() == ["digits", "natural-patches"]
+    assert shipped_configs() == ["digits", "fashion-mnist-joint", "natural-patches"]
     config = load_config("digits")  # a shipped configuration by name
     assert Stack.from_config(config.model).output_shape == (10, 1, 1)
     assert load_config(SHIPPED_CONFIGS / "digits.toml") == config
     patches = load_config("natural-patches")
     assert Stack.from_config(patches.model).layers[1].config.covariance == "stationary"
     assert patches.data.dataset == "natural-patches" and patches.model.data_range == (-1.0, 1.0)
+    joint = load_config("fashion-mnist-joint")
+    resolved = presets.resolve(joint.model, (1, 28, 28))
+    assert isinstance(Stack.from_config(resolved), JointStack) and joint.data.dequantize
 
 
 @pytest.mark.parametrize(

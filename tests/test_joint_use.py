@@ -31,14 +31,18 @@ def digits():
 
 @pytest.fixture(scope="module")
 def trained(digits):
+    """Jdigits trained as a density of the dequantised digits (the leaves' precisions up to 1e4:
+    the preset's 30 suits the raw 17 grey levels, not uniform noise within them)."""
     _, train_x, _ = digits
     torch.manual_seed(0)
-    stack = Stack.from_config(presets.get("Jdigits", (1, 8, 8)))
+    stack = Stack.from_config(presets.get("Jdigits", (1, 8, 8), precision_ceiling=1e4))
     train(stack, train_x, config=TrainConfig(epochs=12, batch_size=100, progress=False, device="cpu"))
     return stack
 
 
-@pytest.mark.parametrize(("name", "shape"), [("J", (1, 28, 28)), ("JC", (1, 28, 28)), ("Jdigits", (1, 8, 8))])
+@pytest.mark.parametrize(
+    ("name", "shape"), [("J", (1, 28, 28)), ("JC", (1, 28, 28)), ("Jdigits", (1, 8, 8)), ("J", (1, 8, 8))]
+)
 def test_joint_presets_build_joint_stacks(name, shape):
     stack = Stack.from_config(presets.get(name, shape))
     assert isinstance(stack, JointStack)
@@ -56,7 +60,7 @@ def test_training_grows_the_tree_and_beats_flat_gmms(digits, trained):
     for k in (10, 30):
         flat = GaussianMixture(k, covariance_type="diag", reg_covar=1e-4, random_state=0)
         flat_score = flat.fit(train_x.flatten(1).numpy()).score(test_x.flatten(1).numpy())
-        assert joint > flat_score + 5.0  # nats per image (measured: 70 against 55 and 62)
+        assert joint > flat_score + 5.0  # nats per image (measured: 80 against 55 and 62)
 
 
 def test_greedy_training_leaves_the_layers_below_the_top_alone(digits):
@@ -108,7 +112,7 @@ def test_estimator_with_joint_presets(digits):
     data, train_x, test_x = digits
     model = DCGMM("Jdigits", epochs=4, random_state=0).fit(train_x)
     np.testing.assert_allclose(model.score_samples(test_x[:50]), model.stack_.log_prob(test_x[:50]).numpy())
-    assert model.n_components_ == 32 and model.predict(test_x[:50]).shape == (50,)
+    assert model.n_components_ == 128 and model.predict(test_x[:50]).shape == (50,)
     images, clusters = model.sample(6)
     assert images.shape == (6, 64) and clusters.shape == (6,)
     classifier = DCGMM("JCdigits", epochs=6, random_state=0).fit(train_x, data.train_labels)
@@ -155,8 +159,6 @@ def test_joint_stack_errors(trained, digits):
         JointStack([Fold(2, 2), GMM(4), Tree(10, classes=10), Tree(10, block="full")], (1, 8, 8))
     with pytest.raises(ArchitectureError, match="must not decrease"):
         JointStack([Fold(2, 2), GMM(4), Tree(2, wait=0.3), Tree(2, block="full", wait=0.1)], (1, 8, 8))
-    with pytest.raises(ArchitectureError, match="larger than its input"):
-        JointStack([Fold(4, 4), GMM(4), Tree(2, block=4)], (1, 8, 8))
     with pytest.raises(ArchitectureError, match="sharpening"):
         trained.sample(2, options=SamplingOptions(sharpening=Sharpening()))
     with pytest.raises(ArchitectureError, match="split by class"):

@@ -6,9 +6,8 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from pyro.nn import PyroModule
 
-from pyro_dcgmm.layer import window_output_size
+from pyro_dcgmm.layer import SviModule, window_output_size
 
 Statistics = tuple[torch.Tensor, torch.Tensor]
 
@@ -46,7 +45,7 @@ class Geometry:
         )
 
 
-class Covariance(PyroModule):
+class Covariance(SviModule):
     """Covariance structure of the K components of one GMM layer (see :mod:`pyro_dcgmm.covariances`).
 
     :param Geometry geometry: the layer's patches and components.
