@@ -4,12 +4,12 @@ The scikit-learn-style estimators :class:`DCGMM` and :class:`DCGMMClassifier` (a
 scikit-learn and the trainer) are imported on first use, so ``import pyro_dcgmm`` stays light.
 """
 
-from pyro_dcgmm.annealing import AnnealingSchedule, torus_neighbourhood
-from pyro_dcgmm.fold import Fold
-from pyro_dcgmm.gmm import GMM
-from pyro_dcgmm.pool import MaxPool
-from pyro_dcgmm.readout import Readout
-from pyro_dcgmm.stack import MAX_PLATE_NESTING, Stack
+from pyro_dcgmm.model.annealing import AnnealingSchedule, torus_neighbourhood
+from pyro_dcgmm.model.fold import Fold
+from pyro_dcgmm.model.gmm import GMM
+from pyro_dcgmm.model.pool import MaxPool
+from pyro_dcgmm.model.readout import Readout
+from pyro_dcgmm.model.stack import MAX_PLATE_NESTING, Stack
 
 __version__ = "0.1.0"
 

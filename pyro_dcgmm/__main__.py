@@ -1,5 +1,5 @@
 """``python -m pyro_dcgmm COMMAND ...``: the same as the ``pyro-dcgmm`` command."""
 
-from pyro_dcgmm.cli import main
+from pyro_dcgmm.cli.main import main
 
 main()

@@ -14,9 +14,9 @@ from scipy.special import logsumexp
 from sklearn.base import BaseEstimator, ClassifierMixin, clone
 from sklearn.utils.validation import check_is_fitted
 
+from pyro_dcgmm.data.validation import as_tensor
 from pyro_dcgmm.errors import ConfigError, DataError
 from pyro_dcgmm.estimator import DCGMM
-from pyro_dcgmm.validation import as_tensor
 
 
 class DCGMMClassifier(ClassifierMixin, BaseEstimator):

@@ -43,7 +43,7 @@ except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
 from pyro_dcgmm.errors import ConfigError, LayerConfigError
-from pyro_dcgmm.sampling import check_stable_pull
+from pyro_dcgmm.inference.sampling import check_stable_pull
 
 IntPair = int | tuple[int, int]
 
@@ -155,7 +155,7 @@ class GMMConfig(Checked):
 
     :param components: number of mixture components K.
     :param shared: one mixture for all positions (convolutional) if true, else one per position.
-    :param covariance: the components' covariance structure (:mod:`pyro_dcgmm.covariances`):
+    :param covariance: the components' covariance structure (:mod:`pyro_dcgmm.model.covariances`):
         ``"diag"`` (independent coordinates), ``"full"`` (any covariance; for short vectors, its
         cost grows with D^2) or ``"stationary"`` (a stationary Gaussian per channel of the patch:
         constant mean, covariance diagonal in the patch's Fourier basis, set by its power spectrum).
@@ -271,7 +271,7 @@ class ReadoutConfig(Checked):
 
 @dataclass(frozen=True)
 class TreeConfig(Checked):
-    """A layer of a joint stack (:mod:`pyro_dcgmm.joint`): at each of its positions a component
+    """A layer of a joint stack (:mod:`pyro_dcgmm.model.joint`): at each of its positions a component
     ``z`` whose children are the components of a block of positions of the layer below, with
     ``p(z_child = k | z = j) = A[offset, j, k]``.
 
@@ -363,11 +363,11 @@ class ModelConfig(Checked):
 
 @dataclass(frozen=True)
 class TrainConfig(Checked):
-    """How :func:`pyro_dcgmm.train.train` optimises a stack.
+    """How :func:`pyro_dcgmm.training.trainer.train` optimises a stack.
 
     :param epochs: passes over the training set.
     :param batch_size: mini-batch size; the ELBO is scaled by ``num_data / batch_size``.
-    :param optimizer: ``"em"`` (default: online EM on the GMM layers, :mod:`pyro_dcgmm.em`, and
+    :param optimizer: ``"em"`` (default: online EM on the GMM layers, :mod:`pyro_dcgmm.training.em`, and
         Adam on a Readout), ``"adam"`` or ``"sgd"`` (plain SGD as in the paper).
     :param lr: learning rate of Adam and SGD (with ``"em"``: of the Readout only).  For SGD the
         rate of a shared GMM layer is divided by its number of positions, which reproduces the
@@ -391,6 +391,8 @@ class TrainConfig(Checked):
     :param validate_args: keep Pyro's checks of distribution arguments on (slower).
     :param keep_epoch_checkpoints: also keep ``epoch-XXXX.pt`` for every epoch, not only the latest.
     :param progress: show a tqdm progress bar.
+    :param dequantize_levels: dequantise every mini-batch of data on this many levels (256: 8-bit
+        images), as density models are trained and scored; ``None``: train on the data as they are.
     :param joint_refinement: for a joint stack, keep training every layer of the tree grown so far
         (true: the whole tree is refined jointly) or only its top (false: greedy layer-by-layer
         training, each layer left as it was when the one above joined).
@@ -415,6 +417,7 @@ class TrainConfig(Checked):
     validate_args: bool = False
     keep_epoch_checkpoints: bool = False
     progress: bool = True
+    dequantize_levels: int | None = bounded(None, ge=2)
     joint_refinement: bool = True
 
 
@@ -424,7 +427,7 @@ class DataConfig(Checked):
 
     :param dataset: ``"digits"`` (scikit-learn, 8x8, embedded), ``"fashion-mnist"``, ``"mnist"`` or
         ``"natural-patches"`` (zero-meaned grey patches of scikit-learn's sample photographs, split
-        by image region; :mod:`pyro_dcgmm.patches`).
+        by image region; :mod:`pyro_dcgmm.data.patches`).
     :param patch_size: side of the natural-image patches.
     :param root: folder with IDX files (``None``: the data set's default location).
     :param download: allow downloading MNIST into ``root`` when the files are missing.
@@ -458,7 +461,7 @@ class SamplingConfig(Checked):
     """How ``pyro-dcgmm sample`` samples a trained model, stored with it (the run's ``[sampling]``).
 
     The defaults were chosen for 28x28 Fashion-MNIST stacks on a validation split by the measures
-    of :mod:`pyro_dcgmm.sample_quality` (``docs/figures/fashion-mnist-E-samples/``); the shipped
+    of :mod:`pyro_dcgmm.evaluation.sample_quality` (``docs/figures/fashion-mnist-E-samples/``); the shipped
     ``digits`` config sets its own sharpening (``docs/figures/digits-main-job/``).
 
     :param top_s: components kept per position below the top layer (the paper's S).
@@ -473,7 +476,7 @@ class SamplingConfig(Checked):
         magnitude of preset E samples from 0.58 to 0.74 of real images' but draws vertical stripes,
         so it is not the default.
     :param sharpen_rate, sharpen_iterations, sharpen_pull: gradient sharpening
-        (:class:`~pyro_dcgmm.sampling.Sharpening`): step size, steps, pull toward the plain sample;
+        (:class:`~pyro_dcgmm.inference.sampling.Sharpening`): step size, steps, pull toward the plain sample;
         ``sharpen_rate * sharpen_pull`` must be below 1.
     :param variant_layer: GMM layer the variants start from (``None``: the one below the top, the
         top one if alone).

@@ -35,4 +35,4 @@ class TrainingInterrupted(KeyboardInterrupt):
 
 
 class TrainingWarning(UserWarning):
-    """A finished run shows a sign that it did not learn (see :mod:`pyro_dcgmm.diagnostics`)."""
+    """A finished run shows a sign that it did not learn (see :mod:`pyro_dcgmm.training.diagnostics`)."""

@@ -12,10 +12,10 @@ from sklearn.utils.validation import check_is_fitted
 
 from pyro_dcgmm import presets
 from pyro_dcgmm.config import ModelConfig, TrainConfig
-from pyro_dcgmm.sampling import SamplingOptions
-from pyro_dcgmm.stack import Stack
-from pyro_dcgmm.train import train
-from pyro_dcgmm.validation import as_images, as_labels, as_tensor, image_shape
+from pyro_dcgmm.data.validation import as_images, as_labels, as_tensor, image_shape
+from pyro_dcgmm.inference.sampling import SamplingOptions
+from pyro_dcgmm.model.stack import Stack
+from pyro_dcgmm.training.trainer import train
 
 
 class DCGMM(ClusterMixin, DensityMixin, BaseEstimator):

@@ -25,7 +25,7 @@ G     F3/1 - G25 - P2/2 - F3/1 - G25 - P2/2 - F3/1 - G25 - P2/2 - Ffull - G25 - 
 digits F4/2 - G100 - Ffull - G25 - R  (for 8x8 inputs)
 ===== =========================================================
 
-The joint presets (:class:`~pyro_dcgmm.joint.JointStack`: one mixture over the pixels) have leaves of
+The joint presets (:class:`~pyro_dcgmm.model.joint.JointStack`: one mixture over the pixels) have leaves of
 full-covariance components, one mixture per position, with precisions in [1, 1e6] (a variance floor
 below the dequantisation noise of 8-bit images), and Tree layers with transitions per position
 that join the tree 10% of training apart:

@@ -3,7 +3,7 @@
 A GMM layer's gradient with respect to its log-score table is its responsibilities; those of
 components some 90 nats less likely than the best are subnormal float32 numbers, which x86 CPUs
 multiply many times slower than normal ones. The tables zero them on CPU
-(:class:`pyro_dcgmm.gmm.SubnormalGradientFlushed`). This script runs everything twice, with that
+(:class:`pyro_dcgmm.model.gmm.SubnormalGradientFlushed`). This script runs everything twice, with that
 zeroing and with it replaced by the identity, from the same seed: ``--steps`` training steps of
 preset E with first GMM layers of each ``--components`` (seconds per step, k-means initialisation
 included, after an untimed warm-up run, and the validation log-likelihood per GMM layer after
@@ -26,14 +26,15 @@ from unittest import mock
 import torch
 
 from pyro_dcgmm import presets
-from pyro_dcgmm.checkpoint import load_checkpoint, stack_from_checkpoint
-from pyro_dcgmm.cli import add_data_flags, format_table, make_parser, run_script
-from pyro_dcgmm.commands.sample import sampling_options, sampling_settings
+from pyro_dcgmm.cli.common import add_data_flags, format_table, make_parser, run_script
+from pyro_dcgmm.cli.sample import sampling_options, sampling_settings
 from pyro_dcgmm.config import DataConfig, GMMConfig, TrainConfig
-from pyro_dcgmm.data import load_dataset, split_validation
-from pyro_dcgmm.gmm import SubnormalGradientFlushed
-from pyro_dcgmm.stack import Stack
-from pyro_dcgmm.train import evaluate, train
+from pyro_dcgmm.data.datasets import load_dataset, split_validation
+from pyro_dcgmm.evaluation.metrics import held_out_log_likelihood
+from pyro_dcgmm.model.gmm import SubnormalGradientFlushed
+from pyro_dcgmm.model.stack import Stack
+from pyro_dcgmm.training.checkpoint import load_checkpoint, stack_from_checkpoint
+from pyro_dcgmm.training.trainer import train
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -71,7 +72,7 @@ def training_row(model, data, steps: int, zeroed: bool) -> list[str]:
         start = time.perf_counter()
         train(stack, train_x, train_y, config=config)
         seconds = (time.perf_counter() - start) / steps
-    log_likelihoods = " / ".join(f"{value:.2f}" for value in evaluate(stack, val_x[:1000]))
+    log_likelihoods = " / ".join(f"{value:.2f}" for value in held_out_log_likelihood(stack, val_x[:1000]))
     return ["zeroed" if zeroed else "kept", f"{seconds:.3f}", log_likelihoods]
 
 

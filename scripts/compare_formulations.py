@@ -37,15 +37,19 @@ import numpy as np
 import torch
 from sklearn.mixture import GaussianMixture
 
-from pyro_dcgmm.checkpoint import load_checkpoint, stack_from_checkpoint
-from pyro_dcgmm.cli import format_table, run_script
-from pyro_dcgmm.commands.sample import MEAN_DRAWS, sampling_options, sampling_settings
+from pyro_dcgmm.cli.common import format_table, run_script
+from pyro_dcgmm.cli.sample import MEAN_DRAWS, sampling_options, sampling_settings
 from pyro_dcgmm.config import DataConfig, from_dict
-from pyro_dcgmm.data import load_dataset
-from pyro_dcgmm.metrics import NDB, bits_per_dimension
-from pyro_dcgmm.plots import save_image_grid
-from pyro_dcgmm.sample_quality import FlatGMMInpainter, ImageClassifier, inpainting_error, sharpness
-from pyro_dcgmm.train import dequantize
+from pyro_dcgmm.data.datasets import dequantize, load_dataset
+from pyro_dcgmm.evaluation.metrics import NDB, bits_per_dimension
+from pyro_dcgmm.evaluation.sample_quality import (
+    FlatGMMInpainter,
+    ImageClassifier,
+    inpainting_error,
+    sharpness,
+)
+from pyro_dcgmm.figures.plots import save_image_grid
+from pyro_dcgmm.training.checkpoint import load_checkpoint, stack_from_checkpoint
 
 HALVES = ("left", "right", "top", "bottom")
 

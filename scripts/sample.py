@@ -1,7 +1,7 @@
 """``pyro-dcgmm sample`` as a script, for a checkout without the package installed as a command."""
 
-from pyro_dcgmm.cli import run_script
-from pyro_dcgmm.commands.sample import main
+from pyro_dcgmm.cli.common import run_script
+from pyro_dcgmm.cli.sample import main
 
 if __name__ == "__main__":
     run_script(main)

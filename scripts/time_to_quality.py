@@ -33,11 +33,11 @@ from sklearn.metrics import normalized_mutual_info_score
 from sklearn.mixture import GaussianMixture
 
 from pyro_dcgmm import GMM, Fold, Stack
-from pyro_dcgmm.cli import add_data_flags, format_table, make_parser, run_script
+from pyro_dcgmm.cli.common import add_data_flags, format_table, make_parser, run_script
 from pyro_dcgmm.config import DataConfig, TrainConfig
-from pyro_dcgmm.data import load_dataset
-from pyro_dcgmm.files import atomic_write
-from pyro_dcgmm.train import train
+from pyro_dcgmm.data.datasets import load_dataset
+from pyro_dcgmm.training.files import atomic_write
+from pyro_dcgmm.training.trainer import train
 
 
 def parse_args(argv=None) -> argparse.Namespace:

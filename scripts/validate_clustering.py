@@ -26,9 +26,9 @@ from sklearn.metrics import normalized_mutual_info_score
 from sklearn.mixture import GaussianMixture
 
 from pyro_dcgmm import DCGMM, presets
-from pyro_dcgmm.cli import add_data_flags, make_parser, run_script
+from pyro_dcgmm.cli.common import add_data_flags, make_parser, run_script
 from pyro_dcgmm.config import DataConfig
-from pyro_dcgmm.data import load_dataset, split_validation
+from pyro_dcgmm.data.datasets import load_dataset, split_validation
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -27,13 +27,13 @@ import numpy as np
 import torch
 
 from pyro_dcgmm import Stack, presets
-from pyro_dcgmm.cli import format_table, run_script
+from pyro_dcgmm.cli.common import format_table, run_script
 from pyro_dcgmm.config import ModelConfig, TrainConfig
-from pyro_dcgmm.data import load_digits, load_fashion_mnist
-from pyro_dcgmm.metrics import bits_per_dimension
-from pyro_dcgmm.sample_quality import FlatGMMInpainter, inpainting_error, sharpness
-from pyro_dcgmm.sampling import SamplingOptions
-from pyro_dcgmm.train import dequantize, train
+from pyro_dcgmm.data.datasets import dequantize, load_digits, load_fashion_mnist
+from pyro_dcgmm.evaluation.metrics import bits_per_dimension
+from pyro_dcgmm.evaluation.sample_quality import FlatGMMInpainter, inpainting_error, sharpness
+from pyro_dcgmm.inference.sampling import SamplingOptions
+from pyro_dcgmm.training.trainer import train
 
 
 def splits(args, generator: torch.Generator):
@@ -80,9 +80,11 @@ def main(argv=None) -> dict:
     layers = presets.parse_architecture(args.architecture, **options)
     torch.manual_seed(0)
     stack = Stack.from_config(ModelConfig(input_shape=tuple(held_out.shape[1:]), layers=layers))
-    config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, progress=False)
+    config = TrainConfig(
+        epochs=args.epochs, batch_size=args.batch_size, progress=False, dequantize_levels=levels
+    )
     validation = held_out if levels is None else dequantize(held_out, levels, generator)
-    result = train(stack, train_x, config=config, validation=validation, dequantize_levels=levels)
+    result = train(stack, train_x, config=config, validation=validation)
     dims = int(np.prod(held_out.shape[1:]))
     rows = [["epoch", "seconds", "validation log-likelihood", "bits/dim" if levels else ""]]
     for record in result.history:

@@ -3,7 +3,7 @@ import torch
 from pyro.infer import TraceEnum_ELBO
 
 from pyro_dcgmm import GMM, AnnealingSchedule, Fold, Stack, torus_neighbourhood
-from pyro_dcgmm.annealing import torus_grid_shape
+from pyro_dcgmm.model.annealing import torus_grid_shape
 
 
 @pytest.mark.parametrize("k,shape", [(25, (5, 5)), (12, (3, 4)), (7, (1, 7)), (1, (1, 1))])

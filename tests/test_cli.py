@@ -7,11 +7,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from pyro_dcgmm import cli
-from pyro_dcgmm.checkpoint import stack_from_checkpoint
-from pyro_dcgmm.commands import train as train_svi
-from pyro_dcgmm.data import FASHION_MNIST_ROOT
+from pyro_dcgmm.cli import main as cli
+from pyro_dcgmm.cli import train as train_svi
+from pyro_dcgmm.data.datasets import FASHION_MNIST_ROOT
 from pyro_dcgmm.errors import ConfigError
+from pyro_dcgmm.training.checkpoint import stack_from_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -56,7 +56,7 @@ def test_train_svi_resume_continues(tmp_path, capsys):
 
 
 def test_the_package_command_runs_every_sub_command(tmp_path, capsys):
-    # python -m pyro_dcgmm is what the installed pyro-dcgmm command runs (pyro_dcgmm.cli:main)
+    # python -m pyro_dcgmm is what the installed pyro-dcgmm command runs (pyro_dcgmm.cli.main:main)
     def command(*args):
         return subprocess.run([sys.executable, "-m", "pyro_dcgmm", *args], capture_output=True, text=True)
 

@@ -16,7 +16,7 @@ from pyro_dcgmm.config import (
     to_dict,
 )
 from pyro_dcgmm.errors import ConfigError
-from pyro_dcgmm.joint import JointStack
+from pyro_dcgmm.model.joint import JointStack
 
 CONFIG = """
 [model]

@@ -10,10 +10,11 @@ from torch.distributions import MultivariateNormal
 
 from pyro_dcgmm import GMM, Fold, Stack
 from pyro_dcgmm.config import TrainConfig
-from pyro_dcgmm.covariances.stationary import conjugate_orbits, hartley_basis
-from pyro_dcgmm.em import OnlineEM
-from pyro_dcgmm.initialisation import initialise
-from pyro_dcgmm.train import train, train_step
+from pyro_dcgmm.model.covariances.stationary import conjugate_orbits, hartley_basis
+from pyro_dcgmm.training.em import OnlineEM
+from pyro_dcgmm.training.initialisation import initialise
+from pyro_dcgmm.training.step import Batch, train_step
+from pyro_dcgmm.training.trainer import train
 from tests.test_gmm import patches_of
 
 KINDS = ["diag", "full", "stationary"]
@@ -112,7 +113,7 @@ def test_full_batch_em_step_is_exact_em(kind):
     weights = torch.softmax(gmm.mixing_logits.detach(), -1)
     optimizer = OnlineEM([gmm], step_offset=1.0, step_decay=0.0)
     elbo = TraceEnum_ELBO(max_plate_nesting=3, strict_enumeration_warning=False)
-    outcome = train_step(stack, elbo, optimizer, images, None, 60, [], TrainConfig(device="cpu"))
+    outcome = train_step(stack, elbo, optimizer, Batch(images, None, 60), [], TrainConfig(device="cpu"))
     assert outcome.problem is None
     means, covariance, mixing = hand_written_em(vectors, *before, weights)
     if kind == "stationary":

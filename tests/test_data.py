@@ -10,8 +10,9 @@ import pytest
 import torch
 
 from pyro_dcgmm.config import DataConfig
-from pyro_dcgmm.data import (
+from pyro_dcgmm.data.datasets import (
     FASHION_MNIST_ROOT,
+    dequantize,
     download_mnist,
     load_dataset,
     load_digits,
@@ -21,7 +22,6 @@ from pyro_dcgmm.data import (
     subset_classes,
 )
 from pyro_dcgmm.errors import DataError
-from pyro_dcgmm.train import dequantize
 
 
 def idx_bytes(array: np.ndarray) -> bytes:

@@ -8,7 +8,7 @@ from conftest import digits_stack
 
 from pyro_dcgmm import Stack
 from pyro_dcgmm.config import TrainConfig
-from pyro_dcgmm.data import load_digits
+from pyro_dcgmm.data.datasets import load_digits
 
 CONFIG = TrainConfig(epochs=2, batch_size=61, lr=0.03, progress=False, device="cpu", seed=4)
 
@@ -23,7 +23,7 @@ def digits_subset(count: int, with_labels: bool):
 
 
 def _worker(rank: int, world: int, init_file: str, out_file: str, count: int, with_labels: bool) -> None:
-    from pyro_dcgmm.train import train
+    from pyro_dcgmm.training.trainer import train
 
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     try:
@@ -45,7 +45,7 @@ def _worker(rank: int, world: int, init_file: str, out_file: str, count: int, wi
     [(300, True), (245, False)],  # last global batch of 56 images; of 1 image, so one process has none
 )
 def test_two_gloo_processes_match_one(tmp_path, count, with_labels):
-    from pyro_dcgmm.train import train
+    from pyro_dcgmm.training.trainer import train
 
     images, labels = digits_subset(count, with_labels)
     single = build_stack()

@@ -8,8 +8,8 @@ from pyro.infer import TraceEnum_ELBO
 
 from pyro_dcgmm import GMM, Fold, Stack
 from pyro_dcgmm.config import TrainConfig
-from pyro_dcgmm.em import OnlineEM, step_size
-from pyro_dcgmm.train import train_step
+from pyro_dcgmm.training.em import OnlineEM, step_size
+from pyro_dcgmm.training.step import Batch, train_step
 
 
 def hand_written_em_step(vectors, means, variances, weights, floor, ceiling, allowed=None):
@@ -58,7 +58,7 @@ def test_full_batch_em_step_with_unit_step_size_is_exact_em(shared):
     optimizer = OnlineEM([gmm], step_offset=1.0, step_decay=0.0)
     elbo = TraceEnum_ELBO(max_plate_nesting=3, strict_enumeration_warning=False)
     config = TrainConfig(device="cpu")
-    outcome = train_step(stack, elbo, optimizer, images, None, images.shape[0], [], config)
+    outcome = train_step(stack, elbo, optimizer, Batch(images, None, images.shape[0]), [], config)
     assert outcome.problem is None
     if shared:
         vectors = patches.transpose(1, 2).reshape(-1, 9)
@@ -91,7 +91,7 @@ def test_full_batch_em_step_with_labels_is_exact_em_within_each_class():
     ]
     optimizer = OnlineEM([gmm], step_offset=1.0, step_decay=0.0)
     elbo = TraceEnum_ELBO(max_plate_nesting=3, strict_enumeration_warning=False)
-    outcome = train_step(stack, elbo, optimizer, images, labels, 40, [], TrainConfig(device="cpu"))
+    outcome = train_step(stack, elbo, optimizer, Batch(images, labels, 40), [], TrainConfig(device="cpu"))
     assert outcome.problem is None
     vectors = torch.nn.functional.unfold(images, 3, stride=2).transpose(1, 2).reshape(-1, 9)  # (40 * 9, 9)
     vector_labels = labels.repeat_interleave(9)

@@ -8,7 +8,7 @@ from sklearn.base import clone
 from sklearn.utils.estimator_checks import check_estimator
 
 from pyro_dcgmm import DCGMM
-from pyro_dcgmm.data import load_digits
+from pyro_dcgmm.data.datasets import load_digits
 from pyro_dcgmm.errors import ConfigError, DataError
 
 

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 
 from pyro_dcgmm import presets
-from pyro_dcgmm.commands import evaluate
+from pyro_dcgmm.cli import evaluate
 from pyro_dcgmm.errors import DataError
-from pyro_dcgmm.metrics import bits_per_dimension, clustering_metrics, outlier_metrics
+from pyro_dcgmm.evaluation.metrics import bits_per_dimension, clustering_metrics, outlier_metrics
 
 COMMON = [
     "--dataset",

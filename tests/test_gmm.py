@@ -7,7 +7,7 @@ from torch.distributions import Normal
 
 from pyro_dcgmm import GMM, Fold, Stack
 from pyro_dcgmm.errors import ArchitectureError
-from pyro_dcgmm.gmm import SubnormalGradientFlushed
+from pyro_dcgmm.model.gmm import SubnormalGradientFlushed
 
 
 def patches_of(x, patch, stride):
@@ -132,7 +132,7 @@ def test_outputs_are_the_posterior_likelihoods_or_standardised_logs(shared):
 
 
 def test_pruned_components_have_no_weight_and_pass_zero():
-    from pyro_dcgmm.initialisation import prune_dead
+    from pyro_dcgmm.training.initialisation import prune_dead
 
     torch.manual_seed(0)
     stack = Stack(

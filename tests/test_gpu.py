@@ -6,8 +6,9 @@ from pyro.infer import TraceEnum_ELBO
 
 from pyro_dcgmm import Stack, presets
 from pyro_dcgmm.config import TrainConfig
-from pyro_dcgmm.data import load_digits
-from pyro_dcgmm.train import evaluate, train
+from pyro_dcgmm.data.datasets import load_digits
+from pyro_dcgmm.evaluation.metrics import held_out_log_likelihood as evaluate
+from pyro_dcgmm.training.trainer import train
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 

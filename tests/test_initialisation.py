@@ -5,12 +5,13 @@ import json
 import pytest
 import torch
 
-import pyro_dcgmm.train as training
+import pyro_dcgmm.training.trainer as training
 from pyro_dcgmm import GMM, Fold, Stack
 from pyro_dcgmm.config import TrainConfig
-from pyro_dcgmm.data import load_digits
+from pyro_dcgmm.data.datasets import load_digits
 from pyro_dcgmm.errors import DataError
-from pyro_dcgmm.initialisation import initialise, reseed_dead
+from pyro_dcgmm.training.initialisation import initialise, reseed_dead
+from pyro_dcgmm.training.run_folder import RunFiles
 
 
 def separated_clusters(n=600, seed=0):
@@ -97,10 +98,12 @@ def test_layers_are_initialised_when_their_wait_ends_and_never_again_on_resume(t
 
     monkeypatch.setattr(training, "initialise_layer", counting)
     config = TrainConfig(epochs=2, batch_size=100, progress=False, device="cpu", max_steps=5)
-    training.train(stack, digits.train_images, config=config, out_dir=tmp_path)
+    training.train(stack, digits.train_images, config=config, files=tmp_path)
     assert [layer for layer, _ in calls] == [0]  # the top layer still waits
     config = TrainConfig(epochs=2, batch_size=100, progress=False, device="cpu")
-    training.train(stack, digits.train_images, config=config, resume=tmp_path / "checkpoint.pt")
+    training.train(
+        stack, digits.train_images, config=config, files=RunFiles(resume=tmp_path / "checkpoint.pt")
+    )
     assert [layer for layer, _ in calls] == [0, 1]  # the top layer once its wait ended; layer 0 kept
     assert calls[1][1][1:] == (9, 3, 3)  # it saw the responsibilities of the layer below
 
@@ -120,11 +123,11 @@ def test_dead_components_are_reseeded_and_logged_unless_training_ends(tmp_path, 
     digits = load_digits()
     stack, gmm = _stack_with_a_dead_component()
     config = TrainConfig(epochs=epochs, batch_size=500, progress=False, device="cpu")
-    training.train(stack, digits.train_images, config=config, out_dir=tmp_path)
+    training.train(stack, digits.train_images, config=config, files=tmp_path)
     records = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
     reseeded = [r for r in records if r.get("event") == "reseeded"]
     if epochs == 1:  # after the last epoch a re-seeded component would stay untrained
         assert reseeded == [] and float(gmm.means[4].detach().min()) == 5.0
         return
-    assert reseeded[0] == {"event": "reseeded", "layer": 1, "components": 1}
+    assert reseeded[0] == {"event": "reseeded", "layer": 0, "components": 1}
     assert float(gmm.means[4].detach().max()) <= 1.0  # moved onto a real image, then trained

@@ -12,10 +12,10 @@ from scipy.stats import chisquare
 
 from pyro_dcgmm import GMM, Fold
 from pyro_dcgmm.config import TrainConfig
-from pyro_dcgmm.joint import JointStack
-from pyro_dcgmm.sampling import SamplingOptions
-from pyro_dcgmm.train import train
-from pyro_dcgmm.tree import Tree
+from pyro_dcgmm.inference.sampling import SamplingOptions
+from pyro_dcgmm.model.joint import JointStack
+from pyro_dcgmm.model.tree import Tree
+from pyro_dcgmm.training.trainer import train
 
 SHAPE = (1, 4, 6)  # leaves of 2x2 patches on a 2x3 grid; a 2x2 block makes a ragged 1x2 level
 

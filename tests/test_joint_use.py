@@ -9,17 +9,17 @@ import torch
 from sklearn.mixture import GaussianMixture
 
 from pyro_dcgmm import DCGMM, GMM, DCGMMClassifier, Fold, MaxPool, Readout, Stack, presets
-from pyro_dcgmm.checkpoint import stack_from_checkpoint
-from pyro_dcgmm.commands import bench, inspect, sample, views
-from pyro_dcgmm.commands import train as train_command
+from pyro_dcgmm.cli import bench, inspect, sample, views
+from pyro_dcgmm.cli import train as train_command
 from pyro_dcgmm.config import ModelConfig, TrainConfig, from_dict, to_dict
-from pyro_dcgmm.data import load_digits
+from pyro_dcgmm.data.datasets import dequantize, load_digits
 from pyro_dcgmm.errors import ArchitectureError, ConfigError, DataError
-from pyro_dcgmm.initialisation import initialise_tree
-from pyro_dcgmm.joint import JointStack
-from pyro_dcgmm.sampling import SamplingOptions, Sharpening
-from pyro_dcgmm.train import dequantize, train
-from pyro_dcgmm.tree import Tree
+from pyro_dcgmm.inference.sampling import SamplingOptions, Sharpening
+from pyro_dcgmm.model.joint import JointStack
+from pyro_dcgmm.model.tree import Tree
+from pyro_dcgmm.training.checkpoint import stack_from_checkpoint
+from pyro_dcgmm.training.initialisation import initialise_tree
+from pyro_dcgmm.training.trainer import train
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +74,7 @@ def test_greedy_training_leaves_the_layers_below_the_top_alone(digits):
         snapshots.append((stack.root_level, stack.leaf.means.detach().clone()))
         return original(*args, **kwargs)
 
-    import pyro_dcgmm.train as trainer
+    import pyro_dcgmm.training.trainer as trainer
 
     original = trainer.train_step
     trainer.train_step = spy

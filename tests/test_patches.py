@@ -2,8 +2,8 @@
 
 import torch
 
-from pyro_dcgmm.data import load_natural_patches
-from pyro_dcgmm.patches import (
+from pyro_dcgmm.data.datasets import load_natural_patches
+from pyro_dcgmm.data.patches import (
     BLOCKS_PER_SIDE,
     FLATNESS_THRESHOLD,
     grey_sample_images,

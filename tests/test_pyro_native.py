@@ -7,8 +7,8 @@ from pyro.infer import SVI, TraceEnum_ELBO
 
 from pyro_dcgmm import GMM, Fold, Stack, presets
 from pyro_dcgmm.config import TrainConfig
-from pyro_dcgmm.data import load_digits
-from pyro_dcgmm.train import train
+from pyro_dcgmm.data.datasets import load_digits
+from pyro_dcgmm.training.trainer import train
 
 
 def _stack() -> Stack:

@@ -10,13 +10,12 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import pyro_dcgmm.train as training
+import pyro_dcgmm.training.trainer as training
 from pyro_dcgmm import GMM, Fold, MaxPool, Stack, presets
-from pyro_dcgmm.checkpoint import save_checkpoint
-from pyro_dcgmm.cli import run_script
-from pyro_dcgmm.commands import train as train_svi
+from pyro_dcgmm.cli import train as train_svi
+from pyro_dcgmm.cli.common import run_script
 from pyro_dcgmm.config import GMMConfig, TrainConfig, from_dict, load_config, to_dict
-from pyro_dcgmm.data import FASHION_MNIST_ROOT, _images_and_labels, load_fashion_mnist
+from pyro_dcgmm.data.datasets import FASHION_MNIST_ROOT, _images_and_labels, load_fashion_mnist
 from pyro_dcgmm.errors import (
     ArchitectureError,
     CheckpointError,
@@ -25,7 +24,9 @@ from pyro_dcgmm.errors import (
     NonFiniteLossError,
     TrainingInterrupted,
 )
-from pyro_dcgmm.train import train
+from pyro_dcgmm.training.checkpoint import save_checkpoint
+from pyro_dcgmm.training.run_folder import RunFiles
+from pyro_dcgmm.training.trainer import train
 
 
 def train_cli(*args: str) -> dict:
@@ -38,15 +39,14 @@ def final_state(folder: Path) -> dict:
 
 def stop_at_step(monkeypatch, step: int, stop) -> None:
     """Make training call ``stop()`` just before it takes step number ``step``."""
-    original = training._next_step
+    original = training.Trainer.step
 
-    def next_step(*args):
-        state = args[8]
-        if state.step == step:
+    def next_step(trainer):
+        if trainer.state.step == step:
             stop()
-        original(*args)
+        original(trainer)
 
-    monkeypatch.setattr(training, "_next_step", next_step)
+    monkeypatch.setattr(training.Trainer, "step", next_step)
 
 
 def injected_crash():
@@ -91,7 +91,7 @@ def test_a_new_run_never_overwrites_another(tmp_path):
         train_cli(*common, "--seed", "5")
     assert (tmp_path / "x" / "checkpoint.pt").read_bytes() == first
     with pytest.raises(ConfigError, match="already holds a run"):
-        train(Stack([Fold(4, 2), GMM(4)], (1, 8, 8)), torch.rand(10, 1, 8, 8), out_dir=tmp_path / "x")
+        train(Stack([Fold(4, 2), GMM(4)], (1, 8, 8)), torch.rand(10, 1, 8, 8), files=tmp_path / "x")
     train_cli(*common, "--seed", "5", "--overwrite")
     steps = [json.loads(line)["step"] for line in (tmp_path / "x" / "log.jsonl").read_text().splitlines()]
     assert steps == sorted(steps) and len(steps) == len(set(steps))  # one run in the log, not two
@@ -125,9 +125,9 @@ def test_resume_with_other_data_fails_clearly(tmp_path):
     stack = Stack([Fold(4, 2), GMM(4)], (1, 8, 8))
     images = torch.rand(40, 1, 8, 8)
     config = TrainConfig(epochs=1, batch_size=10, progress=False, device="cpu")
-    train(stack, images, config=config, out_dir=tmp_path)
+    train(stack, images, config=config, files=tmp_path)
     with pytest.raises(CheckpointError, match="trained on 40 images; this run has 30"):
-        train(stack, images[:30], config=config, out_dir=tmp_path, resume=tmp_path / "checkpoint.pt")
+        train(stack, images[:30], config=config, files=RunFiles(tmp_path, resume=tmp_path / "checkpoint.pt"))
 
 
 def test_a_step_that_makes_parameters_non_finite_is_undone(tmp_path):
@@ -136,7 +136,7 @@ def test_a_step_that_makes_parameters_non_finite_is_undone(tmp_path):
     before = {name: value.clone() for name, value in stack.state_dict().items() if torch.is_tensor(value)}
     config = TrainConfig(epochs=1, batch_size=10, optimizer="sgd", lr=3e38, progress=False, device="cpu")
     with pytest.raises(NonFiniteLossError, match="made parameters non-finite at step 0"):
-        train(stack, images, config=config, out_dir=tmp_path)
+        train(stack, images, config=config, files=tmp_path)
     for name, value in stack.state_dict().items():
         if torch.is_tensor(value):
             assert torch.equal(value, before[name]), name
@@ -236,8 +236,8 @@ def test_layer_shape_arithmetic(height, width, channels, patch, stride, pool, sh
     assert stack.layers[1].output_shape == (3, out_h, out_w)
     assert stack.output_shape == (3, (out_h - pool) // pool + 1, (out_w - pool) // pool + 1)
     x = torch.rand(2, channels, height, width)
-    assert tuple(stack.upward(x, 2).shape[1:]) == stack.layers[1].output_shape
-    assert tuple(stack.upward(x, 3).shape[1:]) == stack.output_shape
+    assert tuple(stack.input_of(x, stack.layers[2]).shape[1:]) == stack.layers[1].output_shape
+    assert tuple(stack.pass_up(x).shape[1:]) == stack.output_shape
 
 
 class Payload:
@@ -247,7 +247,7 @@ class Payload:
 def saved_checkpoint(folder: Path) -> Path:
     stack = Stack([Fold(4, 2), GMM(4)], (1, 8, 8))
     config = TrainConfig(epochs=1, batch_size=10, progress=False, device="cpu")
-    train(stack, torch.rand(20, 1, 8, 8), config=config, out_dir=folder)
+    train(stack, torch.rand(20, 1, 8, 8), config=config, files=folder)
     return folder / "checkpoint.pt"
 
 
@@ -291,7 +291,9 @@ def test_damaged_checkpoints_fail_clearly(tmp_path, make, match):
     path = make(saved_checkpoint(tmp_path / "run"))
     with pytest.raises(CheckpointError, match=match) as error:
         train(
-            Stack([Fold(4, 2), GMM(4)], (1, 8, 8)), torch.rand(20, 1, 8, 8), out_dir=path.parent, resume=path
+            Stack([Fold(4, 2), GMM(4)], (1, 8, 8)),
+            torch.rand(20, 1, 8, 8),
+            files=RunFiles(path.parent, resume=path),
         )
     assert "weights_only=False" not in str(error.value)
 

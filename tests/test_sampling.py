@@ -7,13 +7,11 @@ from scipy.special import logsumexp
 from scipy.stats import norm
 from torch.distributions import Normal
 
-from pyro_dcgmm import GMM, Fold, MaxPool, Readout, Stack, presets, top_down
+from pyro_dcgmm import GMM, Fold, MaxPool, Readout, Stack, presets
 from pyro_dcgmm.config import SamplingConfig, TrainConfig
-from pyro_dcgmm.data import load_digits
+from pyro_dcgmm.data.datasets import load_digits
 from pyro_dcgmm.errors import ArchitectureError, ConfigError, DataError
-from pyro_dcgmm.initialisation import initialise
-from pyro_dcgmm.queries import output_mask, upward_scores
-from pyro_dcgmm.sample_quality import (
+from pyro_dcgmm.evaluation.sample_quality import (
     FlatGMMInpainter,
     ImageClassifier,
     diversity,
@@ -21,8 +19,11 @@ from pyro_dcgmm.sample_quality import (
     sharpness,
     within_class_diversity,
 )
-from pyro_dcgmm.sampling import SamplingOptions, Sharpening
-from pyro_dcgmm.train import train
+from pyro_dcgmm.inference import top_down
+from pyro_dcgmm.inference.queries import output_mask, upward_scores
+from pyro_dcgmm.inference.sampling import SamplingOptions, Sharpening
+from pyro_dcgmm.training.initialisation import initialise
+from pyro_dcgmm.training.trainer import train
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +85,7 @@ def test_generate_with_fixed_components_gives_their_means():
     stack = Stack([Fold(2, 2), GMM(4, shared=False)], (1, 4, 4))
     gmm = stack.layers[1]
     z = torch.tensor([[[0, 3], [2, 1]]])
-    patches = poutine.condition(gmm.generate, data={"layer1.z": z})(1, mean=True)  # (1, D, 2, 2)
+    patches = poutine.condition(gmm.generate, data={"layer0.z": z})(1, mean=True)  # (1, D, 2, 2)
     for h in range(2):
         for w in range(2):
             torch.testing.assert_close(patches[0, :, h, w], gmm.means[h, w, z[0, h, w]].detach())
@@ -245,7 +246,7 @@ def test_a_pull_that_overshoots_is_refused():
 
 
 def test_ndb_separates_matching_from_mode_dropping_samples(digits):
-    from pyro_dcgmm.metrics import NDB
+    from pyro_dcgmm.evaluation.metrics import NDB
 
     train = digits.train_images.flatten(1).numpy()
     ndb = NDB(train, k=10, seed=0)
@@ -256,8 +257,8 @@ def test_ndb_separates_matching_from_mode_dropping_samples(digits):
 
 
 def test_sample_script_writes_figures_and_ndb(tmp_path):
-    from pyro_dcgmm.commands import sample
-    from pyro_dcgmm.commands import train as train_svi
+    from pyro_dcgmm.cli import sample
+    from pyro_dcgmm.cli import train as train_svi
 
     run = tmp_path / "run"
     train_svi.main(
@@ -369,14 +370,15 @@ def test_masks_reach_every_layer(trained):
     assert seen.shape == output.shape
     assert seen[:, :, :, :2].all() and not seen[:, :, :, 2].any()
     scores = dict(upward_scores(trained, x, mask))  # the top layer marginalises column 2's inputs
-    torch.testing.assert_close(scores[3], trained.layers[3].log_scores(first.output(scores[1]), seen))
-    garbage = torch.where(seen, first.output(scores[1]), torch.randn_like(output))
-    torch.testing.assert_close(scores[3], trained.layers[3].log_scores(garbage, seen))
+    top = trained.layers[3]
+    torch.testing.assert_close(scores[top], top.log_scores(first.output(scores[first]), seen))
+    garbage = torch.where(seen, first.output(scores[first]), torch.randn_like(output))
+    torch.testing.assert_close(scores[top], top.log_scores(garbage, seen))
 
 
 def test_sampling_settings_are_stored_with_the_model(tmp_path):
-    from pyro_dcgmm.commands import sample
-    from pyro_dcgmm.commands import train as train_svi
+    from pyro_dcgmm.cli import sample
+    from pyro_dcgmm.cli import train as train_svi
     from pyro_dcgmm.config import SHIPPED_CONFIGS
 
     config = tmp_path / "run.toml"
@@ -403,7 +405,7 @@ def test_sampling_settings_are_stored_with_the_model(tmp_path):
 def test_inpainting_keeps_its_own_top_s():
     import argparse
 
-    from pyro_dcgmm.commands import sample
+    from pyro_dcgmm.cli import sample
 
     calls = []
 
@@ -423,31 +425,32 @@ def test_inpainting_draws_every_layer_given_the_observed_pixels(digits):
     # the observed pixels too, so with one pixel missing they follow the image's own MAP components
     torch.manual_seed(0)
     stack = Stack([Fold(2, 2), GMM(4), Fold(2, 2), GMM(4), Fold(None), GMM(3)], (1, 8, 8))
-    h = digits.train_images[:500]
-    for index in stack.stages:
-        layer = stack.layers[index]
-        if isinstance(layer, GMM):
-            initialise(layer, h, torch.Generator().manual_seed(0))
-        h = layer.transform(h).detach()
+    for gmm in stack.gmm_layers:
+        with torch.no_grad():
+            inputs = stack.input_of(digits.train_images[:500], gmm)
+        initialise(gmm, inputs, torch.Generator().manual_seed(0))
     x = digits.test_images[:50]
     mask = torch.ones_like(x, dtype=torch.bool)
     mask[..., 0, 0] = False
-    observed, top = top_down.Observed.of(stack, x, mask, start=5)
+    observed, top = top_down.Observed.of(stack, x, mask, start=stack.mixture_layer(2))
     scores = dict(upward_scores(stack, x, mask))
-    assert sorted(observed.evidence) == [1, 3]
-    for index, table in observed.evidence.items():
-        torch.testing.assert_close(table, scores[index] - stack.layers[index].log_mixing_map())
-    torch.testing.assert_close(top, torch.softmax(scores[5], 1))
+    assert list(observed.evidence) == stack.gmm_layers[:2]
+    for gmm, table in observed.evidence.items():
+        torch.testing.assert_close(table, scores[gmm] - gmm.log_mixing_map())
+    torch.testing.assert_close(top, torch.softmax(scores[stack.mixture_layer(2)], 1))
     own = stack.map_components(x, layer=1, mask=mask)  # (50, 2, 2)
 
     def middle_components(evidence):
         seen = top_down.Observed(mask, x, evidence)
         with poutine.trace() as tracer:
-            top_down.sample_from(stack, 2, top, 50, SamplingOptions(top_s=4, mean=True), seen)
+            top_down.sample_from(
+                stack, stack.mixture_layer(2), top, 50, SamplingOptions(top_s=4, mean=True), seen
+            )
         return tracer.trace.nodes[stack.layers[3].site("z")]["value"]
 
     torch.manual_seed(1)
     assert (middle_components(observed.evidence) == own).float().mean() > 0.9
     torch.manual_seed(1)
-    blind = {1: observed.evidence[1]}  # only the first layer hears the pixels: 0.715
+    first = stack.mixture_layer(0)
+    blind = {first: observed.evidence[first]}  # only the first layer hears the pixels: 0.715
     assert (middle_components(blind) == own).float().mean() < 0.8

@@ -5,7 +5,6 @@ from pyro import poutine
 from pyro.infer import TraceEnum_ELBO, infer_discrete
 
 from pyro_dcgmm import GMM, MAX_PLATE_NESTING, Fold, MaxPool, Readout, Stack, presets
-from pyro_dcgmm.commands.handwritten_loss import handwritten_loss
 from pyro_dcgmm.errors import ArchitectureError, DataError
 
 
@@ -28,7 +27,7 @@ def three_layer_stack(width=0.01):
 def test_elbo_equals_logsumexp_one_layer(images64, annealed):
     stack = Stack([Fold(3, 1), GMM(9, annealing=True, width_init=1.0)], (1, 8, 8)).double()
     loss = TraceEnum_ELBO(max_plate_nesting=3).loss(stack.model, stack.guide, images64, annealed=annealed)
-    assert loss == pytest.approx(handwritten_loss(stack, images64, annealed=annealed).item(), rel=1e-12)
+    assert loss == pytest.approx(stack.loss(images64, annealed=annealed).item(), rel=1e-12)
 
 
 @pytest.mark.parametrize("width", [0.01, 1.2])
@@ -36,7 +35,7 @@ def test_elbo_equals_logsumexp_three_layers(images64, width):
     stack = three_layer_stack(width)
     elbo = TraceEnum_ELBO(max_plate_nesting=MAX_PLATE_NESTING)
     loss = elbo.differentiable_loss(stack.model, stack.guide, images64)
-    expected = handwritten_loss(stack, images64, annealed=True)
+    expected = stack.loss(images64, annealed=True)
     torch.testing.assert_close(loss, expected, rtol=1e-12, atol=0)
     scaled = elbo.differentiable_loss(stack.model, stack.guide, images64, num_data=70)
     torch.testing.assert_close(scaled, expected * 10, rtol=1e-12, atol=0)
@@ -55,7 +54,7 @@ def test_closed_form_objective_equals_enumerated(images64):
         )
         losses.append(loss)
         gradients.append(torch.autograd.grad(loss, params))
-    hand_written = handwritten_loss(stack, images64, labels=labels, num_data=20)
+    hand_written = stack.loss(images64, labels=labels, num_data=20)
     torch.testing.assert_close(losses[0], losses[1], rtol=1e-12, atol=0)
     torch.testing.assert_close(losses[0], hand_written, rtol=1e-12, atol=0)
     for a, b, c in zip(*gradients, torch.autograd.grad(hand_written, params), strict=True):
@@ -67,12 +66,7 @@ def test_gradients_stay_within_each_layer(images64):
     stack = three_layer_stack(width=1.0)
     elbo = TraceEnum_ELBO(max_plate_nesting=3)
     elbo.differentiable_loss(stack.model, stack.guide, images64).backward()
-    inputs, h = [], images64
-    for index in stack.stages:
-        layer = stack.layers[index]
-        if isinstance(layer, GMM):
-            inputs.append((layer, h))
-        h = layer.transform(h).detach()
+    inputs = [(gmm, stack.input_of(images64, gmm).detach()) for gmm in stack.gmm_layers]
     for layer, layer_input in inputs:
         params = [layer.means, layer.covariance.log_precision, layer.mixing_logits]
         own = TraceEnum_ELBO(max_plate_nesting=3).differentiable_loss(layer, lambda x: None, layer_input)
@@ -89,8 +83,8 @@ def test_responsibilities_equal_compute_marginals(images64):
     marginals = TraceEnum_ELBO(max_plate_nesting=3).compute_marginals(
         stack.model, stack.guide, images64, annealed=False
     )
-    for j, index in enumerate(stack.gmm_indices):
-        probs = marginals[f"layer{index}.z"].probs  # (N, H, W, K)
+    for j in range(len(stack.gmm_layers)):
+        probs = marginals[f"layer{j}.z"].probs  # (N, H, W, K)
         responsibilities = stack.responsibilities(images64, j)  # (N, K, H, W)
         torch.testing.assert_close(responsibilities, probs.movedim(-1, 1).expand_as(responsibilities))
 
@@ -99,8 +93,8 @@ def test_map_components_equal_infer_discrete(images64):
     stack = three_layer_stack()
     model = infer_discrete(stack.model, first_available_dim=-1 - MAX_PLATE_NESTING, temperature=0)
     trace = poutine.trace(model).get_trace(images64, annealed=False)
-    for j, index in enumerate(stack.gmm_indices):
-        map_z = trace.nodes[f"layer{index}.z"]["value"]
+    for j in range(len(stack.gmm_layers)):
+        map_z = trace.nodes[f"layer{j}.z"]["value"]
         assert torch.equal(stack.map_components(images64, j), map_z)
         assert torch.equal(map_z, stack.responsibilities(images64, j).argmax(1))
 
@@ -113,7 +107,7 @@ def test_readout_observes_labels(images64):
     elbo = TraceEnum_ELBO(max_plate_nesting=3)
     with_labels = elbo.loss(stack.model, stack.guide, images64, labels=labels)
     without = elbo.loss(stack.model, stack.guide, images64)
-    logits = stack.layers[2].logits(stack.upward(images64, 2))
+    logits = stack.layers[2].logits(stack.input_of(images64, stack.layers[2]))
     cross_entropy = torch.nn.functional.cross_entropy(logits, labels, reduction="sum")
     assert with_labels - without == pytest.approx(cross_entropy.item(), rel=1e-10)
     probs = stack.predict_proba(images64)
@@ -196,7 +190,7 @@ def test_bad_queries_raise(bad, match):
 
 def test_bad_layer_index_raises():
     stack = Stack.from_config(presets.get("digits", (1, 8, 8)))
-    with pytest.raises(IndexError, match="2 GMM layers"):
+    with pytest.raises(IndexError, match=r"this stack has 2 layers with components"):
         stack.responsibilities(torch.rand(1, 1, 8, 8), layer=2)
 
 

@@ -6,12 +6,16 @@ from conftest import digits_stack
 from pyro.infer import TraceEnum_ELBO
 
 from pyro_dcgmm import GMM, MAX_PLATE_NESTING, Fold, Stack, presets
-from pyro_dcgmm.checkpoint import load_checkpoint, save_checkpoint, stack_from_checkpoint
 from pyro_dcgmm.config import TrainConfig
-from pyro_dcgmm.data import load_digits
-from pyro_dcgmm.diagnostics import learning_problems
+from pyro_dcgmm.data.datasets import load_digits
 from pyro_dcgmm.errors import CheckpointError, ConfigError, DataError, NonFiniteLossError, TrainingWarning
-from pyro_dcgmm.train import _non_finite, evaluate, make_optimizer, train, train_step
+from pyro_dcgmm.evaluation.metrics import held_out_log_likelihood as evaluate
+from pyro_dcgmm.training.checkpoint import load_checkpoint, save_checkpoint, stack_from_checkpoint
+from pyro_dcgmm.training.diagnostics import learning_problems
+from pyro_dcgmm.training.optim import make_optimizer
+from pyro_dcgmm.training.run_folder import RunFiles
+from pyro_dcgmm.training.step import Batch, non_finite, train_step
+from pyro_dcgmm.training.trainer import train
 
 
 @pytest.fixture(scope="module")
@@ -54,9 +58,9 @@ def test_same_seed_gives_identical_parameters(digits):
 
 def test_checkpoint_round_trip_gives_identical_outputs(tmp_path, digits):
     stack = small_stack()
-    train(stack, digits.train_images, digits.train_labels, config=quick(epochs=1), out_dir=tmp_path)
+    train(stack, digits.train_images, digits.train_labels, config=quick(epochs=1), files=tmp_path)
     raw = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
-    assert raw["format"] == "pyro_dcgmm.checkpoint" and "state_dict" in raw
+    assert raw["format"] == "pyro_dcgmm.training.checkpoint" and "state_dict" in raw
     restored = stack_from_checkpoint(tmp_path / "checkpoint.pt")
     x = digits.test_images[:50]
     for j in range(2):
@@ -77,7 +81,7 @@ def test_resume_reproduces_uninterrupted_run(tmp_path, digits):
         digits.train_images,
         digits.train_labels,
         config=quick(epochs=4, max_steps=35),  # stops inside the second epoch
-        out_dir=tmp_path,
+        files=tmp_path,
     )
     resumed = small_stack(seed=99)  # different init: everything must come from the checkpoint
     result = train(
@@ -85,8 +89,7 @@ def test_resume_reproduces_uninterrupted_run(tmp_path, digits):
         digits.train_images,
         digits.train_labels,
         config=quick(epochs=4),
-        out_dir=tmp_path,
-        resume=tmp_path / "checkpoint.pt",
+        files=RunFiles(tmp_path, resume=tmp_path / "checkpoint.pt"),
     )
     for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values(), strict=True):
         assert torch.equal(a, b) if torch.is_tensor(a) else a == b, name
@@ -101,11 +104,15 @@ def test_resume_reproduces_uninterrupted_run(tmp_path, digits):
 
 def test_resume_from_other_architecture_fails(tmp_path, digits):
     stack = small_stack()
-    train(stack, digits.train_images, digits.train_labels, config=quick(epochs=1), out_dir=tmp_path)
+    train(stack, digits.train_images, digits.train_labels, config=quick(epochs=1), files=tmp_path)
     other = Stack.from_config(presets.get("digits", (1, 8, 8)))
     with pytest.raises(CheckpointError, match="different architecture"):
         train(
-            other, digits.train_images, digits.train_labels, config=quick(), resume=tmp_path / "checkpoint.pt"
+            other,
+            digits.train_images,
+            digits.train_labels,
+            config=quick(),
+            files=RunFiles(resume=tmp_path / "checkpoint.pt"),
         )
 
 
@@ -148,8 +155,8 @@ def test_non_finite_loss_stops_training_before_writing(tmp_path, digits):
     stack = small_stack()
     with torch.no_grad():
         stack.layers[3].means[0, 0] = float("nan")
-    with pytest.raises(NonFiniteLossError, match=r"objective\(s\) L3 at step 0 \(epoch 0\)"):
-        train(stack, digits.train_images, None, config=quick(), out_dir=tmp_path)
+    with pytest.raises(NonFiniteLossError, match=r"objective\(s\) L1 at step 0 \(epoch 0\)"):
+        train(stack, digits.train_images, None, config=quick(), files=tmp_path)
     assert not (tmp_path / "checkpoint.pt").exists()
 
 
@@ -166,7 +173,7 @@ def test_skip_policy_keeps_last_good_parameters(tmp_path, digits):
     stack.layers[1].covariance.log_precision.register_hook(poison_third_gradient)
     config = quick(epochs=1, non_finite="skip", log_every=1)
     with pytest.warns(TrainingWarning, match="1 step was skipped for non-finite values"):
-        train(stack, images, None, config=config, out_dir=tmp_path)
+        train(stack, images, None, config=config, files=tmp_path)
     records = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
     skipped = [r for r in records if r.get("event") == "skipped"]
     assert [r["reason"] for r in skipped] == ["non-finite gradient"]
@@ -236,7 +243,7 @@ def test_step_reports_each_layers_own_loss(digits, objective):
     expected = [-mean for mean in evaluate(stack, batch)]  # before the step, exact (no annealing)
     elbo = TraceEnum_ELBO(max_plate_nesting=MAX_PLATE_NESTING, strict_enumeration_warning=False)
     optimizer = make_optimizer(stack, config)
-    outcome = train_step(stack, elbo, optimizer, batch, labels, 500, [], config)
+    outcome = train_step(stack, elbo, optimizer, Batch(batch, labels, 500), [], config)
     assert outcome.problem is None
     assert outcome.layer_losses == pytest.approx(expected, rel=1e-5)
     assert not any(hasattr(gmm, "last_loss") for gmm in stack.gmm_layers)
@@ -262,15 +269,15 @@ def test_a_diverging_run_warns(digits):
 
 def test_a_non_finite_total_without_readout_is_not_blamed_on_a_readout():
     without = Stack([Fold(4, 2), GMM(4)], (1, 8, 8))
-    assert _non_finite(without, float("inf"), [1.0], 0.0) == "non-finite total loss"
-    assert _non_finite(small_stack(), float("inf"), [1.0, 2.0], 0.0) == "non-finite loss in the readout"
+    assert non_finite(without, float("inf"), [1.0], 0.0) == "non-finite total loss"
+    assert non_finite(small_stack(), float("inf"), [1.0, 2.0], 0.0) == "non-finite loss in the readout"
 
 
 def test_a_layer_split_by_class_needs_labels_of_its_classes():
     stack = Stack([Fold(None), GMM(4, classes=2)], (1, 8, 8))
     images = load_digits().train_images[:20]
     config = TrainConfig(epochs=1, progress=False, device="cpu")
-    with pytest.raises(DataError, match=r"layer\(s\) \[1\] split their components by class"):
+    with pytest.raises(DataError, match=r"layer\(s\) \[0\] split their components by class"):
         train(stack, images, config=config)
     with pytest.raises(DataError, match=r"labels must lie in \[0, 1\]"):
         train(stack, images, torch.arange(20) % 3, config=config)

@@ -7,12 +7,12 @@ import pytest
 import torch
 
 from pyro_dcgmm.class_models import DCGMMClassifier
-from pyro_dcgmm.commands import evaluate, views
-from pyro_dcgmm.commands import train as train_command
+from pyro_dcgmm.cli import evaluate, views
+from pyro_dcgmm.cli import train as train_command
 from pyro_dcgmm.config import FoldConfig, GMMConfig, ReadoutConfig
-from pyro_dcgmm.data import load_digits
-from pyro_dcgmm.errors import ArchitectureError, ConfigError, DataError
-from pyro_dcgmm.views import component_views
+from pyro_dcgmm.data.datasets import load_digits
+from pyro_dcgmm.errors import ConfigError, DataError
+from pyro_dcgmm.figures.views import component_views
 
 
 @pytest.fixture(scope="module")
@@ -28,25 +28,23 @@ def trained_run(tmp_path_factory):
 
 
 def test_views_show_each_components_highest_posterior_inputs(trained_run, digits):
-    from pyro_dcgmm.checkpoint import stack_from_checkpoint
+    from pyro_dcgmm.training.checkpoint import stack_from_checkpoint
 
     stack = stack_from_checkpoint(trained_run / "checkpoint.pt")
     images = digits.test_images[:200]
-    first = component_views(stack, images, stack.gmm_index(0), top=4)
+    first = component_views(stack, images, 0, top=4)
     assert len(first) == 100 and [v.weight for v in first] == sorted((v.weight for v in first), reverse=True)
     assert first[0].examples.shape == (4, 1, 4, 4) and first[0].mean.shape == (1, 4, 4)
-    log_r = torch.log_softmax(
-        stack.layers[stack.gmm_index(0)].log_scores(images).detach().double(), 1
-    )  # (N, K, 3, 3)
+    log_r = torch.log_softmax(stack.mixture_layer(0).log_scores(images).detach().double(), 1)  # (N, K, 3, 3)
     best = log_r[:, first[0].index].flatten(1).max(1).values
     assert np.allclose(first[0].log_posteriors, best.sort(descending=True).values[:4].numpy())
-    upper = component_views(stack, images, stack.gmm_index(1), top=3)
+    upper = component_views(stack, images, 1, top=3)
     assert upper[0].examples.shape == (3, 1, 8, 8)  # whole images for a layer above the first
-    with pytest.raises(ArchitectureError, match="not a GMM"):
-        component_views(stack, images, 0)
-    top = stack.layers[stack.gmm_index(1)]
+    with pytest.raises(IndexError, match="layer must be an int in"):
+        component_views(stack, images, 2)
+    top = stack.mixture_layer(1)
     top.active[upper[0].index] = False  # pruned: no weight, no inputs to show
-    pruned = next(v for v in component_views(stack, images, stack.gmm_index(1)) if v.index == upper[0].index)
+    pruned = next(v for v in component_views(stack, images, 1) if v.index == upper[0].index)
     assert not pruned.active and pruned.weight == 0.0 and len(pruned.examples) == 0
 
 

@@ -1,0 +1,191 @@
+"""Throughput of DCGMM training and scoring: samples/s and peak memory per preset, batch and path.
+
+Paths:
+  hand       one training step on the loss written in plain torch (``Stack.loss``: same math, no Pyro)
+  svi        one full training step as ``train`` runs it: TraceEnum_ELBO on the stack's model with
+             the components marginalised in closed form, backward, Adam step
+  svi-enum   the same with Pyro enumerating every component site (``objective="enumerated"``)
+  score      forward-only log-likelihood of every GMM layer (``Stack.log_prob``), no gradients
+
+Every measurement runs ``--warmup`` steps, then ``--repeats`` timed blocks of ``--steps`` steps
+(CUDA synchronised around each block) and reports the median block.  Examples::
+
+    pyro-dcgmm bench --device cpu --preset E --quick
+    pyro-dcgmm bench --device cuda --preset A B C E --batch-sizes 1024 8192 --json bench.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import time
+from pathlib import Path
+
+import pyro
+import torch
+from pyro.infer import TraceEnum_ELBO
+
+from pyro_dcgmm import Stack, presets
+from pyro_dcgmm.cli.common import add_device_flag, make_parser
+from pyro_dcgmm.device import resolve_device
+from pyro_dcgmm.training.files import atomic_write
+
+PATHS = ("hand", "svi", "svi-enum", "score")  # hand first: the others report their ratio to it
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = make_parser(__doc__, prog="pyro-dcgmm bench")
+    parser.add_argument(
+        "--preset", nargs="+", default=["A", "B", "C", "E"], choices=presets.names(), help="architectures"
+    )
+    add_device_flag(parser)
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[100, 1000], help="mini-batch sizes")
+    parser.add_argument("--dtype", default="float32", choices=list(DTYPES), help="parameter and data type")
+    parser.add_argument(
+        "--paths", nargs="+", default=list(PATHS), choices=PATHS, help="what to time (see above)"
+    )
+    parser.add_argument("--warmup", type=int, default=3, help="untimed steps first")
+    parser.add_argument("--repeats", type=int, default=5, help="timed blocks; the median is reported")
+    parser.add_argument("--steps", type=int, default=5, help="steps per timed block")
+    parser.add_argument("--input-size", type=int, default=28, help="height and width of the images")
+    parser.add_argument("--tf32", action="store_true", help="allow TF32 matmuls and convolutions")
+    parser.add_argument("--quick", action="store_true", help="batch 100, 1 warm-up, 3 blocks of 2 steps")
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.batch_sizes, args.warmup, args.repeats, args.steps = [100], 1, 3, 2
+    return args
+
+
+def make_step(path: str, stack: Stack, x: torch.Tensor, num_data: int):
+    """A closure running one step of ``path``."""
+    if path == "score":
+        return lambda: stack.layer_log_probs(x, batch_size=x.shape[0])
+    optimizer = torch.optim.Adam(stack.parameters(), lr=1e-4)
+    elbo = TraceEnum_ELBO(
+        max_plate_nesting=stack.max_plate_nesting, strict_enumeration_warning=path == "svi-enum"
+    )
+
+    def loss():
+        if path == "hand":
+            return stack.loss(x, num_data=num_data) / num_data
+        enumerated = path == "svi-enum"
+        return (
+            elbo.differentiable_loss(stack.model, stack.guide, x, num_data=num_data, enumerated=enumerated)
+            / num_data
+        )
+
+    def step():
+        optimizer.zero_grad(set_to_none=True)
+        loss().backward()
+        optimizer.step()
+
+    return step
+
+
+def measure(step, device: torch.device, warmup: int, repeats: int, steps: int) -> tuple[float, float]:
+    """Median seconds per step and peak memory (MiB; the process's peak RSS on CPU)."""
+    cuda = device.type == "cuda"
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    for _ in range(warmup):
+        step()
+    blocks = []
+    for _ in range(repeats):
+        if cuda:
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        for _ in range(steps):
+            step()
+        if cuda:
+            torch.cuda.synchronize()
+        blocks.append((time.perf_counter() - start) / steps)
+    if cuda:
+        peak = torch.cuda.max_memory_allocated() / 2**20
+    else:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return statistics.median(blocks), peak
+
+
+def tf32_deviation(name: str, shape: tuple[int, int, int], device: torch.device) -> str:
+    """Largest absolute change of any layer's per-image log-likelihood when TF32 is allowed."""
+    torch.manual_seed(0)
+    stack = Stack.from_config(presets.get(name, shape)).to(device)
+    x = torch.rand(512, *shape, device=device)
+    values = []
+    for allowed in (False, True):
+        torch.backends.cuda.matmul.allow_tf32 = allowed
+        torch.backends.cudnn.allow_tf32 = allowed
+        values.append(stack.layer_log_probs(x))
+    change = (values[1] - values[0]).abs().amax(0)
+    scale = values[0].abs().amax(0)
+    return ", ".join(
+        f"layer {j}: {c:.3g} nats ({c / s:.2g} relative)"
+        for j, (c, s) in enumerate(zip(change, scale, strict=True))
+    )
+
+
+def main(argv=None) -> list[dict]:
+    args = parse_args(argv)
+    device = resolve_device(args.device)
+    dtype = DTYPES[args.dtype]
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = args.tf32
+        torch.backends.cudnn.allow_tf32 = args.tf32
+    results = []
+    columns = ["preset", "batch", "path", "samples/s", "ms/step", "peak MiB", "x hand"]
+    header = " ".join(f"{c:>{w}}" for c, w in zip(columns, [6, 6, 9, 12, 9, 9, 7], strict=True))
+    print(
+        f"device {device} ({torch.cuda.get_device_name() if device.type == 'cuda' else 'cpu'}), "
+        f"{args.dtype}{', tf32' if args.tf32 else ''}, torch {torch.__version__}, "
+        f"pyro {pyro.__version__}, {torch.get_num_threads()} threads"
+    )
+    print(header)
+    print("-" * len(header))
+    with pyro.validation_enabled(False):
+        for name in args.preset:
+            shape = (1, args.input_size, args.input_size)
+            for batch in args.batch_sizes:
+                timings = {}
+                for path in sorted(args.paths, key=PATHS.index):
+                    torch.manual_seed(0)
+                    stack = Stack.from_config(presets.get(name, shape)).to(device, dtype)
+                    x = torch.rand(batch, *shape, device=device, dtype=dtype)
+                    seconds, peak = measure(
+                        make_step(path, stack, x, num_data=60000),
+                        device,
+                        args.warmup,
+                        args.repeats,
+                        args.steps,
+                    )
+                    timings[path] = seconds
+                    ratio = seconds / timings["hand"] if "hand" in timings and path != "score" else None
+                    row = {
+                        "preset": name,
+                        "batch": batch,
+                        "path": path,
+                        "samples_per_second": batch / seconds,
+                        "ms_per_step": 1000 * seconds,
+                        "peak_mib": peak,
+                        "device": str(device),
+                        "dtype": args.dtype,
+                        "tf32": args.tf32,
+                        "ratio_to_hand": ratio,
+                    }
+                    results.append(row)
+                    print(
+                        f"{name:>6} {batch:>6} {path:>9} {batch / seconds:>12,.0f} {1000 * seconds:>9.2f} "
+                        f"{peak:>9.0f} {'' if ratio is None else f'{ratio:.2f}':>7}",
+                        flush=True,
+                    )
+            if args.tf32 and device.type == "cuda":
+                print(
+                    f"{name:>6} TF32 vs FP32 log-likelihood per image: {tf32_deviation(name, shape, device)}"
+                )
+    if args.json is not None:
+        atomic_write(args.json, lambda h: h.write(json.dumps(results, indent=2).encode()))
+    return results

@@ -1,0 +1,92 @@
+"""What the ``pyro-dcgmm`` sub-commands share: a parser that shows defaults, the flags several
+take, and how a command ends on a user's error."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import typing
+from collections.abc import Callable
+from pathlib import Path
+
+from pyro_dcgmm.config import DataConfig, TrainConfig
+from pyro_dcgmm.errors import ArchitectureError, CheckpointError, ConfigError, DataError, NonFiniteLossError
+
+USER_ERRORS = (ConfigError, ArchitectureError, DataError, CheckpointError, NonFiniteLossError)
+DATASETS = typing.get_args(typing.get_type_hints(DataConfig)["dataset"])
+DEVICES = ("auto", "cpu", "cuda")
+OPTIMIZERS = ("em", "adam", "sgd")
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Shows every flag's default and keeps the epilog's examples as written."""
+
+
+def make_parser(doc: str, parser_class=argparse.ArgumentParser, **options) -> argparse.ArgumentParser:
+    """A parser described by the first line of ``doc``, with defaults shown and the rest of ``doc``
+    (its examples) as epilog; abbreviated flags are errors.  ``parser_class`` and ``options`` (e.g.
+    ``prog``) serve sub-command parsers (``subparsers.add_parser``)."""
+    first, _, rest = doc.partition("\n")
+    return parser_class(
+        description=first,
+        epilog=rest.strip() or None,
+        formatter_class=HelpFormatter,
+        allow_abbrev=False,
+        **options,
+    )
+
+
+def add_data_flags(parser: argparse.ArgumentParser, default: str | None = "digits") -> None:
+    """``--dataset``, ``--patch-size`` and ``--root``."""
+    parser.add_argument("--dataset", default=default, choices=DATASETS, help="data set")
+    parser.add_argument(
+        "--patch-size",
+        type=int,
+        default=None if default is None else DataConfig().patch_size,
+        help="side of the natural-image patches (--dataset natural-patches)",
+    )
+    parser.add_argument("--root", help="folder with the data set's IDX files (none: its usual place)")
+
+
+def add_device_flag(parser: argparse.ArgumentParser, default: str | None = "auto") -> None:
+    """``--device``: ``auto`` takes CUDA when it is available."""
+    parser.add_argument("--device", default=default, choices=DEVICES, help="where to compute")
+
+
+def add_training_flags(parser: argparse.ArgumentParser, epochs: int | None = None) -> None:
+    """``--epochs``, ``--batch-size``, ``--lr``, ``--optimizer`` and ``--seed``.
+
+    With ``epochs=None`` every flag defaults to ``None`` (the run's configuration decides);
+    otherwise to ``epochs`` and :class:`~pyro_dcgmm.config.TrainConfig`'s defaults.
+    """
+    defaults = None if epochs is None else TrainConfig(epochs=epochs)
+
+    def default(name: str):
+        return None if defaults is None else getattr(defaults, name)
+
+    parser.add_argument("-n", "--epochs", type=int, default=default("epochs"), help="passes over the data")
+    parser.add_argument("-b", "--batch-size", type=int, default=default("batch_size"), help="mini-batch size")
+    parser.add_argument("--lr", type=float, default=default("lr"), help="learning rate of Adam and SGD")
+    parser.add_argument("--optimizer", default=default("optimizer"), choices=OPTIMIZERS, help="optimiser")
+    parser.add_argument("--seed", type=int, default=default("seed"), help="seed of all randomness")
+
+
+def format_table(rows: list[list[str]]) -> str:
+    """Rows of strings (the first one the header) as right-aligned columns."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(c.rjust(w) for c, w in zip(row, widths, strict=True)) for row in rows)
+
+
+def run_script(main: Callable[[], object], name: str | None = None) -> None:
+    """Run a command's ``main``.  What a user can cause (a bad setting or file, data that do not fit,
+    training that diverged) ends it with one line on stderr and exit code 2; Ctrl-C with the line
+    that says how to resume and exit code 130.  Anything else is a bug and keeps its traceback."""
+    name = name or Path(sys.argv[0]).name
+    try:
+        main()
+    except USER_ERRORS as error:
+        print(f"{name}: error: {error}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt as interrupt:
+        print(f"{name}: {interrupt or 'interrupted'}", file=sys.stderr)
+        sys.exit(130)

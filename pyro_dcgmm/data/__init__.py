@@ -1,0 +1,1 @@
+"""Data sets and checks of user-supplied arrays."""

@@ -1,0 +1,1 @@
+"""Evaluation: clustering and outlier metrics, sample quality."""

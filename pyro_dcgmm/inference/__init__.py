@@ -1,0 +1,1 @@
+"""Queries of a trained stack: posteriors, log-likelihoods, sampling, in-painting."""

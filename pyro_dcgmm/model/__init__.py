@@ -1,0 +1,1 @@
+"""The model: layers, covariance structures and the stacks built from them."""

@@ -1,0 +1,428 @@
+"""GMM: a Gaussian mixture over every patch vector, as a Pyro model.
+
+The layer owns the means ``mu`` and the mixing weights ``pi``; its covariance structure
+(:mod:`pyro_dcgmm.model.covariances`: diagonal, full or stationary) computes the (N, K, H', W') table
+``log N(patch | mu_k, Sigma_k)`` by matmuls or convolutions.  The layer's Pyro model, inside plates
+over data, height and width, is ::
+
+    z ~ Categorical(pi)                                  # enumerated, shape (K, 1, 1, 1)
+    pyro.factor("obs", Vindex(S - log pi)[..., z])       # S: the annealed log-score table
+
+where ``S = (log pi + log N) @ g.T`` is the log-score table smoothed by the torus neighbourhood ``g``
+of :mod:`pyro_dcgmm.model.annealing`.  Enumerating ``z`` gives ``logsumexp_k S_k``, a lower bound on
+``log p(x)`` that equals it once ``g`` is the identity; then the factor is exactly
+``log N(x | mu_z, Sigma_z)`` and the model is the plain mixture.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+
+import pyro
+import pyro.distributions as dist
+import torch
+from pyro.ops.indexing import Vindex
+
+from pyro_dcgmm.config import GMMConfig, from_dict
+from pyro_dcgmm.inference.sampling import ComponentLikelihood
+from pyro_dcgmm.model.annealing import AnnealingSchedule, torus_neighbourhood
+from pyro_dcgmm.model.covariances import Geometry, make_covariance
+from pyro_dcgmm.model.fold import Fold, fold_back, is_lossless
+from pyro_dcgmm.model.layer import (
+    PRUNED_LOGIT,
+    Layer,
+    Shape,
+    check_parameter_memory,
+    class_log_likelihood,
+    component_classes,
+    component_map,
+    local_params,
+    record,
+    window_output_size,
+)
+
+RESPONSIBILITY_FLOOR = 1e-4  # log-responsibilities below log(1e-4) carry no information upward
+
+
+class SubnormalGradientFlushed(torch.autograd.Function):
+    """The identity, whose backward pass on CPU sets subnormal gradient entries (magnitude below
+    the dtype's smallest normal number) to zero.
+
+    The gradient of a layer's log-likelihood with respect to its log-score table is the
+    responsibilities, and those of components some 90 nats less likely than the best are subnormal
+    in float32, which x86 CPUs multiply many times slower than normal numbers: zeroing them makes
+    training on CPU up to ten times faster (``scripts/bench_subnormals.py``) and changes trained
+    parameters only at the level of float32 rounding.  Unlike ``torch.set_flush_denormal``, which
+    sets the calling thread only, it holds on every worker thread.  GPUs take subnormals at full
+    speed: there the gradient passes unchanged."""
+
+    @staticmethod
+    def forward(ctx, table: torch.Tensor) -> torch.Tensor:
+        return table.view_as(table)
+
+    @staticmethod
+    def backward(ctx, gradient: torch.Tensor) -> torch.Tensor:
+        if gradient.device.type != "cpu":
+            return gradient
+        return gradient.masked_fill(gradient.abs() < torch.finfo(gradient.dtype).tiny, 0.0)
+
+
+def standardise(values: torch.Tensor, active: torch.Tensor) -> torch.Tensor:
+    """``values`` (N, K, H', W') centred and scaled over the active components at every position;
+    inactive components give zero."""
+    count = active.sum(1, keepdim=True).clamp_min(1)
+    values = values.masked_fill(~active, 0.0)
+    centred = (values - values.sum(1, keepdim=True) / count).masked_fill(~active, 0.0)
+    spread = (centred.square().sum(1, keepdim=True) / count).sqrt().clamp_min(1e-6)
+    return centred / spread
+
+
+class GMM(Layer):
+    """Gaussian mixture of ``components`` over every patch vector of its input.
+
+    The layer passes its responsibilities (posterior over components, (N, K, H', W')) upward,
+    detached, so that it trains only on its own log-likelihood.
+
+    :param int components: number of components K.
+    :param bool shared: one mixture for all positions (True) or one per position (False).
+    :param options: any other field of :class:`~pyro_dcgmm.config.GMMConfig`.
+
+    Parameters (after :meth:`build`): ``means`` of shape (K, D) when shared or (H', W', K, D) per
+    position, ``mixing_logits`` of shape (K,) or (H', W', K), and those of ``covariance`` (the
+    :class:`~pyro_dcgmm.model.covariances.Covariance` that ``config.covariance`` names, kept inside the
+    precision bounds by :meth:`project_`).  The buffer ``initialised`` records whether the
+    data-dependent initialisation (:mod:`pyro_dcgmm.training.initialisation`) has run, so a resumed run
+    never initialises again.
+    """
+
+    config_class = GMMConfig
+
+    def __init__(self, components: int = 25, shared: bool = True, **options):
+        super().__init__(from_dict(GMMConfig, {"components": components, "shared": shared, **options}, "GMM"))
+
+    def _init_state(self) -> None:
+        config = self.config
+        self.patch = (1, 1)
+        self.stride = (1, 1)
+        width = (
+            config.width_init if config.width_init is not None else 0.25 * math.sqrt(2.0 * config.components)
+        )
+        self.schedule = AnnealingSchedule(
+            width if config.annealing else config.width_floor,
+            config.width_floor,
+            config.width_decay,
+            config.plateau_window,
+            config.plateau_tolerance,
+        )
+        self._neighbourhood: tuple[float, torch.Tensor] | None = None
+
+    @property
+    def components(self) -> int:
+        return self.config.components
+
+    def build(self, input_shape: Shape, fold: Fold | None = None) -> Shape:
+        """Create the parameters for input (C, H, W); ``fold`` is an absorbed Fold below."""
+        channels, height, width = input_shape
+        if fold is not None:
+            fold.build(input_shape)
+            self.patch, self.stride = fold.patch, fold.stride
+        out_h = window_output_size(height, self.patch[0], self.stride[0], "GMM patch height")
+        out_w = window_output_size(width, self.patch[1], self.stride[1], "GMM patch width")
+        dim = channels * self.patch[0] * self.patch[1]
+        k = self.config.components
+        shape = (k, dim) if self.config.shared else (out_h, out_w, k, dim)
+        geometry = Geometry(
+            channels, self.patch, self.stride, k, () if self.config.shared else (out_h, out_w)
+        )
+        self.covariance = make_covariance(self.config.covariance, geometry, self.log_precision_bounds)
+        count = math.prod(shape) + math.prod(shape[:-1]) + self.covariance.parameter_count()
+        check_parameter_memory(count, f"GMM with K={k} {self.config.covariance} components on D={dim}")
+        scale = self.config.mean_init_scale
+        self.means = torch.nn.Parameter(
+            self.covariance.project_means((2.0 * torch.rand(shape) - 1.0) * scale)
+        )
+        start = min(
+            max(self.config.precision_init, self.config.precision_floor), self.config.precision_ceiling
+        )
+        self.covariance.build(math.log(start))
+        self.mixing_logits = torch.nn.Parameter(torch.zeros(shape[:-1]))
+        self.register_buffer("initialised", torch.tensor(self.config.init == "random"))
+        self.register_buffer("active", torch.ones(shape[:-1], dtype=torch.bool))
+        self.input_shape = input_shape
+        self.output_shape = (k, out_h, out_w)
+        return self.output_shape
+
+    @property
+    def positions(self) -> int:
+        """Patch vectors per sample that one mixture models: H' W' when shared, 1 per position."""
+        _, out_h, out_w = self.output_shape
+        return out_h * out_w if self.config.shared else 1
+
+    @property
+    def log_precision_bounds(self) -> tuple[float, float]:
+        """``(log precision_floor, log precision_ceiling)``: where every log-precision must lie."""
+        return math.log(self.config.precision_floor), math.log(self.config.precision_ceiling)
+
+    def project_(self) -> None:
+        """Bring the parameters back inside their constraints after a step: precisions into
+        ``[precision_floor, precision_ceiling]``, and what the covariance structure needs."""
+        self.covariance.project_(self.means)
+
+    @property
+    def neighbourhood_width(self) -> float:
+        """Current width of the annealing neighbourhood (its floor once annealing has finished)."""
+        return self.schedule.width
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        """Read checkpoints written before covariance structures and pruning (``log_precision`` on
+        the layer, no ``active``)."""
+        old = prefix + "log_precision"
+        if old in state_dict:
+            state_dict[prefix + "covariance.log_precision"] = state_dict.pop(old)
+            state_dict.setdefault(prefix + "active", torch.ones_like(self.active))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def get_extra_state(self) -> dict:
+        return {"schedule": self.schedule.state_dict()}
+
+    def set_extra_state(self, state: dict) -> None:
+        self.schedule.load_state_dict(state["schedule"])
+
+    @property
+    def annealing_finished(self) -> bool:
+        return self.schedule.finished
+
+    def neighbourhood(self, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        """The current (K, K) torus neighbourhood, cached until the width changes."""
+        cached = self._neighbourhood
+        if (
+            cached is None
+            or cached[0] != self.neighbourhood_width
+            or cached[1].dtype != dtype
+            or cached[1].device != device
+        ):
+            g = torus_neighbourhood(
+                self.components, self.neighbourhood_width, self.config.width_floor, dtype, device
+            )
+            self._neighbourhood = cached = (self.neighbourhood_width, g)
+        return cached[1]
+
+    def log_mixing(self) -> torch.Tensor:
+        """Log mixing weights, (K,) or (H', W', K); pruned components have weight zero."""
+        return torch.log_softmax(self.mixing_logits.masked_fill(~self.active, PRUNED_LOGIT), dim=-1)
+
+    def log_prob_table(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Component log-densities ``log N(patch | mu_k, p_k)`` of shape (N, K, H', W').
+
+        With a boolean ``mask`` (N, C, H, W) of observed entries, the missing ones are marginalised.
+        """
+        self._require_built()
+        return self.covariance.log_prob_table(x, self.means, mask)
+
+    def log_scores(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """``log pi_k + log N(patch | mu_k, p_k)`` of shape (N, K, H', W'), whose gradients on CPU
+        leave out subnormal numbers (:class:`SubnormalGradientFlushed`)."""
+        scores = self.log_prob_table(x, mask) + self.log_mixing_map()  # (N, K, H', W')
+        return SubnormalGradientFlushed.apply(scores)
+
+    def log_mixing_map(self) -> torch.Tensor:
+        """``log pi`` laid out like a table, (1, K, 1 | H', 1 | W'): log-scores minus it are the
+        log-densities."""
+        return self._component_map(self.log_mixing())
+
+    def output(self, scores: torch.Tensor) -> torch.Tensor:
+        """What the layer passes upward, from its log-scores (N, K, H', W'), by ``config.output``.
+
+        ``"responsibilities"``: ``r = softmax_k(scores)``.  ``"likelihoods"``: ``softmax_k`` of the
+        log-densities.  ``"log_responsibilities"``: ``log max(r, RESPONSIBILITY_FLOOR)`` and
+        ``"log_probabilities"``: the log-densities, each standardised over the active components at
+        every position (which keeps the runner-up components that near one-hot responsibilities
+        hide).  Pruned components pass zero.
+        """
+        kind = self.config.output
+        active = self._component_map(self.active)  # (1, K, 1 | H', 1 | W')
+        if kind == "responsibilities":
+            return torch.softmax(scores, dim=1)
+        log_densities = scores - self.log_mixing_map()
+        if kind == "likelihoods":
+            return torch.softmax(log_densities.masked_fill(~active, PRUNED_LOGIT), dim=1)
+        if kind == "log_responsibilities":
+            values = torch.log_softmax(scores, dim=1).clamp_min(math.log(RESPONSIBILITY_FLOOR))
+        else:
+            values = log_densities
+        return standardise(values, active)
+
+    def component_classes(self) -> torch.Tensor:
+        """The class of every component (K,) of a layer split by class (``config.classes`` = C):
+        component k belongs to class ``k // (K / C)``."""
+        return component_classes(self.components, self.config.classes, self.means.device)
+
+    def class_log_likelihood(self, classes: torch.Tensor) -> torch.Tensor:
+        """``log p(class | z = k)`` (n, K, 1, 1) of a layer split by class: 0 for the components of
+        each sample's class, ``PRUNED_LOGIT`` for the others."""
+        return class_log_likelihood(self.components, self.config.classes, classes, self.means.dtype)
+
+    def _component_map(self, values: torch.Tensor) -> torch.Tensor:
+        """Per-component ``values`` (K,) or (H', W', K) laid out like a table: (1, K, 1 | H', 1 | W')."""
+        return component_map(values, self.config.shared)
+
+    @property
+    def output_range(self) -> tuple[float, float]:
+        """The interval :meth:`output` values lie in."""
+        if self.config.output in ("responsibilities", "likelihoods"):
+            return (0.0, 1.0)
+        bound = math.sqrt(self.components - 1.0) if self.components > 1 else 0.0
+        return (-bound, bound)
+
+    def transform(self, x: torch.Tensor) -> torch.Tensor:
+        """What the layer passes upward (:meth:`output`), shape (N, K, H', W')."""
+        return self.output(self.log_scores(x))
+
+    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        """Per-sample log-likelihood (N,): the sum over positions of ``log p(patch)``."""
+        return self.log_scores(x).logsumexp(dim=1).sum((1, 2))
+
+    def annealed_log_scores(self, x: torch.Tensor, annealed: bool = True):
+        """Log-scores (N, K, H', W') and the table the objective uses, (N, H', W', K).
+
+        The table is the log-score table smoothed by the torus neighbourhood while annealing runs
+        (and ``annealed`` is true), the log-score table itself otherwise.
+        """
+        scores = self.log_scores(x)  # (N, K, H', W')
+        table = scores.permute(0, 2, 3, 1)  # (N, H', W', K)
+        if annealed and not self.annealing_finished:
+            table = table @ self.neighbourhood(table.dtype, table.device).T  # (N, H', W', K)
+        return scores, table
+
+    def model(
+        self, x: torch.Tensor, *, labels=None, annealed: bool = True, enumerated: bool = True
+    ) -> torch.Tensor:
+        """This layer's sites; must run inside a data plate.
+
+        With ``enumerated=True`` the sites are ``z`` (component, enumerated in parallel) and
+        ``obs`` (factor ``Vindex(table - log pi)[..., z]``).  With ``enumerated=False`` the
+        component is marginalised in closed form: one factor ``obs = logsumexp_k table`` per
+        position and no ``z`` site.  Both give ``TraceEnum_ELBO`` the same loss and gradients (the
+        closed form is faster); queries such as ``compute_marginals`` and ``infer_discrete`` need
+        the enumerated site.  A deterministic site ``objective`` records, detached, what the
+        layer maximises at every position (``logsumexp_k table``: the log-likelihood once
+        annealing is over), so that a trace of the model tells every layer's loss apart.
+
+        :param torch.Tensor x: layer input (N, C, H, W).
+        :param torch.Tensor labels: class indices (N,) or ``None``; a layer split by class
+            (``config.classes``) then scores every sample with its class's components only.
+        :param bool annealed: use the neighbourhood-smoothed table while annealing is unfinished;
+            ``False`` always gives the exact mixture.
+        :returns: detached responsibilities (N, K, H', W').
+        """
+        scores, table = self.annealed_log_scores(x, annealed)
+        if labels is not None and self.config.classes:
+            table = table + self.class_log_likelihood(labels).permute(0, 2, 3, 1)  # within the class
+        _, out_h, out_w = self.output_shape
+        with self._position_plate("h", out_h, -2), self._position_plate("w", out_w, -1):
+            record(self.site("objective"), table.detach().logsumexp(-1))  # (N, H', W')
+            if enumerated:
+                log_mixing = self.log_mixing()  # (K,) or (H', W', K)
+                z = pyro.sample(
+                    self.site("z"),
+                    dist.Categorical(logits=log_mixing),
+                    infer={"enumerate": "parallel"},
+                )  # (K, 1, 1, 1) when enumerated
+                pyro.factor(self.site("obs"), Vindex(table - log_mixing)[..., z])  # (K, N, H', W')
+            else:
+                pyro.factor(self.site("obs"), table.logsumexp(-1))  # (N, H', W')
+        return self.output(scores.detach())
+
+    def generate(
+        self,
+        n: int,
+        component_logits: torch.Tensor | None = None,
+        divisor: float = 1.0,
+        mean: bool = False,
+    ) -> torch.Tensor:
+        """The layer's generative Pyro program, without observations: patch vectors for ``n`` samples.
+
+        Sites ``z ~ Categorical(logits)`` (component per position) and ``x ~ N(mu_z, Sigma_z /
+        divisor^2)`` (the patch vector; a deterministic site holding ``mu_z`` when ``mean``).  Fix the
+        components with ``poutine.condition(gmm.generate, data={"z": ...})``.
+
+        :param torch.Tensor component_logits: (n, H', W', K) logits of the component at every
+            position; ``None`` draws from the mixing weights.
+        :returns: patch vectors of shape (n, D, H', W').
+        """
+        self._require_built()
+        _, out_h, out_w = self.output_shape
+        logits = self.log_mixing() if component_logits is None else component_logits
+        with (
+            pyro.plate(self.site("samples"), n, dim=-3),
+            self._position_plate("h", out_h, -2),
+            self._position_plate("w", out_w, -1),
+        ):
+            z = pyro.sample(self.site("z"), dist.Categorical(logits=logits))  # (n, H', W')
+            select = self._selector(z.expand(n, out_h, out_w))
+            loc = select(self.means)  # (n, H', W', D)
+            if mean:
+                x = pyro.deterministic(self.site("x"), loc, event_dim=1)
+            else:
+                x = pyro.sample(self.site("x"), self.covariance.distribution(loc, select, divisor))
+        return x.permute(0, 3, 1, 2)  # (n, D, H', W')
+
+    def _selector(self, z: torch.Tensor):
+        """``select(parameter)``: a per-component parameter (..., K, ...) at components ``z`` (n, H', W')."""
+        if self.config.shared:
+            return lambda parameter: parameter[z]
+        rows = torch.arange(z.shape[1], device=z.device)[:, None]
+        columns = torch.arange(z.shape[2], device=z.device)
+        return lambda parameter: parameter[rows, columns, z]
+
+    @property
+    def lossless_down(self) -> bool:
+        return is_lossless(self.patch, self.stride)
+
+    def sample_down(self, signal, n, options, evidence: torch.Tensor | None = None):
+        """Draw a component per position and sample this layer's input (n, C, H, W).
+
+        ``signal`` (n, K, H', W') weighs the components at every position (responsibilities from a
+        variant's forward pass, or patches sampled by the layer above); only its ``top_s`` largest
+        non-negative entries are kept.  A :class:`~pyro_dcgmm.inference.sampling.ComponentLikelihood` (class
+        evidence from a Readout) is combined with the mixing weights by Bayes' rule instead.
+        Positions without a positive weight, and every position when ``signal`` is ``None``, draw
+        from the mixing weights.  ``evidence`` (n, K, H', W'), the log-likelihood of the observed
+        part of every patch under every component (in-painting: :meth:`log_prob_table` with a mask),
+        is added to the logits, so a component is drawn given what is seen of its patch too.
+        """
+        logits = None
+        if isinstance(signal, ComponentLikelihood):  # evidence: the whole posterior, no top-S cut
+            logits = self.log_mixing() + signal.log_likelihood.permute(0, 2, 3, 1)  # (n, H', W', K)
+        elif signal is not None:
+            weights = signal.permute(0, 2, 3, 1).clamp_min(0.0)  # (n, H', W', K)
+            top = min(options.top_s, self.components)
+            threshold = weights.topk(top, dim=-1).values[..., -1:]  # (n, H', W', 1)
+            weights = torch.where(weights >= threshold, weights, 0.0)
+            log_mixing = self.log_mixing().expand(weights.shape)
+            informed = weights.sum(-1, keepdim=True) > 0
+            logits = torch.where(informed, weights.log(), log_mixing)  # (n, H', W', K)
+        if evidence is not None:
+            logits = (self.log_mixing() if logits is None else logits) + evidence.permute(0, 2, 3, 1)
+        patches = self.generate(n, logits, options.divisor, options.mean)  # (n, D, H', W')
+        return fold_back(patches, self.input_shape[1:], self.patch, self.stride)  # (n, C, H, W)
+
+    def _position_plate(self, name: str, size: int, dim: int):
+        """Plate over one spatial axis; a single position needs none (and Pyro's
+        ``compute_marginals`` mishandles plates of size one)."""
+        return pyro.plate(self.site(name), size, dim=dim) if size > 1 else contextlib.nullcontext()
+
+    @local_params
+    def forward(self, x: torch.Tensor, annealed: bool = True, enumerated: bool = True) -> torch.Tensor:
+        """Stand-alone Pyro model of this layer on inputs ``x`` of shape (N, C, H, W)."""
+        with pyro.plate("data", x.shape[0], dim=-3):
+            return self.model(x, annealed=annealed, enumerated=enumerated)
+
+    def parameter_groups(self) -> list[tuple[list[torch.nn.Parameter], float]]:
+        """(parameters, learning-rate factor) pairs for the optimiser."""
+        return [
+            ([self.means], self.config.means_lr_scale),
+            (list(self.covariance.parameters()), self.config.precision_lr_scale),
+            ([self.mixing_logits], self.config.mixing_lr_scale),
+        ]

@@ -1,0 +1,1 @@
+"""Training: the trainer, online EM, initialisation, checkpoints and run folders."""

@@ -1,0 +1,125 @@
+"""One SVI step: the loss of a global mini-batch, its gradients (summed over processes), the checks
+that every loss and gradient is finite, and the update with the projection back into the
+constraints.
+
+The guide is empty: every component variable is summed out (by Pyro's enumeration, or in the
+equivalent closed-form factor that training uses by default) and every parameter is a point
+estimate, so the ELBO is the exact negative log-likelihood (its annealed lower bound while annealing
+runs), and SVI is maximum likelihood.  Following Pyro's ``ELBOModule`` idiom, the loss is
+``TraceEnum_ELBO(max_plate_nesting=...).differentiable_loss(stack.model, stack.guide, ...)`` and the
+parameters are the stack's own (module-local) ``torch`` parameters, stepped by a ``torch.optim``
+optimiser.  That keeps per-layer learning rates, layer freezing (``wait``) and checkpointing in
+plain PyTorch, and several models per process independent.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from pyro import poutine
+from pyro.infer import TraceEnum_ELBO
+
+from pyro_dcgmm.config import TrainConfig
+from pyro_dcgmm.training.distributed import distributed_rank_and_size, sum_over_processes
+from pyro_dcgmm.training.state import StepOutcome
+
+
+@dataclass(frozen=True)
+class Batch:
+    """A global mini-batch: ``images`` (B, C, H, W), their ``labels`` (B,) or ``None``, and the
+    size ``num_data`` of the training set they are drawn from (the ELBO's scale)."""
+
+    images: torch.Tensor
+    labels: torch.Tensor | None
+    num_data: int
+
+    def share(self, rank: int, world: int) -> Batch:
+        """This process's part of the batch."""
+        part = slice(rank, None, world)
+        labels = None if self.labels is None else self.labels[part]
+        return Batch(self.images[part], labels, self.num_data)
+
+
+def make_elbo(stack, config: TrainConfig) -> TraceEnum_ELBO:
+    return TraceEnum_ELBO(
+        max_plate_nesting=stack.max_plate_nesting,
+        strict_enumeration_warning=config.objective == "enumerated",  # the closed form has no sites
+    )
+
+
+def local_loss(stack, elbo, batch: Batch, enumerated: bool):
+    """This process's summed negative ELBO and per-objective loss sums (no averaging yet)."""
+    if batch.images.shape[0] == 0:  # a last global batch smaller than the number of processes
+        # zero gradients for exactly the parameters the other processes get gradients for
+        used = [p for layer in stack.mixture_layers for p in layer.parameters()]
+        if batch.labels is not None and stack.readout is not None:
+            used += list(stack.readout.parameters())
+        zero = sum(p.sum() for p in used) * 0.0
+        return zero, torch.zeros(len(stack.objective_sites), device=zero.device, dtype=zero.dtype)
+    with poutine.trace() as tape:
+        loss = elbo.differentiable_loss(
+            stack.model, stack.guide, batch.images, labels=batch.labels, num_data=batch.num_data,
+            enumerated=enumerated,
+        )  # fmt: skip
+    scale = batch.images.shape[0] / batch.num_data  # undo the data plate's num_data / batch scaling
+    objectives = [tape.trace.nodes[site]["value"] for site in stack.objective_sites]
+    return loss * scale, -torch.stack([objective.sum() for objective in objectives])
+
+
+def non_finite(stack, loss: float, layer_losses: list[float], gradient: float) -> str | None:
+    """What is not finite in one step's loss and gradients, or ``None``."""
+    names = stack.objective_names
+    bad = [name for name, value in zip(names, layer_losses, strict=True) if not math.isfinite(value)]
+    if bad:
+        return f"non-finite loss in objective(s) {', '.join(bad)}"
+    if not math.isfinite(loss):
+        return "non-finite loss in the readout" if stack.readout is not None else "non-finite total loss"
+    if not math.isfinite(gradient):
+        return "non-finite gradient"
+    return None
+
+
+def train_step(stack, elbo, optimizer, batch: Batch, waiting, config: TrainConfig) -> StepOutcome:
+    """One SVI step on a global mini-batch: loss, gradients (summed over processes), checks, update.
+
+    Layers in ``waiting`` get no gradient.  A step whose loss or gradient is not finite is not
+    taken: its outcome names the problem and the parameters keep their values.
+    """
+    rank, world = distributed_rank_and_size()
+    size = batch.images.shape[0]
+    loss, layer_sums = local_loss(stack, elbo, batch.share(rank, world), config.objective == "enumerated")
+    loss = loss / size
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    totals = torch.cat([loss.detach().reshape(1), layer_sums / size])
+    if world > 1:
+        sum_over_processes(stack, totals)
+    for layer in waiting:
+        for p in layer.parameters():
+            p.grad = None
+    gradients = [p.grad.sum() for p in stack.parameters() if p.grad is not None]
+    gradient_sum = torch.stack(gradients).sum() if gradients else totals.new_zeros(())
+    loss_value, *layer_losses, gradient_value = torch.cat([totals, gradient_sum.reshape(1)]).tolist()
+    problem = non_finite(stack, loss_value, layer_losses, gradient_value)
+    if problem is None:
+        problem = finite_update(stack, optimizer)
+    optimizer.zero_grad(set_to_none=True)
+    return StepOutcome(loss_value, layer_losses, problem)
+
+
+def finite_update(stack, optimizer) -> str | None:
+    """Take the optimiser step and project every parameter back inside its constraints
+    (``stack.project_()``); if that left any parameter NaN or infinite (a learning rate far too
+    large, say), put every parameter back and say so."""
+    parameters = [p for p in stack.parameters() if p.grad is not None]
+    before = [p.detach().clone() for p in parameters]
+    optimizer.step()
+    stack.project_()
+    if bool(torch.cat([p.detach().flatten() for p in parameters]).isfinite().all()):
+        return None
+    with torch.no_grad():
+        for parameter, value in zip(parameters, before, strict=True):
+            parameter.copy_(value)
+    return "the optimiser step made parameters non-finite"

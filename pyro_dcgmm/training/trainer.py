@@ -1,0 +1,348 @@
+"""Training a stack by SVI with ``TraceEnum_ELBO``: the :class:`Trainer`, which owns one run.
+
+A run is a loop of epochs; each draws a new order of the training set and takes one SVI step
+(:func:`~pyro_dcgmm.training.step.train_step`) per mini-batch.  A layer with components that starts
+to train (its ``wait`` over) is first initialised from its real inputs
+(:mod:`pyro_dcgmm.training.initialisation`); at the end of every epoch dead components are re-seeded
+or pruned, the held-out data are scored and a checkpoint is written
+(:mod:`pyro_dcgmm.training.run_folder`).  A run stopped by ``max_steps``, Ctrl-C or a crash and
+resumed from its checkpoint ends exactly where the uninterrupted run does.  Data-parallel training:
+:mod:`pyro_dcgmm.training.distributed`.
+"""
+
+from __future__ import annotations
+
+import math
+import signal
+import threading
+import time
+import warnings
+from collections.abc import Callable, Sequence
+
+import pyro
+import torch
+from tqdm.auto import tqdm
+
+from pyro_dcgmm.config import TrainConfig
+from pyro_dcgmm.data.datasets import dequantize
+from pyro_dcgmm.data.validation import as_images, as_labels
+from pyro_dcgmm.device import resolve_device
+from pyro_dcgmm.errors import (
+    CheckpointError,
+    ConfigError,
+    DataError,
+    NonFiniteLossError,
+    TrainingInterrupted,
+    TrainingWarning,
+)
+from pyro_dcgmm.evaluation.metrics import held_out_log_likelihood
+from pyro_dcgmm.training.checkpoint import load_checkpoint, load_state_into
+from pyro_dcgmm.training.diagnostics import learning_problems
+from pyro_dcgmm.training.distributed import broadcast_state, distributed_rank_and_size
+from pyro_dcgmm.training.initialisation import (
+    dead_components,
+    images_needed,
+    initialise_layer,
+    prune_dead,
+    reseed_dead,
+)
+from pyro_dcgmm.training.optim import forget, make_optimizer
+from pyro_dcgmm.training.run_folder import CHECKPOINT_NAME, RunFiles
+from pyro_dcgmm.training.state import StepOutcome, TrainingState, TrainResult
+from pyro_dcgmm.training.step import Batch, make_elbo, train_step
+
+
+def train(
+    stack, images, labels=None, *, config: TrainConfig | None = None, validation=None, files=None
+) -> TrainResult:
+    """Train ``stack`` (its parameters, in place) on ``images`` by SVI with ``TraceEnum_ELBO``.
+
+    :param images: training images (N, C, H, W) in the stack's data range.
+    :param labels: class indices (N,) for a Readout or a layer split by class, or ``None``.
+    :param TrainConfig config: optimiser, batch size, epochs, seed, device, logging.
+    :param validation: held-out images, evaluated after every epoch.
+    :param files: a :class:`~pyro_dcgmm.training.run_folder.RunFiles` (output folder, checkpoint to
+        resume, overwrite), or just the output folder; ``None``: nothing is written.
+    :raises TrainingInterrupted: at Ctrl-C, after the step under way and a checkpoint.
+    """
+    return Trainer(stack, config, files).fit(images, labels, validation)
+
+
+class Trainer:
+    """One training run of ``stack``: its data, optimiser, schedule, writers and state.
+
+    :param config: a :class:`~pyro_dcgmm.config.TrainConfig` (``None``: the defaults).
+    :param files: a :class:`~pyro_dcgmm.training.run_folder.RunFiles` or an output folder.
+    :param callbacks: functions called with the trainer before every step (the hook for progress
+        reports, fault injection in tests, or stopping early); :attr:`state` says where the run is.
+    """
+
+    def __init__(
+        self, stack, config: TrainConfig | None = None, files=None, callbacks: Sequence[Callable] = ()
+    ):
+        if distributed_rank_and_size()[1] > 1 and not stack.trains_distributed:
+            raise ConfigError(f"a {type(stack).__name__} trains in one process; start it without torchrun")
+        self.stack = stack
+        self.config = config if config is not None else TrainConfig()
+        self.files = files if isinstance(files, RunFiles) else RunFiles(files)
+        self.callbacks = list(callbacks)
+        self.state = TrainingState(len(stack.objective_names))
+        self.generator = torch.Generator().manual_seed(self.config.seed)
+        self.elbo = make_elbo(stack, self.config)
+
+    def fit(self, images, labels=None, validation=None) -> TrainResult:
+        """Train on ``images`` (and ``labels``), scoring ``validation`` after every epoch."""
+        self.started = time.perf_counter()
+        place(self.stack, resolve_device(self.config.device))
+        self.images, self.labels, self.validation = checked_data(self.stack, images, labels, validation)
+        self.optimizer = make_optimizer(self.stack, self.config)
+        rank = distributed_rank_and_size()[0]
+        self.checkpointer, self.log = self.files.writers(self.config.keep_epoch_checkpoints, rank == 0)
+        self._resume()
+        self.planned_steps, self.stop_step = planned_steps(self.config, self.num_data)
+        self.bar = tqdm(total=self.stop_step, initial=self.state.step, disable=not self.config.progress)
+        with self.bar, self.log, pyro.validation_enabled(self.config.validate_args), Interruption() as stop:
+            while self.state.step < self.stop_step and not stop.requested:
+                self._epoch(stop)
+        if stop.requested:
+            raise self._interrupted()
+        return self._finish()
+
+    @property
+    def num_data(self) -> int:
+        return self.images.shape[0]
+
+    def _epoch(self, stop: Interruption) -> None:
+        """Steps until the epoch or the run ends, or Ctrl-C; at the end of an epoch dead components
+        re-seeded and a record (with validation); a checkpoint."""
+        state = self.state
+        if state.order is None:
+            state.start_epoch(self.num_data, self.generator)
+        while state.offset < self.num_data and state.step < self.stop_step and not stop.requested:
+            self.step()
+        if state.offset >= self.num_data:
+            self.reseed_dead_layers(final=state.step >= self.stop_step)
+            self._end_epoch()
+        if self.checkpointer is not None:
+            seconds = time.perf_counter() - self.started
+            self.checkpointer.save(self.stack, state, self.optimizer, self.generator, seconds)
+
+    def step(self) -> None:
+        """Initialise the layers whose wait is over, then take one SVI step on the next mini-batch."""
+        for callback in self.callbacks:
+            callback(self)
+        waiting = waiting_layers(self.stack, self.state.step / self.planned_steps)
+        self.initialise_ready_layers(waiting)
+        if not self.config.joint_refinement:  # greedy: only the top of a joint stack's tree trains
+            waiting = waiting + self.stack.layers_below_top()
+        outcome = train_step(self.stack, self.elbo, self.optimizer, self._next_batch(), waiting, self.config)
+        if outcome.problem is not None:
+            self._skip(outcome)
+        else:
+            self._record_step(outcome, waiting)
+        self.bar.update(1)
+
+    def _next_batch(self) -> Batch:
+        index = self.state.next_batch(min(self.config.batch_size, self.num_data)).to(self.images.device)
+        batch = self.images[index]
+        if self.config.dequantize_levels is not None:
+            batch = dequantize(batch, self.config.dequantize_levels, self.generator)
+        return Batch(batch, self.labels[index] if self.labels is not None else None, self.num_data)
+
+    def layer_inputs(self, layer):
+        """The inputs of ``layer`` for a random subsample of the training images (enough to
+        initialise it), and the subsample's labels (``None`` without labels)."""
+        count = min(self.num_data, images_needed(layer))
+        chosen = torch.randperm(self.num_data, generator=self.generator)[:count].to(self.images.device)
+        with torch.no_grad():
+            chunks = self.images[chosen].split(1000)
+            inputs = torch.cat([self.stack.input_of(chunk, layer) for chunk in chunks])
+        return inputs, None if self.labels is None else self.labels[chosen]
+
+    def initialise_ready_layers(self, waiting: list) -> None:
+        """Initialise, from their real inputs (and labels, for a layer split by class), the layers
+        with components that start training now.  Every process of a data-parallel run draws the
+        same subsample; rank 0's result is broadcast so all processes start from identical values."""
+        for layer in self.stack.mixture_layers:
+            if bool(layer.initialised) or layer in waiting:
+                continue
+            inputs, labels = self.layer_inputs(layer)
+            initialise_layer(layer, inputs, self.generator, labels)
+            broadcast_state(layer)
+
+    def reseed_dead_layers(self, final: bool) -> None:
+        """Re-seed or prune the dead components of every trained GMM layer (``GMMConfig.dead_weight``
+        and ``dead_components``); after the ``final`` epoch only prune, since a re-seeded component
+        would end the run untrained.  The optimiser forgets what it kept about a re-seeded layer
+        (online EM's running statistics)."""
+        for gmm in self.stack.reseedable_layers():
+            reseeding = gmm.config.dead_components == "reseed"
+            if not bool(gmm.initialised) or (reseeding and final) or not bool(dead_components(gmm).any()):
+                continue
+            if reseeding:
+                inputs, labels = self.layer_inputs(gmm)
+                count, event = reseed_dead(gmm, inputs, self.generator, labels), "reseeded"
+                forget(self.optimizer, list(gmm.parameters()))
+            else:
+                count, event = prune_dead(gmm), "pruned"
+            broadcast_state(gmm)
+            self.log.write({"event": event, "layer": self.stack.number_of(gmm), "components": count})
+
+    def _resume(self) -> None:
+        """Continue from the checkpoint ``files.resume`` names, if any."""
+        path = self.files.resume
+        if path is None:
+            return
+        checkpoint = load_checkpoint(path, map_location=next(self.stack.parameters()).device)
+        load_state_into(self.stack, checkpoint)
+        training = checkpoint["training"]
+        if training is None:
+            raise CheckpointError(f"checkpoint {str(path)!r} holds no training state to resume")
+        try:
+            self.optimizer.load_state_dict(training["optimizer"])
+            self.generator.set_state(training["generator"])
+            self.state.load_state_dict(training)
+        except (KeyError, ValueError, RuntimeError, TypeError) as error:
+            raise CheckpointError(
+                f"checkpoint {str(path)!r} has a damaged training state ({error!r})"
+            ) from None
+        check_resumed(str(path), self.state, self.num_data)
+        self.state.started_at = self.state.step
+        self.log.truncate(self.state.step)
+
+    def _skip(self, outcome: StepOutcome) -> None:
+        """Count a step that was not taken; raise once the policy says so."""
+        state, config = self.state, self.config
+        state.skipped_in_a_row += 1
+        state.skipped += 1
+        if config.non_finite == "raise" or state.skipped_in_a_row > config.max_skipped_steps:
+            in_a_row = f", {state.skipped_in_a_row} steps in a row" if state.skipped_in_a_row > 1 else ""
+            raise NonFiniteLossError(
+                f"{outcome.problem} at step {state.step} (epoch {state.epoch}){in_a_row}; the parameters "
+                "were not updated. Lower the learning rate, raise precision_floor, or check the data"
+            )
+        state.step += 1
+        self.log.write({"event": "skipped", "step": state.step, "reason": outcome.problem})
+
+    def _record_step(self, outcome: StepOutcome, waiting: list) -> None:
+        """Book-keeping after a taken step: annealing schedules, epoch sums, log and progress bar."""
+        state, stack = self.state, self.stack
+        state.skipped_in_a_row = 0
+        stack.update_schedules(outcome.layer_losses, waiting)
+        state.epoch_losses += torch.tensor(outcome.layer_losses, dtype=torch.float64)
+        state.epoch_steps += 1
+        state.step += 1
+        if state.step % self.config.log_every == 0:
+            names = stack.objective_names
+            self.bar.set_postfix({n: f"{v:.4g}" for n, v in zip(names, outcome.layer_losses, strict=True)})
+            record = {"step": state.step, "epoch": state.epoch + 1}  # epoch records count finished ones
+            record |= {"loss": outcome.loss, "layer_loss": outcome.layer_losses}
+            self.log.write(record | {"width": [g.neighbourhood_width for g in stack.gmm_layers]})
+
+    def _end_epoch(self) -> None:
+        state = self.state
+        state.epoch += 1
+        state.order = None
+        record = {
+            "step": state.step,
+            "epoch": state.epoch,
+            "train_loss": (state.epoch_losses / max(state.epoch_steps, 1)).tolist(),
+            "width": [g.neighbourhood_width for g in self.stack.gmm_layers],
+            "seconds": state.seconds + time.perf_counter() - self.started,
+        }
+        if self.validation is not None and distributed_rank_and_size()[0] == 0:
+            batch_size = self.config.eval_batch_size
+            record["validation_log_likelihood"] = held_out_log_likelihood(
+                self.stack, self.validation, batch_size
+            )
+        state.history.append(record)
+        self.log.write({"event": "epoch", **record})
+
+    def _interrupted(self) -> TrainingInterrupted:
+        state = self.state
+        where = (
+            f"training interrupted at step {state.step} (epoch {state.epoch}, {state.offset} images into it)"
+        )
+        if self.checkpointer is None:
+            return TrainingInterrupted(f"{where}; nothing was saved (no output folder)")
+        path = self.checkpointer.out_dir / CHECKPOINT_NAME
+        return TrainingInterrupted(
+            f"{where}; saved {path}: continue with --resume {path} (resume= in Python)"
+        )
+
+    def _finish(self) -> TrainResult:
+        """Warn of every sign that the run did not learn; the result."""
+        state = self.state
+        for problem in learning_problems(self.stack, state.history, state.skipped):
+            warnings.warn(problem, TrainingWarning, stacklevel=4)
+        seconds = time.perf_counter() - self.started
+        return TrainResult(state.history, state.step, seconds, state.step - state.started_at)
+
+
+def waiting_layers(stack, progress: float) -> list:
+    """Layers still frozen at this fraction of training (their ``wait`` is not over)."""
+    return [layer for layer in stack.layers if getattr(layer.config, "wait", 0.0) > progress]
+
+
+def checked_data(stack, images, labels, validation):
+    """The training images, labels and validation images, checked against ``stack`` and on its
+    device and dtype."""
+    images = as_images(images, stack.input_shape, stack.data_range, "images")
+    if images.shape[0] < 2:
+        raise DataError(f"images holds {images.shape[0]} sample; training needs at least 2")
+    labels = as_labels(labels, images.shape[0], stack.num_classes)
+    split = [n for n, layer in enumerate(stack.mixture_layers) if layer.config.classes]
+    if labels is None and split:
+        raise DataError(f"layer(s) {split} split their components by class: training needs labels")
+    if validation is not None:
+        validation = as_images(validation, stack.input_shape, stack.data_range, "validation")
+    parameter = next(stack.parameters())
+    images = images.to(parameter.device, parameter.dtype)
+    return images, labels.to(parameter.device) if labels is not None else None, validation
+
+
+def place(stack, device: torch.device) -> None:
+    """Move the stack to ``device``; in a process group, start every process from rank 0's values."""
+    stack.to(device)
+    broadcast_state(stack)
+
+
+def check_resumed(path: str, state: TrainingState, num_data: int) -> None:
+    """A resumed state must be one this data could have produced."""
+    epoch_size = len(state.order) if state.order is not None else state.num_data  # None: between epochs
+    if state.step < 0 or (state.order is not None and not 0 <= state.offset <= epoch_size):
+        position = f"step {state.step}, offset {state.offset} of {epoch_size}"
+        raise CheckpointError(f"checkpoint {path!r} has a damaged training state ({position})")
+    if state.num_data is not None and state.num_data != num_data:
+        raise CheckpointError(
+            f"checkpoint {path!r} was trained on {state.num_data} images; this run has {num_data}: "
+            "resume with the same data (data set, classes, train_limit, seed)"
+        )
+
+
+def planned_steps(config: TrainConfig, num_data: int) -> tuple[int, int]:
+    """Steps of ``config.epochs`` epochs (what ``wait`` is a fraction of), and where to stop."""
+    planned = config.epochs * math.ceil(num_data / min(config.batch_size, num_data))
+    return planned, planned if config.max_steps is None else min(planned, config.max_steps)
+
+
+class Interruption:
+    """Within its ``with`` block, the first Ctrl-C (SIGINT) only sets :attr:`requested`, so that
+    training stops between two steps; a second one interrupts at once.  Off outside the main thread
+    and in a process group (every process must stop at the same step)."""
+
+    def __enter__(self) -> Interruption:
+        self.requested = False
+        self._previous = None
+        alone = distributed_rank_and_size()[1] == 1
+        if alone and threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._request)
+        return self
+
+    def _request(self, signum, frame) -> None:
+        self.requested = True
+        signal.signal(signal.SIGINT, self._previous)
+
+    def __exit__(self, *exc) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
