@@ -131,3 +131,25 @@ def test_dead_components_are_reseeded_and_logged_unless_training_ends(tmp_path, 
         return
     assert reseeded[0] == {"event": "reseeded", "layer": 0, "components": 1}
     assert float(gmm.means[4].detach().max()) <= 1.0  # moved onto a real image, then trained
+
+
+def test_a_reseeded_component_restarts_with_weight_one_over_k():
+    _, gmm = _stack_with_a_dead_component()
+    before = gmm.mixing_weights().detach().clone()
+    inputs = load_digits().train_images[:200]
+    assert reseed_dead(gmm, inputs, torch.Generator().manual_seed(0)) == 1
+    expected = torch.cat([before[:4], torch.tensor([1 / 5])])
+    torch.testing.assert_close(gmm.mixing_weights().detach(), expected / expected.sum())
+
+
+def test_the_optimiser_forgets_a_reseeded_layer():
+    # online EM restarts a re-seeded layer's running statistics from its parameters: after the
+    # re-seeding at the end of epoch 1 its step count starts again (3 steps per epoch here)
+    digits = load_digits()
+    stack, gmm = _stack_with_a_dead_component()
+    config = TrainConfig(epochs=2, batch_size=500, progress=False, device="cpu")
+    trainer = training.Trainer(stack, config)
+    trainer.fit(digits.train_images)
+    assert trainer.state.step == 6
+    online_em = trainer.optimizer.optimizers[0]
+    assert online_em.state[gmm.means]["step"] == 3

@@ -1,4 +1,5 @@
 import json
+import math
 
 import pytest
 import torch
@@ -281,3 +282,19 @@ def test_a_layer_split_by_class_needs_labels_of_its_classes():
         train(stack, images, config=config)
     with pytest.raises(DataError, match=r"labels must lie in \[0, 1\]"):
         train(stack, images, torch.arange(20) % 3, config=config)
+
+
+def test_every_step_projects_the_precisions_into_their_bounds():
+    # Adam with a large rate pushes the log-precisions past the ceiling; the step projects them back
+    torch.manual_seed(0)
+    stack = Stack([Fold(4, 2), GMM(4, precision_ceiling=2.0)], (1, 8, 8))
+    gmm = stack.layers[1]
+    config = TrainConfig(optimizer="adam", lr=5.0, device="cpu")
+    optimizer = make_optimizer(stack, config)
+    elbo = TraceEnum_ELBO(max_plate_nesting=MAX_PLATE_NESTING)
+    images = load_digits().train_images[:50]
+    for _ in range(3):
+        assert train_step(stack, elbo, optimizer, Batch(images, None, 50), [], config).problem is None
+    log_precision = gmm.covariance.log_precision.detach()
+    assert float(log_precision.max()) <= math.log(2.0) + 1e-6
+    assert float(log_precision.max()) == pytest.approx(math.log(2.0))  # it was pushed there

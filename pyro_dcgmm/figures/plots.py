@@ -39,7 +39,7 @@ def prototypes(gmm: GMM) -> tuple[np.ndarray, np.ndarray]:
     For a per-position layer the centre position's mixture is shown.
     """
     means = gmm.means.detach().cpu()
-    weights = torch.softmax(gmm.mixing_logits.detach().cpu(), -1)
+    weights = gmm.mixing_weights().detach().cpu()
     if not gmm.config.shared:
         h, w = means.shape[0] // 2, means.shape[1] // 2
         means, weights = means[h, w], weights[h, w]

@@ -208,9 +208,44 @@ class GMM(Layer):
             self._neighbourhood = cached = (self.neighbourhood_width, g)
         return cached[1]
 
+    def _active_logits(self) -> torch.Tensor:
+        """The mixing logits with pruned components' set to :data:`PRUNED_LOGIT` (weight zero)."""
+        return self.mixing_logits.masked_fill(~self.active, PRUNED_LOGIT)
+
     def log_mixing(self) -> torch.Tensor:
         """Log mixing weights, (K,) or (H', W', K); pruned components have weight zero."""
-        return torch.log_softmax(self.mixing_logits.masked_fill(~self.active, PRUNED_LOGIT), dim=-1)
+        return torch.log_softmax(self._active_logits(), dim=-1)
+
+    def mixing_weights(self) -> torch.Tensor:
+        """Mixing weights, (K,) or (H', W', K); pruned components have weight zero."""
+        return torch.softmax(self._active_logits(), dim=-1)
+
+    # The write API: how initialisation, re-seeding, pruning and online EM change the parameters.
+
+    @torch.no_grad()
+    def set_mixing_weights_(self, weights: torch.Tensor) -> None:
+        """Mixing weights proportional to ``weights`` (positive; the mixing logits' shape, or (P, K))."""
+        self.mixing_logits.copy_(weights.log().reshape(self.mixing_logits.shape))
+
+    @torch.no_grad()
+    def set_components_(self, means: torch.Tensor, covariance_values: dict, where=None) -> None:
+        """Set the means (P, K, D) and the covariance structure's values (its ``fit``) of the
+        components where ``where`` (P, K) is true (``None``: all)."""
+        means = self.covariance.project_means(means)
+        current = self.means.view(-1, self.components, self.means.shape[-1])
+        means = means.reshape(current.shape)
+        current.copy_(means if where is None else torch.where(where.unsqueeze(-1), means, current))
+        self.covariance.assign_(covariance_values, where=where)
+
+    @torch.no_grad()
+    def mark_initialised_(self) -> None:
+        self.initialised.fill_(True)
+
+    @torch.no_grad()
+    def prune_(self, dead: torch.Tensor) -> int:
+        """Remove the components where ``dead`` (P, K) is true; returns how many."""
+        self.active.view(-1, self.components)[dead] = False
+        return int(dead.sum())
 
     def log_prob_table(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """Component log-densities ``log N(patch | mu_k, p_k)`` of shape (N, K, H', W').

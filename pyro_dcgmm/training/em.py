@@ -86,13 +86,13 @@ class OnlineEM(torch.optim.Optimizer):
 def batch_statistics(gmm: GMM):
     """Per-sample statistics (s0 (..., K), then the covariance structure's s1, s2) of the batch,
     from the gradient."""
-    s0 = gmm.positions * torch.softmax(gmm.mixing_logits, dim=-1) - gmm.mixing_logits.grad
+    s0 = gmm.positions * gmm.mixing_weights() - gmm.mixing_logits.grad
     return (s0, *gmm.covariance.batch_statistics(s0, gmm.means))
 
 
 def parameter_statistics(gmm: GMM):
     """The statistics whose M-step gives the current parameters."""
-    s0 = gmm.positions * torch.softmax(gmm.mixing_logits, dim=-1)
+    s0 = gmm.positions * gmm.mixing_weights()
     return (s0, *gmm.covariance.current_statistics(s0, gmm.means))
 
 
@@ -101,7 +101,7 @@ def maximise(gmm: GMM, statistics) -> None:
     s0, s1, s2 = statistics
     alive = s0 > TINY_MASS * s0.sum(-1, keepdim=True)  # (..., K)
     gmm.covariance.maximise(s0.clamp_min(TINY_MASS), s1, s2, alive, gmm.means)
-    gmm.mixing_logits.copy_(s0.clamp_min(TINY_MASS * s0.sum(-1, keepdim=True)).log())
+    gmm.set_mixing_weights_(s0.clamp_min(TINY_MASS * s0.sum(-1, keepdim=True)))
 
 
 class JointOnlineEM(torch.optim.Optimizer):

@@ -164,11 +164,9 @@ def initialise(gmm: GMM, inputs: torch.Tensor, generator: torch.Generator, label
         centres = x.mean(1, keepdim=True).expand_as(means)
         weights = x.new_full(means.shape[:2], 1.0 / config.components)
     values = gmm.covariance.fit(x, assignment, centres)
-    with torch.no_grad():
-        gmm.means.copy_(gmm.covariance.project_means(means).reshape(gmm.means.shape))
-        gmm.covariance.assign_(values)
-        gmm.mixing_logits.copy_(weights.log().reshape(gmm.mixing_logits.shape))
-        gmm.initialised.fill_(True)
+    gmm.set_components_(means, values)
+    gmm.set_mixing_weights_(weights)
+    gmm.mark_initialised_()
 
 
 def initialise_layer(layer, inputs: torch.Tensor, generator: torch.Generator, labels=None) -> None:
@@ -182,17 +180,15 @@ def initialise_layer(layer, inputs: torch.Tensor, generator: torch.Generator, la
 
 def dead_components(gmm: GMM) -> torch.Tensor:
     """Boolean (P, K): active components whose mixing weight is below ``dead_weight``, per mixture."""
-    weights = gmm.log_mixing().detach().exp().reshape(-1, gmm.components)
+    weights = gmm.mixing_weights().detach().reshape(-1, gmm.components)
     return (weights < gmm.config.dead_weight) & gmm.active.reshape(-1, gmm.components)
 
 
 def prune_dead(gmm: GMM) -> int:
     """Remove every dead component but each mixture's heaviest; returns how many were removed."""
     dead = dead_components(gmm)  # (P, K)
-    heaviest = F.one_hot(gmm.log_mixing().detach().reshape(-1, gmm.components).argmax(-1), gmm.components)
-    dead &= ~heaviest.bool()
-    gmm.active.view(-1, gmm.components)[dead] = False
-    return int(dead.sum())
+    heaviest = F.one_hot(gmm.mixing_weights().detach().reshape(-1, gmm.components).argmax(-1), gmm.components)
+    return gmm.prune_(dead & ~heaviest.bool())
 
 
 def reseed_dead(gmm: GMM, inputs: torch.Tensor, generator: torch.Generator, labels=None) -> int:
@@ -214,15 +210,9 @@ def _reseed(gmm: GMM, x: torch.Tensor, dead: torch.Tensor, generator: torch.Gene
     """Re-seed the ``dead`` (P, K) components at random vectors of ``x`` (P, M, D)."""
     means, assignment, centres = _random_vectors(x, gmm.components, generator)  # (P, K, D)
     values = gmm.covariance.fit(x, assignment, centres)
-    with torch.no_grad():
-        old_means = gmm.means.view(-1, gmm.components, means.shape[-1])
-        old_means.copy_(torch.where(dead.unsqueeze(-1), gmm.covariance.project_means(means), old_means))
-        gmm.covariance.assign_(values, where=dead)
-        weights = torch.softmax(gmm.mixing_logits, dim=-1).reshape(-1, gmm.components)
-        weights = torch.where(dead, 1.0 / gmm.components, weights)
-        gmm.mixing_logits.copy_(
-            (weights / weights.sum(-1, keepdim=True)).log().reshape(gmm.mixing_logits.shape)
-        )
+    gmm.set_components_(means, values, where=dead)
+    weights = torch.where(dead, 1.0 / gmm.components, gmm.mixing_weights().reshape(dead.shape))
+    gmm.set_mixing_weights_(weights / weights.sum(-1, keepdim=True))
 
 
 def block_vectors(tree: Tree, posteriors: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
