@@ -43,7 +43,7 @@ except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
 from pyro_dcgmm.errors import ConfigError, LayerConfigError
-from pyro_dcgmm.inference.sampling import check_stable_pull
+from pyro_dcgmm.inference.sampling import INPAINT_TOP_S, SamplingOptions, Sharpening, check_stable_pull
 
 IntPair = int | tuple[int, int]
 
@@ -453,9 +453,6 @@ class DataConfig(Checked):
             self.fail(f"data.classes must be a non-empty list of labels >= 0, got {self.classes}")
 
 
-DEFAULT_DIVISORS = {"layerwise": 10.0, "joint": 2.0}  # SamplingConfig.divisor when absent
-
-
 @dataclass(frozen=True)
 class SamplingConfig(Checked):
     """How ``pyro-dcgmm sample`` samples a trained model, stored with it (the run's ``[sampling]``).
@@ -465,8 +462,11 @@ class SamplingConfig(Checked):
     ``digits`` config sets its own sharpening (``docs/figures/digits-main-job/``).
 
     :param top_s: components kept per position below the top layer (the paper's S).
+    Its defaults are the library's (:mod:`pyro_dcgmm.inference.sampling`): a stack samples by
+    default exactly as this command does.
+
     :param divisor: every component's standard deviations are divided by this; absent: the
-        formulation's own (:data:`DEFAULT_DIVISORS`: 10 for a layerwise stack; 2 for a joint stack,
+        formulation's own (``DEFAULT_DIVISORS``: 10 for a layerwise stack; 2 for a joint stack,
         whose exact draws carry their leaves' noise, chosen on preset J's validation split, where it
         brought sample sharpness to 1.01 of real images', from 1.32 at 1 and 0.93 at 3).
     :param pool_mode: ``"dense"`` or ``"sparse"`` unpooling.
@@ -488,16 +488,16 @@ class SamplingConfig(Checked):
     """
 
     section = "sampling"
-    top_s: int = bounded(3, ge=1)
-    divisor: float | None = bounded(None, gt=0)
-    pool_mode: Literal["dense", "sparse"] = "dense"
-    sharpen_target: int | Literal["next"] = "next"
-    sharpen_rate: float = bounded(2.5e-4, gt=0)
-    sharpen_iterations: int = bounded(200, ge=0)
-    sharpen_pull: float = bounded(1000.0, ge=0)
+    top_s: int = bounded(SamplingOptions.top_s, ge=1)
+    divisor: float | None = bounded(SamplingOptions.divisor, gt=0)
+    pool_mode: Literal["dense", "sparse"] = SamplingOptions.pool_mode
+    sharpen_target: int | Literal["next"] = Sharpening.target
+    sharpen_rate: float = bounded(Sharpening.rate, gt=0)
+    sharpen_iterations: int = bounded(Sharpening.iterations, ge=0)
+    sharpen_pull: float = bounded(Sharpening.pull, ge=0)
     variant_layer: int | None = None
     inpaint_layer: int = -1
-    inpaint_top_s: int = bounded(10, ge=1)
+    inpaint_top_s: int = bounded(INPAINT_TOP_S, ge=1)
 
     def check(self) -> None:
         if self.sharpen_target != "next" and self.sharpen_target < 0:

@@ -27,10 +27,11 @@ import torch
 
 from pyro_dcgmm import presets
 from pyro_dcgmm.cli.common import add_data_flags, format_table, make_parser, run_script
-from pyro_dcgmm.cli.sample import sampling_options, sampling_settings
+from pyro_dcgmm.cli.sample import sampling_settings
 from pyro_dcgmm.config import DataConfig, GMMConfig, TrainConfig
 from pyro_dcgmm.data.datasets import load_dataset, split_validation
 from pyro_dcgmm.evaluation.metrics import held_out_log_likelihood
+from pyro_dcgmm.inference.sampling import options_from_settings
 from pyro_dcgmm.model.gmm import SubnormalGradientFlushed
 from pyro_dcgmm.model.stack import Stack
 from pyro_dcgmm.training.checkpoint import load_checkpoint, stack_from_checkpoint
@@ -83,7 +84,7 @@ def sampling_rows(path: Path) -> list[list[str]]:
     state = load_checkpoint(path)
     stack = stack_from_checkpoint(state)
     settings = sampling_settings(state["run_config"] or {}, argparse.Namespace())
-    sharpened = sampling_options(settings, stack)["sharpened"]
+    sharpened = options_from_settings(settings, stack)["sharpened"]
     times, draws = [], []
     for zeroed in (False, True):
         torch.manual_seed(0)

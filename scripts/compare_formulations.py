@@ -38,7 +38,7 @@ import torch
 from sklearn.mixture import GaussianMixture
 
 from pyro_dcgmm.cli.common import format_table, run_script
-from pyro_dcgmm.cli.sample import MEAN_DRAWS, sampling_options, sampling_settings
+from pyro_dcgmm.cli.sample import MEAN_DRAWS, sampling_settings
 from pyro_dcgmm.config import DataConfig, from_dict
 from pyro_dcgmm.data.datasets import dequantize, load_dataset
 from pyro_dcgmm.evaluation.metrics import NDB, bits_per_dimension
@@ -49,6 +49,7 @@ from pyro_dcgmm.evaluation.sample_quality import (
     sharpness,
 )
 from pyro_dcgmm.figures.plots import save_image_grid
+from pyro_dcgmm.inference.sampling import options_from_settings
 from pyro_dcgmm.training.checkpoint import load_checkpoint, stack_from_checkpoint
 
 HALVES = ("left", "right", "top", "bottom")
@@ -72,7 +73,7 @@ def loaded(path: Path):
     """The stack of a checkpoint and the sampling options its run stores (the plain and the final)."""
     state = load_checkpoint(path)
     stack = stack_from_checkpoint(state)
-    options = sampling_options(sampling_settings(state["run_config"] or {}, argparse.Namespace()), stack)
+    options = options_from_settings(sampling_settings(state["run_config"] or {}, argparse.Namespace()), stack)
     return stack, options, state
 
 

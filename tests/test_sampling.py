@@ -21,7 +21,12 @@ from pyro_dcgmm.evaluation.sample_quality import (
 )
 from pyro_dcgmm.inference import top_down
 from pyro_dcgmm.inference.queries import output_mask, upward_scores
-from pyro_dcgmm.inference.sampling import SamplingOptions, Sharpening
+from pyro_dcgmm.inference.sampling import (
+    SamplingOptions,
+    Sharpening,
+    default_options,
+    options_from_settings,
+)
 from pyro_dcgmm.training.initialisation import initialise
 from pyro_dcgmm.training.trainer import train
 
@@ -65,7 +70,7 @@ def test_flat_stack_samples_match_mixture_moments():
         gmm.mixing_logits.copy_(weights.log())
     n = 40000
     torch.manual_seed(0)
-    samples = stack.sample(n, options=SamplingOptions(top_s=3)).view(n, 4)
+    samples = stack.sample(n, options=SamplingOptions(top_s=3, divisor=1.0)).view(n, 4)  # the model
     # Exact moments of the mixture clipped to [0, 1], by numerical integration of each component.
     grid = torch.linspace(-3.0, 4.0, 20001, dtype=torch.float64)
     sd = gmm.covariance.precision.detach().rsqrt()
@@ -132,7 +137,7 @@ def test_sharpening_raises_the_target_log_likelihood(trained):
     plain = trained.sample(50, options=SamplingOptions(divisor=2.0))
     torch.manual_seed(1)
     sharp = trained.sample(
-        50, options=SamplingOptions(divisor=2.0, sharpening=Sharpening(rate=0.01, iterations=30))
+        50, options=SamplingOptions(divisor=2.0, sharpening=Sharpening(rate=0.01, iterations=30, pull=0.0))
     )
     assert trained.log_prob(sharp, 0).mean() > trained.log_prob(plain, 0).mean() + 5.0
 
@@ -142,7 +147,7 @@ def test_inpainting_keeps_known_pixels_bit_identical(trained, digits):
     mask = torch.ones_like(x, dtype=torch.bool)
     mask[..., 4:] = False  # the right half is missing
     corrupted = torch.where(mask, x, float("nan"))
-    options = SamplingOptions(divisor=3.0, sharpening=Sharpening(rate=0.01, iterations=10))
+    options = SamplingOptions(divisor=3.0, sharpening=Sharpening(rate=0.01, iterations=10, pull=0.0))
     filled = trained.inpaint(corrupted, mask, layer=-1, n_per_image=2, options=options)
     assert filled.shape == (40, 1, 8, 8)
     assert torch.equal(filled[:, :, :, :4], x.repeat_interleave(2, 0)[:, :, :, :4])
@@ -454,3 +459,20 @@ def test_inpainting_draws_every_layer_given_the_observed_pixels(digits):
     first = stack.mixture_layer(0)
     blind = {first: observed.evidence[first]}  # only the first layer hears the pixels: 0.715
     assert (middle_components(blind) == own).float().mean() < 0.8
+
+
+def test_the_library_samples_as_the_command_does(trained, digits):
+    # no options: exactly the draws of `pyro-dcgmm sample` with its default settings
+    commanded = options_from_settings(SamplingConfig(), trained)
+    assert commanded["sharpened"] == default_options(trained)
+    for drawn in ("library", "command"):
+        torch.manual_seed(5)
+        if drawn == "library":
+            library = trained.sample(6), trained.variants(digits.test_images[:2])
+        else:
+            command = (
+                trained.sample(6, options=commanded["sharpened"]),
+                trained.variants(digits.test_images[:2], layer=-2, options=commanded["sharpened"]),
+            )
+    assert all(torch.equal(a, b) for a, b in zip(library, command, strict=True))
+    assert default_options(trained, inpainting=True).top_s == SamplingConfig().inpaint_top_s

@@ -36,7 +36,7 @@ import torch
 from tqdm.auto import tqdm
 
 from pyro_dcgmm.cli.common import add_device_flag, format_table, make_parser
-from pyro_dcgmm.config import DEFAULT_DIVISORS, DataConfig, SamplingConfig, from_dict, to_dict
+from pyro_dcgmm.config import DataConfig, SamplingConfig, from_dict, to_dict
 from pyro_dcgmm.data.datasets import load_dataset
 from pyro_dcgmm.device import resolve_device
 from pyro_dcgmm.evaluation.metrics import NDB
@@ -48,7 +48,7 @@ from pyro_dcgmm.evaluation.sample_quality import (
     within_class_diversity,
 )
 from pyro_dcgmm.figures.plots import save_image_grid
-from pyro_dcgmm.inference.sampling import SamplingOptions, Sharpening
+from pyro_dcgmm.inference.sampling import SamplingOptions, default_variant_layer, options_from_settings
 from pyro_dcgmm.model.joint import JointStack
 from pyro_dcgmm.training.checkpoint import load_checkpoint, stack_from_checkpoint
 from pyro_dcgmm.training.files import atomic_write
@@ -101,10 +101,10 @@ def main(argv=None) -> dict:
     dataset = load_dataset(data_config)
     args.out.mkdir(parents=True, exist_ok=True)
     settings = sampling_settings(run, args)
-    option_sets = sampling_options(settings, stack)
+    option_sets = options_from_settings(settings, stack)
     args.variant_layer = settings.variant_layer
     if args.variant_layer is None:
-        args.variant_layer = -2 if len(stack.gmm_layers) > 1 else -1
+        args.variant_layer = default_variant_layer(stack)
     args.inpaint_layer, args.inpaint_top_s = settings.inpaint_layer, settings.inpaint_top_s
     flat = None
     if not args.no_ndb:
@@ -132,22 +132,6 @@ def sampling_settings(run: dict, args) -> SamplingConfig:
         if getattr(args, field.name, None) is not None
     }
     return dataclasses.replace(stored, **given)
-
-
-def sampling_options(settings: SamplingConfig, stack) -> dict[str, SamplingOptions]:
-    """The :class:`SamplingOptions` from ``[sampling]`` settings, by name: ``plain`` and
-    ``sharpened`` for a layerwise stack (a sharpening target above its top GMM layer aims at the top
-    one), ``plain`` alone for a joint stack, whose samples are exact."""
-    joint = isinstance(stack, JointStack)
-    divisor = settings.divisor or DEFAULT_DIVISORS["joint" if joint else "layerwise"]
-    plain = SamplingOptions(top_s=settings.top_s, divisor=divisor, pool_mode=settings.pool_mode)
-    if joint:
-        return {"plain": plain}
-    target = settings.sharpen_target
-    if target != "next":
-        target = min(target, len(stack.gmm_layers) - 1)
-    sharpening = Sharpening(target, settings.sharpen_rate, settings.sharpen_iterations, settings.sharpen_pull)
-    return {"plain": plain, "sharpened": dataclasses.replace(plain, sharpening=sharpening)}
 
 
 def reference_set(dataset, args) -> tuple[torch.Tensor, torch.Tensor]:

@@ -21,7 +21,7 @@ from pyro import poutine
 from pyro_dcgmm.data.validation import as_labels, check_positive_int
 from pyro_dcgmm.errors import ArchitectureError
 from pyro_dcgmm.inference.queries import checked_inputs, map_chunks, query, row_slices
-from pyro_dcgmm.inference.sampling import SamplingOptions
+from pyro_dcgmm.inference.sampling import SamplingOptions, resolved
 from pyro_dcgmm.inference.top_down import DRAWN_ROWS
 from pyro_dcgmm.model.covariances.base import gaussian_conditional
 from pyro_dcgmm.model.fold import fold_back
@@ -85,9 +85,10 @@ def class_probabilities(stack, x, batch_size: int) -> torch.Tensor:
     return query(stack, x, chunk, batch_size)
 
 
-def check_options(options: SamplingOptions | None) -> SamplingOptions:
-    """The options, refusing sharpening: a joint stack's samples are exact draws."""
-    options = options or SamplingOptions()
+def check_options(stack, options: SamplingOptions | None) -> SamplingOptions:
+    """The options (:func:`~pyro_dcgmm.inference.sampling.resolved`), refusing sharpening: a joint
+    stack's samples are exact draws."""
+    options = resolved(stack, options)
     if options.sharpening is not None:
         raise ArchitectureError(
             "a joint stack draws exact samples, so sharpening does not apply: pass sharpening=None"
@@ -98,7 +99,7 @@ def check_options(options: SamplingOptions | None) -> SamplingOptions:
 def sample(stack, n: int, classes=None, options: SamplingOptions | None = None) -> torch.Tensor:
     """``n`` ancestral samples (n, C, H, W), within the components of ``classes`` (n,) if given."""
     check_positive_int(n, "n")
-    options = check_options(options)
+    options = check_options(stack, options)
     top = stack.mixture_layers[-1]
     if classes is not None:
         if not top.config.classes:
@@ -215,7 +216,7 @@ def variants(stack, x, level: int, n_per_image: int, options=None, mask=None) ->
     missing pixels are drawn given its observed ones and the observed pixels are kept."""
     check_positive_int(n_per_image, "n_per_image")
     check_joined(stack, level)
-    options = check_options(options)
+    options = check_options(stack, options)
     x, mask = checked_inputs(stack, x, mask)
     parameter = stack.leaf.means
     images = x.to(parameter.device, parameter.dtype)

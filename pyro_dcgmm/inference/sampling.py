@@ -11,12 +11,19 @@ they blur by gradient ascent on an upper layer's log-likelihood of the forward p
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Literal
 
 import torch
 
 from pyro_dcgmm.errors import ConfigError
+
+# The defaults of sampling, shared by the library and ``pyro-dcgmm sample`` (whose stored
+# ``[sampling]`` settings, :class:`~pyro_dcgmm.config.SamplingConfig`, start from them); chosen on
+# validation splits (see SamplingConfig).
+DEFAULT_DIVISORS = {"layerwise": 10.0, "joint": 2.0}  # SamplingOptions.divisor when absent
+INPAINT_TOP_S = 10  # components kept per position below the layer in-painting starts from
 
 
 @dataclass(frozen=True)
@@ -28,7 +35,7 @@ class Sharpening:
     ``objective(v) = log p_target(forward(v)) - pull * ||v - v0||^2``, clamped to the valid range
     after every step.
 
-    :param target: ``"next"`` (the first GMM layer at or above the step) or a GMM layer index; a
+    :param target: ``"next"`` (the first GMM layer at or above the step) or a layer number; a
         step with no such GMM layer above it (or only lower ones) is left as it is.
     :param rate: step size of the gradient ascent.
     :param iterations: number of ascent steps.
@@ -37,9 +44,9 @@ class Sharpening:
     """
 
     target: Literal["next"] | int = "next"
-    rate: float = 0.1
-    iterations: int = 100
-    pull: float = 0.0
+    rate: float = 2.5e-4
+    iterations: int = 200
+    pull: float = 1000.0
 
     def __post_init__(self) -> None:
         check_stable_pull(self.rate, self.pull)
@@ -74,7 +81,7 @@ class SamplingOptions:
         by the layer above before drawing one (the paper's S; class evidence from the Readout is
         used whole, see :class:`ComponentLikelihood`).
     :param divisor: divide every component's standard deviations by this (1 samples the model itself,
-        larger values give cleaner images).
+        larger values give cleaner images); ``None``: the formulation's (:data:`DEFAULT_DIVISORS`).
     :param mean: take each drawn component's mean instead of sampling its Gaussian.
     :param pool_mode: ``"dense"`` spreads a pooled value over its whole window, ``"sparse"`` puts it
         at one random position of the window (the others fall back to the prior).
@@ -82,10 +89,49 @@ class SamplingOptions:
     """
 
     top_s: int = 3
-    divisor: float = 1.0
+    divisor: float | None = None
     mean: bool = False
     pool_mode: Literal["dense", "sparse"] = "dense"
     sharpening: Sharpening | None = None
+
+
+def default_options(stack, inpainting: bool = False) -> SamplingOptions:
+    """What the library samples with when no options are given, which is what ``pyro-dcgmm
+    sample`` uses by default: sharpened for a layerwise stack, exact draws for a joint one, with
+    :data:`INPAINT_TOP_S` components kept per position when ``inpainting``."""
+    sharpening = Sharpening() if stack.formulation == "layerwise" else None
+    top_s = INPAINT_TOP_S if inpainting else SamplingOptions.top_s
+    return resolved(stack, SamplingOptions(top_s=top_s, sharpening=sharpening))
+
+
+def resolved(stack, options: SamplingOptions | None, inpainting: bool = False) -> SamplingOptions:
+    """The options sampling ``stack`` runs with: :func:`default_options` for ``None``, and the
+    formulation's divisor where none is given."""
+    if options is None:
+        return default_options(stack, inpainting)
+    if options.divisor is None:
+        return dataclasses.replace(options, divisor=DEFAULT_DIVISORS[stack.formulation])
+    return options
+
+
+def default_variant_layer(stack) -> int:
+    """The layer variants start from by default: the one below the top GMM layer if there is one."""
+    return -2 if len(stack.gmm_layers) > 1 else -1
+
+
+def options_from_settings(settings, stack) -> dict[str, SamplingOptions]:
+    """The options that :class:`~pyro_dcgmm.config.SamplingConfig` ``settings`` describe, by name:
+    ``plain`` and ``sharpened`` for a layerwise stack (a sharpening target above its top GMM layer
+    aims at the top one), ``plain`` alone for a joint stack, whose samples are exact."""
+    plain = SamplingOptions(top_s=settings.top_s, divisor=settings.divisor, pool_mode=settings.pool_mode)
+    plain = resolved(stack, plain)
+    if stack.formulation == "joint":
+        return {"plain": plain}
+    target = settings.sharpen_target
+    if target != "next":
+        target = min(target, len(stack.gmm_layers) - 1)
+    sharpening = Sharpening(target, settings.sharpen_rate, settings.sharpen_iterations, settings.sharpen_pull)
+    return {"plain": plain, "sharpened": dataclasses.replace(plain, sharpening=sharpening)}
 
 
 def sharpen(

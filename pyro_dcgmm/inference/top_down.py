@@ -10,7 +10,7 @@ import torch
 from pyro_dcgmm.data.validation import as_labels, check_positive_int
 from pyro_dcgmm.errors import ArchitectureError
 from pyro_dcgmm.inference import queries
-from pyro_dcgmm.inference.sampling import ComponentLikelihood, SamplingOptions, Sharpening, sharpen
+from pyro_dcgmm.inference.sampling import ComponentLikelihood, SamplingOptions, Sharpening, resolved, sharpen
 from pyro_dcgmm.model.gmm import GMM
 from pyro_dcgmm.model.readout import Readout
 
@@ -27,7 +27,7 @@ def sample(stack, n: int, classes=None, options: SamplingOptions | None = None) 
                 "split by class (gmm.classes)"
             )
         classes = as_labels(torch.as_tensor(classes), n, stack.num_classes, "classes")
-    options = options or SamplingOptions()
+    options = resolved(stack, options)
     drawn = []
     for rows in queries.row_slices(n, DRAWN_ROWS):
         start, signal = (
@@ -73,7 +73,7 @@ def variants(stack, x, layer: int, n_per_image: int, options=None, mask=None) ->
     else:
         images = x.to(parameter.device, parameter.dtype)
         observed, responsibilities = Observed.of(stack, images, mask.to(parameter.device), start)
-    options = options or SamplingOptions()
+    options = resolved(stack, options, inpainting=mask is not None)
     drawn = []
     for rows in queries.row_slices(x.shape[0], max(1, DRAWN_ROWS // n_per_image)):
         signal = responsibilities[rows].repeat_interleave(n_per_image, dim=0)

@@ -146,6 +146,7 @@ class JointStack(Stack):
     def layers_below_top(self) -> list[Layer]:
         return self.mixture_layers[: self.root_level]
 
+    formulation = "joint"
     trains_distributed = False  # online EM reads counts recorded in this process only
 
     def reseedable_layers(self) -> list[GMM]:
@@ -330,9 +331,10 @@ class JointStack(Stack):
         by class); ``options.divisor`` and ``options.mean`` shape the leaves' draws."""
         return joint_inference.sample(self, n, classes, options)
 
-    def variants(self, x, layer: int = -1, n_per_image: int = 1, options=None, mask=None) -> torch.Tensor:
-        """Images that share the components of layer ``layer`` (and above) with ``x``: those drawn
-        from the posterior given ``x``, every layer below from the model given them."""
+    def variants(self, x, layer: int | None = None, n_per_image: int = 1, options=None, mask=None):
+        """Images that share the components of layer ``layer`` (and above; ``None``: the top) with
+        ``x``: those drawn from the posterior given ``x``, every layer below from the model given them."""
+        layer = -1 if layer is None else layer
         return joint_inference.variants(self, x, self.number(layer), n_per_image, options, mask)
 
     def inpaint(self, x, mask, layer: int = -1, n_per_image: int = 1, options=None) -> torch.Tensor:

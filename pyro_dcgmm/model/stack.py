@@ -13,7 +13,7 @@ from pyro.nn import PyroModule
 from pyro_dcgmm.config import LayerConfig, ModelConfig
 from pyro_dcgmm.errors import ArchitectureError
 from pyro_dcgmm.inference import queries, top_down
-from pyro_dcgmm.inference.sampling import SamplingOptions
+from pyro_dcgmm.inference.sampling import SamplingOptions, default_variant_layer
 from pyro_dcgmm.model.fold import Fold
 from pyro_dcgmm.model.gmm import GMM
 from pyro_dcgmm.model.layer import Layer, local_params
@@ -187,6 +187,7 @@ class Stack(PyroModule):
         return [gmm.site("objective") for gmm in self.gmm_layers]
 
     trains_distributed = True  # whether data-parallel training (torchrun) is supported
+    formulation = "layerwise"  # every GMM layer models its own input (a joint stack: "joint")
 
     def reseedable_layers(self) -> list[GMM]:
         """The GMM layers whose dead components training re-seeds or prunes."""
@@ -395,15 +396,19 @@ class Stack(PyroModule):
 
         :param classes: (n,) class labels for class-conditional samples: within the class's
             components of a top GMM split by class, else through the Readout.
-        :param SamplingOptions options: top-S, standard-deviation divisor, means, pooling, sharpening.
+        :param SamplingOptions options: top-S, standard-deviation divisor, means, pooling, sharpening
+            (``None``: the defaults ``pyro-dcgmm sample`` uses,
+            :func:`~pyro_dcgmm.inference.sampling.default_options`).
         """
         return top_down.sample(self, n, classes, options)
 
-    def variants(self, x, layer: int = -1, n_per_image: int = 1, options=None, mask=None) -> torch.Tensor:
-        """Images sampled down from the responsibilities of ``x`` at GMM layer ``layer``.
+    def variants(self, x, layer: int | None = None, n_per_image: int = 1, options=None, mask=None):
+        """Images sampled down from the responsibilities of ``x`` at GMM layer ``layer`` (``None``:
+        the one below the top GMM layer if there is one, as ``pyro-dcgmm sample`` does).
 
         Returns (N * n_per_image, C, H, W); rows ``i * n_per_image ...`` are variants of image ``i``.
         """
+        layer = default_variant_layer(self) if layer is None else layer
         return top_down.variants(self, x, layer, n_per_image, options, mask)
 
     def inpaint(self, x, mask, layer: int = -1, n_per_image: int = 1, options=None) -> torch.Tensor:
