@@ -14,6 +14,7 @@ from scipy.special import logsumexp
 from sklearn.base import BaseEstimator, ClassifierMixin, clone
 from sklearn.utils.validation import check_is_fitted
 
+from pyro_dcgmm.config import TrainConfig
 from pyro_dcgmm.data.validation import as_tensor
 from pyro_dcgmm.errors import ConfigError, DataError
 from pyro_dcgmm.estimator import DCGMM
@@ -37,11 +38,11 @@ class DCGMMClassifier(ClassifierMixin, BaseEstimator):
         score_layer: int = 0,
         input_shape=None,
         data_range=(0.0, 1.0),
-        epochs: int = 10,
-        batch_size: int = 100,
-        lr: float = 0.01,
-        optimizer: str = "em",
-        device: str = "cpu",
+        epochs: int = TrainConfig.epochs,
+        batch_size: int = TrainConfig.batch_size,
+        lr: float = TrainConfig.lr,
+        optimizer: str = TrainConfig.optimizer,
+        device: str = TrainConfig.device,
         random_state: int | None = None,
         verbose: int = 0,
     ):

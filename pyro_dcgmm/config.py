@@ -399,7 +399,7 @@ class TrainConfig(Checked):
     """
 
     section = "training"
-    epochs: int = bounded(1, ge=1)
+    epochs: int = bounded(10, ge=1)
     batch_size: int = bounded(100, ge=1)
     optimizer: Literal["em", "adam", "sgd"] = "em"
     lr: float = bounded(0.01, gt=0)

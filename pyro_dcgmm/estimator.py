@@ -38,7 +38,10 @@ class DCGMM(ClusterMixin, DensityMixin, BaseEstimator):
     :param plateau_window: steps per plateau test of every GMM layer's annealing (used by layers
         with ``annealing=True``); ``None`` keeps each layer's own.
     :param score_layer: GMM layer whose log-likelihood :meth:`score_samples` returns.
-    :param device: ``"cpu"``, ``"cuda"`` or ``"auto"``.
+    :param device: ``"auto"`` (CUDA when available), ``"cpu"`` or ``"cuda"``.
+
+    The training settings default to :class:`~pyro_dcgmm.config.TrainConfig`'s, which ``pyro-dcgmm
+    train`` shares.
     :param random_state: seed of initialisation, shuffling and sampling (``None``: 0).
     :param verbose: show a progress bar while fitting.
 
@@ -53,13 +56,13 @@ class DCGMM(ClusterMixin, DensityMixin, BaseEstimator):
         layers=None,
         input_shape=None,
         data_range=(0.0, 1.0),
-        epochs: int = 10,
-        batch_size: int = 100,
-        lr: float = 0.01,
-        optimizer: str = "em",
+        epochs: int = TrainConfig.epochs,
+        batch_size: int = TrainConfig.batch_size,
+        lr: float = TrainConfig.lr,
+        optimizer: str = TrainConfig.optimizer,
         plateau_window: int | None = None,
         score_layer: int = -1,
-        device: str = "cpu",
+        device: str = TrainConfig.device,
         random_state: int | None = None,
         verbose: int = 0,
     ):

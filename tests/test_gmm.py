@@ -155,19 +155,6 @@ def test_pruned_components_have_no_weight_and_pass_zero():
     assert prune_dead(gmm) == 0  # the heaviest component is never pruned
 
 
-def test_checkpoints_from_before_covariance_structures_load():
-    torch.manual_seed(0)
-    stack = Stack([Fold(3, 1), GMM(4)], (1, 6, 6))
-    state = stack.state_dict()
-    old = {k.replace("covariance.", ""): v for k, v in state.items() if not k.endswith("active")}
-    assert "layers.1.log_precision" in old
-    fresh = Stack([Fold(3, 1), GMM(4)], (1, 6, 6))
-    fresh.load_state_dict(old)
-    torch.testing.assert_close(
-        fresh.layers[1].covariance.log_precision, stack.layers[1].covariance.log_precision
-    )
-
-
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_subnormal_gradients_are_zeroed_and_normal_ones_kept(dtype):
     tiny = torch.finfo(dtype).tiny  # the smallest normal number

@@ -298,3 +298,22 @@ def test_every_step_projects_the_precisions_into_their_bounds():
     log_precision = gmm.covariance.log_precision.detach()
     assert float(log_precision.max()) <= math.log(2.0) + 1e-6
     assert float(log_precision.max()) == pytest.approx(math.log(2.0))  # it was pushed there
+
+
+def test_a_version_2_checkpoint_is_migrated(tmp_path):
+    # version 2 held a GMM's log-precisions on the layer itself and no mask of active components
+    torch.manual_seed(0)
+    stack = Stack([Fold(3, 1), GMM(4)], (1, 6, 6))
+    save_checkpoint(tmp_path / "new.pt", stack)
+    state = torch.load(tmp_path / "new.pt", weights_only=True)
+    values = state["state_dict"]
+    values["layers.1.log_precision"] = values.pop("layers.1.covariance.log_precision")
+    del values["layers.1.active"]
+    torch.save({**state, "version": 2}, tmp_path / "old.pt")
+    loaded = stack_from_checkpoint(tmp_path / "old.pt")
+    for name, value in stack.state_dict().items():
+        assert torch.equal(loaded.state_dict()[name], value) if torch.is_tensor(value) else True
+    assert load_checkpoint(tmp_path / "old.pt")["version"] == 3
+    torch.save({**state, "version": 1}, tmp_path / "older.pt")
+    with pytest.raises(CheckpointError, match="format version 1; this pyro_dcgmm reads versions 2 to 3"):
+        load_checkpoint(tmp_path / "older.pt")

@@ -14,8 +14,8 @@ from pyro_dcgmm.errors import ArchitectureError, CheckpointError, ConfigError, D
 
 USER_ERRORS = (ConfigError, ArchitectureError, DataError, CheckpointError, NonFiniteLossError)
 DATASETS = typing.get_args(typing.get_type_hints(DataConfig)["dataset"])
-DEVICES = ("auto", "cpu", "cuda")
-OPTIMIZERS = ("em", "adam", "sgd")
+DEVICES = typing.get_args(typing.get_type_hints(TrainConfig)["device"])
+OPTIMIZERS = typing.get_args(typing.get_type_hints(TrainConfig)["optimizer"])
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
@@ -48,18 +48,16 @@ def add_data_flags(parser: argparse.ArgumentParser, default: str | None = "digit
     parser.add_argument("--root", help="folder with the data set's IDX files (none: its usual place)")
 
 
-def add_device_flag(parser: argparse.ArgumentParser, default: str | None = "auto") -> None:
+def add_device_flag(parser: argparse.ArgumentParser, default: str | None = TrainConfig.device) -> None:
     """``--device``: ``auto`` takes CUDA when it is available."""
     parser.add_argument("--device", default=default, choices=DEVICES, help="where to compute")
 
 
-def add_training_flags(parser: argparse.ArgumentParser, epochs: int | None = None) -> None:
-    """``--epochs``, ``--batch-size``, ``--lr``, ``--optimizer`` and ``--seed``.
-
-    With ``epochs=None`` every flag defaults to ``None`` (the run's configuration decides);
-    otherwise to ``epochs`` and :class:`~pyro_dcgmm.config.TrainConfig`'s defaults.
-    """
-    defaults = None if epochs is None else TrainConfig(epochs=epochs)
+def add_training_flags(parser: argparse.ArgumentParser, with_defaults: bool = False) -> None:
+    """``--epochs``, ``--batch-size``, ``--lr``, ``--optimizer`` and ``--seed``, defaulting to
+    :class:`~pyro_dcgmm.config.TrainConfig`'s defaults ``with_defaults``, else to ``None`` (the
+    run's configuration decides)."""
+    defaults = TrainConfig() if with_defaults else None
 
     def default(name: str):
         return None if defaults is None else getattr(defaults, name)

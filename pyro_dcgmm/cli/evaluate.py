@@ -87,7 +87,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     for name, doc in COMMANDS.items():
         command = make_parser(doc, commands.add_parser, name=name, help=doc.partition("\n")[0])
         add_data_flags(command)
-        add_training_flags(command, epochs=10)
+        add_training_flags(command, with_defaults=True)
         add_device_flag(command)
         command.add_argument("--train-limit", type=int, help="train on a random subset of this many images")
         if name not in ("density", "covariances"):  # fixed models: GMMs over whole inputs or patches

@@ -174,15 +174,6 @@ class GMM(Layer):
         """Current width of the annealing neighbourhood (its floor once annealing has finished)."""
         return self.schedule.width
 
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        """Read checkpoints written before covariance structures and pruning (``log_precision`` on
-        the layer, no ``active``)."""
-        old = prefix + "log_precision"
-        if old in state_dict:
-            state_dict[prefix + "covariance.log_precision"] = state_dict.pop(old)
-            state_dict.setdefault(prefix + "active", torch.ones_like(self.active))
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
-
     def get_extra_state(self) -> dict:
         return {"schedule": self.schedule.state_dict()}
 

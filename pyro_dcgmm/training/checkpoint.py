@@ -6,10 +6,11 @@ A checkpoint is a dictionary with the keys
 - ``model_config``: the resolved :class:`~pyro_dcgmm.config.ModelConfig` as plain data,
 - ``run_config``: the resolved :class:`~pyro_dcgmm.config.RunConfig` as plain data (or ``None``),
 - ``state_dict``: the stack's parameters and annealing widths,
-- ``training``: optimiser state, RNG state, epoch, step and history (the annealing schedules
-  are in the GMM layers' ``state_dict``).
+- ``training``: optimiser state, RNG state, epoch, step and history (:func:`training_state`; the
+  annealing schedules are in the GMM layers' ``state_dict``).
 
-Nothing is unpickled: constraints and modules are rebuilt from the config.
+Nothing is unpickled: constraints and modules are rebuilt from the config.  A checkpoint of an
+earlier version is brought to this one by :func:`migrate` when it is read.
 """
 
 from __future__ import annotations
@@ -26,7 +27,45 @@ from pyro_dcgmm.model.stack import Stack
 from pyro_dcgmm.training.files import atomic_write
 
 CHECKPOINT_FORMAT = "pyro_dcgmm.training.checkpoint"
-CHECKPOINT_VERSION = 2
+CHECKPOINT_VERSION = 3  # 3: GMM parameters under ``covariance.`` and the ``active`` mask always present
+
+
+def training_state(state, optimizer, generator: torch.Generator, seconds: float) -> dict:
+    """The ``training`` entry: the optimiser's and the random generator's state and the
+    :class:`~pyro_dcgmm.training.state.TrainingState`, its clock advanced by ``seconds``."""
+    return {
+        "optimizer": optimizer.state_dict(),
+        "generator": generator.get_state(),
+        **state.state_dict(),
+        "seconds": state.seconds + seconds,
+    }
+
+
+def migrate(state: dict, path) -> dict:
+    """``state`` read from ``path`` in this version's schema: a checkpoint of version 2 is upgraded
+    (:func:`_from_version_2`); any other version is refused."""
+    if state.get("version") == 2:
+        state = _from_version_2(state)
+    if state.get("version") != CHECKPOINT_VERSION:
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} has format version {state.get('version')!r}; this "
+            f"pyro_dcgmm reads versions 2 to {CHECKPOINT_VERSION}"
+        )
+    return state
+
+
+def _from_version_2(state: dict) -> dict:
+    """Version 2 was written before covariance structures and pruning too: a GMM layer's
+    log-precisions may sit at ``<layer>.log_precision``, with no ``active`` mask (all active)."""
+    values = dict(state.get("state_dict") or {})
+    for key in [k for k in values if k.endswith(".log_precision") and ".covariance." not in k]:
+        prefix = key[: -len("log_precision")]
+        values[prefix + "covariance.log_precision"] = values.pop(key)
+        if prefix + "mixing_logits" in values:
+            values.setdefault(
+                prefix + "active", torch.ones_like(values[prefix + "mixing_logits"], dtype=torch.bool)
+            )
+    return {**state, "state_dict": values, "version": 3}
 
 
 def save_checkpoint(path: str | Path, stack: Stack, training: dict | None = None, run_config=None) -> None:
@@ -71,11 +110,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         ) from None
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{str(path)!r} is not a pyro_dcgmm checkpoint")
-    if state.get("version") != CHECKPOINT_VERSION:
-        raise CheckpointError(
-            f"checkpoint {str(path)!r} has format version {state.get('version')!r}; this "
-            f"pyro_dcgmm reads version {CHECKPOINT_VERSION}"
-        )
+    state = migrate(state, path)
     missing = [key for key in ("model_config", "run_config", "state_dict", "training") if key not in state]
     if missing:
         raise CheckpointError(f"checkpoint {str(path)!r} lacks {', '.join(missing)}; it is damaged")

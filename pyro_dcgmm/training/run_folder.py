@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pyro_dcgmm.errors import ConfigError
-from pyro_dcgmm.training.checkpoint import save_checkpoint
+from pyro_dcgmm.training.checkpoint import save_checkpoint, training_state
 from pyro_dcgmm.training.files import atomic_write
 
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -97,12 +97,7 @@ class Checkpointer:
     def save(self, stack, state, optimizer, generator, seconds: float) -> None:
         """Save the run as it stands (a :class:`~pyro_dcgmm.training.trainer.TrainingState`) after ``seconds``
         of training in this call."""
-        training = {
-            "optimizer": optimizer.state_dict(),
-            "generator": generator.get_state(),
-            **state.state_dict(),
-            "seconds": state.seconds + seconds,
-        }
+        training = training_state(state, optimizer, generator, seconds)
         if self.keep_epochs and state.order is None:
             save_checkpoint(self.out_dir / f"epoch-{state.epoch:04d}.pt", stack, training, self.run_config)
         save_checkpoint(self.out_dir / CHECKPOINT_NAME, stack, training, self.run_config)
