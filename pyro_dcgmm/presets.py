@@ -92,50 +92,65 @@ def parse_architecture(
     ``shared=False`` or ``components=49``).  The GMM of a joint stack (a string with ``T`` layers)
     starts from :data:`JOINT_LEAVES`.
     """
-    joint = any(token.startswith("T") for token in text.split())
+    tokens = text.split()
+    joint = any(token.startswith("T") for token in tokens)
     gmm_options = {**JOINT_LEAVES, **gmm_options} if joint else gmm_options
-    layers = []
-    level = 0
-    top_gmm = max(i for i, token in enumerate(text.split()) if token.startswith("G"))
-    for position, token in enumerate(text.split()):
+    top_gmm = max(i for i, token in enumerate(tokens) if token.startswith("G"))
+    layers, level = [], 0
+    for position, token in enumerate(tokens):
         kind, spec = token[0], token[1:]
-        if kind == "F":
-            if spec == "full":
-                layers.append(FoldConfig(patch=None, stride=1))
-            else:
-                patch, stride = spec.split("/")
-                layers.append(FoldConfig(patch=int(patch), stride=int(stride)))
-        elif kind == "P":
-            kernel, stride = spec.split("/")
-            layers.append(MaxPoolConfig(kernel=int(kernel), stride=int(stride)))
-        elif kind == "G":
-            options = {"components": int(spec.removesuffix("c")), "wait": min(WAIT_PER_LEVEL * level, 0.5)}
-            if spec.endswith("c"):
-                options["classes"] = num_classes
-            if level > 0:
-                options["precision_ceiling"] = upper_precision_ceiling
-            if position < top_gmm:
-                options["output"] = "log_responsibilities"
-            options.update(gmm_options)
-            layers.append(GMMConfig(**options))
-            level += 1
-        elif kind == "T":
-            components, block = spec.split("/")
-            layers.append(
-                TreeConfig(
-                    components=int(components.removesuffix("c")),
-                    block=block if block == "full" else int(block),
-                    classes=num_classes if components.endswith("c") else 0,
-                    wait=min(WAIT_PER_LEVEL * level, 0.5),
-                    shared=False,
-                )
-            )
-            level += 1
-        elif kind == "R":
-            layers.append(ReadoutConfig(num_classes=num_classes))
-        else:
+        options = {"level": level, "num_classes": num_classes}
+        if kind == "G":
+            options |= {"upper_ceiling": upper_precision_ceiling, "below_top": position < top_gmm}
+            options["gmm_options"] = gmm_options
+        if kind not in TOKENS:
             raise ConfigError(f"unknown layer token {token!r} in architecture {text!r}")
+        layers.append(TOKENS[kind](spec, **options))
+        level += kind in "GT"
     return tuple(layers)
+
+
+def _fold(spec: str, **_) -> FoldConfig:
+    if spec == "full":
+        return FoldConfig(patch=None, stride=1)
+    patch, stride = spec.split("/")
+    return FoldConfig(patch=int(patch), stride=int(stride))
+
+
+def _pool(spec: str, **_) -> MaxPoolConfig:
+    kernel, stride = spec.split("/")
+    return MaxPoolConfig(kernel=int(kernel), stride=int(stride))
+
+
+def _gmm(
+    spec: str, level: int, num_classes: int, upper_ceiling: float, below_top: bool, gmm_options
+) -> GMMConfig:
+    options = {"components": int(spec.removesuffix("c")), "wait": min(WAIT_PER_LEVEL * level, 0.5)}
+    if spec.endswith("c"):
+        options["classes"] = num_classes
+    if level > 0:
+        options["precision_ceiling"] = upper_ceiling
+    if below_top:
+        options["output"] = "log_responsibilities"
+    return GMMConfig(**{**options, **gmm_options})
+
+
+def _tree(spec: str, level: int, num_classes: int) -> TreeConfig:
+    components, block = spec.split("/")
+    return TreeConfig(
+        components=int(components.removesuffix("c")),
+        block=block if block == "full" else int(block),
+        classes=num_classes if components.endswith("c") else 0,
+        wait=min(WAIT_PER_LEVEL * level, 0.5),
+        shared=False,
+    )
+
+
+def _readout(spec: str, num_classes: int, **_) -> ReadoutConfig:
+    return ReadoutConfig(num_classes=num_classes)
+
+
+TOKENS = {"F": _fold, "P": _pool, "G": _gmm, "T": _tree, "R": _readout}  # one layer type per letter
 
 
 def get(

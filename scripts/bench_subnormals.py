@@ -3,7 +3,7 @@
 A GMM layer's gradient with respect to its log-score table is its responsibilities; those of
 components some 90 nats less likely than the best are subnormal float32 numbers, which x86 CPUs
 multiply many times slower than normal ones. The tables zero them on CPU
-(:class:`pyro_dcgmm.model.gmm.SubnormalGradientFlushed`). This script runs everything twice, with that
+(:class:`pyro_dcgmm.model.subnormal.SubnormalGradientFlushed`). This script runs everything twice, with that
 zeroing and with it replaced by the identity, from the same seed: ``--steps`` training steps of
 preset E with first GMM layers of each ``--components`` (seconds per step, k-means initialisation
 included, after an untimed warm-up run, and the validation log-likelihood per GMM layer after
@@ -32,8 +32,8 @@ from pyro_dcgmm.config import DataConfig, GMMConfig, TrainConfig
 from pyro_dcgmm.data.datasets import load_dataset, split_validation
 from pyro_dcgmm.evaluation.metrics import held_out_log_likelihood
 from pyro_dcgmm.inference.sampling import options_from_settings
-from pyro_dcgmm.model.gmm import SubnormalGradientFlushed
 from pyro_dcgmm.model.stack import Stack
+from pyro_dcgmm.model.subnormal import SubnormalGradientFlushed
 from pyro_dcgmm.training.checkpoint import load_checkpoint, stack_from_checkpoint
 from pyro_dcgmm.training.trainer import train
 

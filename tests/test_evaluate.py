@@ -7,6 +7,7 @@ from pyro_dcgmm import presets
 from pyro_dcgmm.cli import evaluate
 from pyro_dcgmm.errors import DataError
 from pyro_dcgmm.evaluation.metrics import bits_per_dimension, clustering_metrics, outlier_metrics
+from pyro_dcgmm.evaluation.protocol import preset_layers
 
 COMMON = [
     "--dataset",
@@ -52,12 +53,12 @@ def test_density(tmp_path):
 
 def test_layer_choices_from_flags(tmp_path):
     args = evaluate.parse_args(["cluster", "--upper-precision-ceiling", "300", "--out", str(tmp_path)])
-    gmms = [layer for layer in evaluate.preset_layers(args, (1, 8, 8)) if layer.type == "gmm"]
+    gmms = [layer for layer in preset_layers(args, (1, 8, 8)) if layer.type == "gmm"]
     assert [g.precision_ceiling for g in gmms] == [20.0, 300.0]
     default = evaluate.parse_args(["cluster", "--out", str(tmp_path)])
-    gmms = [layer for layer in evaluate.preset_layers(default, (1, 8, 8)) if layer.type == "gmm"]
+    gmms = [layer for layer in preset_layers(default, (1, 8, 8)) if layer.type == "gmm"]
     assert [g.precision_ceiling for g in gmms] == [20.0, presets.UPPER_PRECISION_CEILING["digits"]]
-    assert all(layer.type != "readout" for layer in evaluate.preset_layers(args, (1, 8, 8)))
+    assert all(layer.type != "readout" for layer in preset_layers(args, (1, 8, 8)))
     # The density models must resolve dequantisation noise of width 1/256 (precision ~7.9e5).
     assert evaluate.parse_args(["density", "--out", str(tmp_path)]).precision_ceiling >= 12 * 256**2
 

@@ -7,7 +7,7 @@ from torch.distributions import Normal
 
 from pyro_dcgmm import GMM, Fold, Stack
 from pyro_dcgmm.errors import ArchitectureError
-from pyro_dcgmm.model.gmm import SubnormalGradientFlushed
+from pyro_dcgmm.model.subnormal import SubnormalGradientFlushed
 
 
 def patches_of(x, patch, stride):

@@ -32,6 +32,8 @@ from pyro_dcgmm.cli.common import add_device_flag, make_parser
 from pyro_dcgmm.device import resolve_device
 from pyro_dcgmm.training.files import atomic_write
 
+COLUMNS = ["preset", "batch", "path", "samples/s", "ms/step", "peak MiB", "x hand"]
+WIDTHS = [6, 6, 9, 12, 9, 9, 7]
 PATHS = ("hand", "svi", "svi-enum", "score")  # hand first: the others report their ratio to it
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -132,56 +134,16 @@ def tf32_deviation(name: str, shape: tuple[int, int, int], device: torch.device)
 def main(argv=None) -> list[dict]:
     args = parse_args(argv)
     device = resolve_device(args.device)
-    dtype = DTYPES[args.dtype]
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = args.tf32
         torch.backends.cudnn.allow_tf32 = args.tf32
+    print_header(args, device)
     results = []
-    columns = ["preset", "batch", "path", "samples/s", "ms/step", "peak MiB", "x hand"]
-    header = " ".join(f"{c:>{w}}" for c, w in zip(columns, [6, 6, 9, 12, 9, 9, 7], strict=True))
-    print(
-        f"device {device} ({torch.cuda.get_device_name() if device.type == 'cuda' else 'cpu'}), "
-        f"{args.dtype}{', tf32' if args.tf32 else ''}, torch {torch.__version__}, "
-        f"pyro {pyro.__version__}, {torch.get_num_threads()} threads"
-    )
-    print(header)
-    print("-" * len(header))
     with pyro.validation_enabled(False):
         for name in args.preset:
             shape = (1, args.input_size, args.input_size)
             for batch in args.batch_sizes:
-                timings = {}
-                for path in sorted(args.paths, key=PATHS.index):
-                    torch.manual_seed(0)
-                    stack = Stack.from_config(presets.get(name, shape)).to(device, dtype)
-                    x = torch.rand(batch, *shape, device=device, dtype=dtype)
-                    seconds, peak = measure(
-                        make_step(path, stack, x, num_data=60000),
-                        device,
-                        args.warmup,
-                        args.repeats,
-                        args.steps,
-                    )
-                    timings[path] = seconds
-                    ratio = seconds / timings["hand"] if "hand" in timings and path != "score" else None
-                    row = {
-                        "preset": name,
-                        "batch": batch,
-                        "path": path,
-                        "samples_per_second": batch / seconds,
-                        "ms_per_step": 1000 * seconds,
-                        "peak_mib": peak,
-                        "device": str(device),
-                        "dtype": args.dtype,
-                        "tf32": args.tf32,
-                        "ratio_to_hand": ratio,
-                    }
-                    results.append(row)
-                    print(
-                        f"{name:>6} {batch:>6} {path:>9} {batch / seconds:>12,.0f} {1000 * seconds:>9.2f} "
-                        f"{peak:>9.0f} {'' if ratio is None else f'{ratio:.2f}':>7}",
-                        flush=True,
-                    )
+                results += measure_paths(args, name, batch, device)
             if args.tf32 and device.type == "cuda":
                 print(
                     f"{name:>6} TF32 vs FP32 log-likelihood per image: {tf32_deviation(name, shape, device)}"
@@ -189,3 +151,39 @@ def main(argv=None) -> list[dict]:
     if args.json is not None:
         atomic_write(args.json, lambda h: h.write(json.dumps(results, indent=2).encode()))
     return results
+
+
+def print_header(args, device: torch.device) -> None:
+    header = " ".join(f"{c:>{w}}" for c, w in zip(COLUMNS, WIDTHS, strict=True))
+    print(
+        f"device {device} ({torch.cuda.get_device_name() if device.type == 'cuda' else 'cpu'}), "
+        f"{args.dtype}{', tf32' if args.tf32 else ''}, torch {torch.__version__}, "
+        f"pyro {pyro.__version__}, {torch.get_num_threads()} threads"
+    )
+    print(header)
+    print("-" * len(header))
+
+
+def measure_paths(args, name: str, batch: int, device: torch.device) -> list[dict]:
+    """One row per path of preset ``name`` at batch size ``batch``, each printed as it is measured."""
+    shape, dtype = (1, args.input_size, args.input_size), DTYPES[args.dtype]
+    timings, rows = {}, []
+    for path in sorted(args.paths, key=PATHS.index):
+        torch.manual_seed(0)
+        stack = Stack.from_config(presets.get(name, shape)).to(device, dtype)
+        x = torch.rand(batch, *shape, device=device, dtype=dtype)
+        step = make_step(path, stack, x, num_data=60000)
+        seconds, peak = measure(step, device, args.warmup, args.repeats, args.steps)
+        timings[path] = seconds
+        ratio = seconds / timings["hand"] if "hand" in timings and path != "score" else None
+        rows.append(
+            {"preset": name, "batch": batch, "path": path, "samples_per_second": batch / seconds,
+             "ms_per_step": 1000 * seconds, "peak_mib": peak, "device": str(device), "dtype": args.dtype,
+             "tf32": args.tf32, "ratio_to_hand": ratio}
+        )  # fmt: skip
+        print(
+            f"{name:>6} {batch:>6} {path:>9} {batch / seconds:>12,.0f} {1000 * seconds:>9.2f} "
+            f"{peak:>9.0f} {'' if ratio is None else f'{ratio:.2f}':>7}",
+            flush=True,
+        )
+    return rows

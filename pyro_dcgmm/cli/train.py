@@ -173,7 +173,7 @@ def main(argv: list[str] | None = None) -> dict:
     if rank != 0:
         dist.destroy_process_group()
         return {}
-    summary = write_outputs(args, config, stack, dataset, test_x, before, result)
+    summary = write_outputs(args, config, stack, dataset, result, (test_x, before))
     if dist.is_initialized():
         dist.destroy_process_group()
     return summary
@@ -187,9 +187,10 @@ def held_out(images: torch.Tensor, dataset, config: RunConfig) -> torch.Tensor:
     return dequantize(images, dataset.levels, torch.Generator().manual_seed(config.training.seed))
 
 
-def write_outputs(args, config: RunConfig, stack: Stack, dataset, test_x, before, result) -> dict:
-    """Evaluate the trained stack on the (held-out) test images ``test_x``; write summary, config
-    and figures; print a table."""
+def write_outputs(args, config: RunConfig, stack: Stack, dataset, result, test) -> dict:
+    """Evaluate the trained stack on the (held-out) test images of ``test`` = (images, their
+    log-likelihoods before training); write summary, config and figures; print a table."""
+    test_x, before = test
     stack.cpu()
     after = held_out_log_likelihood(stack, test_x)
     samples = result.new_steps * config.training.batch_size

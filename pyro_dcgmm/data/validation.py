@@ -58,6 +58,24 @@ def as_images(
             f"{name} has dtype {x.dtype}; convert it to floating point in "
             f"[{data_range[0]}, {data_range[1]}] first (e.g. x.float() / 255)"
         )
+    x = _shaped(x, input_shape, name, model)
+    if x.shape[0] == 0:
+        raise DataError(f"{name} is empty: it has shape {tuple(x.shape)}")
+    if not bool(torch.isfinite(x).all()):
+        bad = int((~torch.isfinite(x)).sum())
+        raise DataError(f"{name} contains {bad} NaN or infinite values")
+    low, high = data_range
+    lo, hi = float(x.min()), float(x.max())
+    if lo < low or hi > high:
+        raise DataError(
+            f"{name} has values in [{lo:.9g}, {hi:.9g}], outside the data range "
+            f"[{low}, {high}]; rescale it (e.g. divide 8-bit images by 255)"
+        )
+    return x
+
+
+def _shaped(x: torch.Tensor, input_shape: tuple[int, int, int], name: str, model: str) -> torch.Tensor:
+    """``x`` as (N, C, H, W): from (N, H, W) when C == 1 or flattened (N, C * H * W)."""
     channels, height, width = input_shape
     if x.dim() == 3 and channels == 1:
         x = x.unsqueeze(1)
@@ -74,18 +92,6 @@ def as_images(
             f"{name} has shape {tuple(x.shape)}; expected (N, {channels}, {height}, {width})"
             + (f" or (N, {height}, {width})" if channels == 1 else "")
             + f" or (N, {math.prod(input_shape)}){reshape}"
-        )
-    if x.shape[0] == 0:
-        raise DataError(f"{name} is empty: it has shape {tuple(x.shape)}")
-    if not bool(torch.isfinite(x).all()):
-        bad = int((~torch.isfinite(x)).sum())
-        raise DataError(f"{name} contains {bad} NaN or infinite values")
-    low, high = data_range
-    lo, hi = float(x.min()), float(x.max())
-    if lo < low or hi > high:
-        raise DataError(
-            f"{name} has values in [{lo:.9g}, {hi:.9g}], outside the data range "
-            f"[{low}, {high}]; rescale it (e.g. divide 8-bit images by 255)"
         )
     return x
 

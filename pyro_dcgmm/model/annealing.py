@@ -92,6 +92,16 @@ class AnnealingSchedule:
         self._window_count = 0
         self._first: float | None = None
         self._last: float | None = None
+        self._neighbourhood: tuple[tuple, torch.Tensor] | None = None
+
+    def neighbourhood(self, components: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        """The current (K, K) torus neighbourhood of ``components`` components, cached until the
+        width changes."""
+        key = (components, self.width, dtype, device)
+        if self._neighbourhood is None or self._neighbourhood[0] != key:
+            g = torus_neighbourhood(components, self.width, self.floor, dtype, device)
+            self._neighbourhood = (key, g)
+        return self._neighbourhood[1]
 
     @property
     def finished(self) -> bool:

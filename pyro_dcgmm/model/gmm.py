@@ -26,7 +26,7 @@ from pyro.ops.indexing import Vindex
 
 from pyro_dcgmm.config import GMMConfig, from_dict
 from pyro_dcgmm.inference.sampling import ComponentLikelihood
-from pyro_dcgmm.model.annealing import AnnealingSchedule, torus_neighbourhood
+from pyro_dcgmm.model.annealing import AnnealingSchedule
 from pyro_dcgmm.model.covariances import Geometry, make_covariance
 from pyro_dcgmm.model.fold import Fold, fold_back, is_lossless
 from pyro_dcgmm.model.layer import (
@@ -41,41 +41,8 @@ from pyro_dcgmm.model.layer import (
     record,
     window_output_size,
 )
-
-RESPONSIBILITY_FLOOR = 1e-4  # log-responsibilities below log(1e-4) carry no information upward
-
-
-class SubnormalGradientFlushed(torch.autograd.Function):
-    """The identity, whose backward pass on CPU sets subnormal gradient entries (magnitude below
-    the dtype's smallest normal number) to zero.
-
-    The gradient of a layer's log-likelihood with respect to its log-score table is the
-    responsibilities, and those of components some 90 nats less likely than the best are subnormal
-    in float32, which x86 CPUs multiply many times slower than normal numbers: zeroing them makes
-    training on CPU up to ten times faster (``scripts/bench_subnormals.py``) and changes trained
-    parameters only at the level of float32 rounding.  Unlike ``torch.set_flush_denormal``, which
-    sets the calling thread only, it holds on every worker thread.  GPUs take subnormals at full
-    speed: there the gradient passes unchanged."""
-
-    @staticmethod
-    def forward(ctx, table: torch.Tensor) -> torch.Tensor:
-        return table.view_as(table)
-
-    @staticmethod
-    def backward(ctx, gradient: torch.Tensor) -> torch.Tensor:
-        if gradient.device.type != "cpu":
-            return gradient
-        return gradient.masked_fill(gradient.abs() < torch.finfo(gradient.dtype).tiny, 0.0)
-
-
-def standardise(values: torch.Tensor, active: torch.Tensor) -> torch.Tensor:
-    """``values`` (N, K, H', W') centred and scaled over the active components at every position;
-    inactive components give zero."""
-    count = active.sum(1, keepdim=True).clamp_min(1)
-    values = values.masked_fill(~active, 0.0)
-    centred = (values - values.sum(1, keepdim=True) / count).masked_fill(~active, 0.0)
-    spread = (centred.square().sum(1, keepdim=True) / count).sqrt().clamp_min(1e-6)
-    return centred / spread
+from pyro_dcgmm.model.outputs import layer_output, output_range
+from pyro_dcgmm.model.subnormal import SubnormalGradientFlushed
 
 
 class GMM(Layer):
@@ -115,7 +82,6 @@ class GMM(Layer):
             config.plateau_window,
             config.plateau_tolerance,
         )
-        self._neighbourhood: tuple[float, torch.Tensor] | None = None
 
     @property
     def components(self) -> int:
@@ -184,21 +150,6 @@ class GMM(Layer):
     def annealing_finished(self) -> bool:
         return self.schedule.finished
 
-    def neighbourhood(self, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-        """The current (K, K) torus neighbourhood, cached until the width changes."""
-        cached = self._neighbourhood
-        if (
-            cached is None
-            or cached[0] != self.neighbourhood_width
-            or cached[1].dtype != dtype
-            or cached[1].device != device
-        ):
-            g = torus_neighbourhood(
-                self.components, self.neighbourhood_width, self.config.width_floor, dtype, device
-            )
-            self._neighbourhood = cached = (self.neighbourhood_width, g)
-        return cached[1]
-
     def _active_logits(self) -> torch.Tensor:
         """The mixing logits with pruned components' set to :data:`PRUNED_LOGIT` (weight zero)."""
         return self.mixing_logits.masked_fill(~self.active, PRUNED_LOGIT)
@@ -258,26 +209,10 @@ class GMM(Layer):
         return self._component_map(self.log_mixing())
 
     def output(self, scores: torch.Tensor) -> torch.Tensor:
-        """What the layer passes upward, from its log-scores (N, K, H', W'), by ``config.output``.
-
-        ``"responsibilities"``: ``r = softmax_k(scores)``.  ``"likelihoods"``: ``softmax_k`` of the
-        log-densities.  ``"log_responsibilities"``: ``log max(r, RESPONSIBILITY_FLOOR)`` and
-        ``"log_probabilities"``: the log-densities, each standardised over the active components at
-        every position (which keeps the runner-up components that near one-hot responsibilities
-        hide).  Pruned components pass zero.
-        """
-        kind = self.config.output
+        """What the layer passes upward from its log-scores (N, K, H', W'), by ``config.output``
+        (:mod:`pyro_dcgmm.model.outputs`)."""
         active = self._component_map(self.active)  # (1, K, 1 | H', 1 | W')
-        if kind == "responsibilities":
-            return torch.softmax(scores, dim=1)
-        log_densities = scores - self.log_mixing_map()
-        if kind == "likelihoods":
-            return torch.softmax(log_densities.masked_fill(~active, PRUNED_LOGIT), dim=1)
-        if kind == "log_responsibilities":
-            values = torch.log_softmax(scores, dim=1).clamp_min(math.log(RESPONSIBILITY_FLOOR))
-        else:
-            values = log_densities
-        return standardise(values, active)
+        return layer_output(self.config.output, scores, self.log_mixing_map(), active)
 
     def component_classes(self) -> torch.Tensor:
         """The class of every component (K,) of a layer split by class (``config.classes`` = C):
@@ -296,10 +231,7 @@ class GMM(Layer):
     @property
     def output_range(self) -> tuple[float, float]:
         """The interval :meth:`output` values lie in."""
-        if self.config.output in ("responsibilities", "likelihoods"):
-            return (0.0, 1.0)
-        bound = math.sqrt(self.components - 1.0) if self.components > 1 else 0.0
-        return (-bound, bound)
+        return output_range(self.config.output, self.components)
 
     def transform(self, x: torch.Tensor) -> torch.Tensor:
         """What the layer passes upward (:meth:`output`), shape (N, K, H', W')."""
@@ -318,7 +250,9 @@ class GMM(Layer):
         scores = self.log_scores(x)  # (N, K, H', W')
         table = scores.permute(0, 2, 3, 1)  # (N, H', W', K)
         if annealed and not self.annealing_finished:
-            table = table @ self.neighbourhood(table.dtype, table.device).T  # (N, H', W', K)
+            table = (
+                table @ self.schedule.neighbourhood(self.components, table.dtype, table.device).T
+            )  # (N, H', W', K)
         return scores, table
 
     def model(

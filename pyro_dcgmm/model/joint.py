@@ -34,10 +34,11 @@ from pyro.ops.indexing import Vindex
 from pyro_dcgmm.errors import ArchitectureError
 from pyro_dcgmm.inference import joint_inference
 from pyro_dcgmm.model.fold import Fold, fold_back
-from pyro_dcgmm.model.gmm import GMM, SubnormalGradientFlushed
+from pyro_dcgmm.model.gmm import GMM
 from pyro_dcgmm.model.layer import Layer, class_logits, component_map, record
 from pyro_dcgmm.model.plate_grid import PlateGrid
 from pyro_dcgmm.model.stack import Stack
+from pyro_dcgmm.model.subnormal import SubnormalGradientFlushed
 from pyro_dcgmm.model.tree import Tree
 
 

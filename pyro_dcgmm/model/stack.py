@@ -10,45 +10,24 @@ import pyro
 import torch
 from pyro.nn import PyroModule
 
-from pyro_dcgmm.config import LayerConfig, ModelConfig
+from pyro_dcgmm.config import ModelConfig
 from pyro_dcgmm.errors import ArchitectureError
 from pyro_dcgmm.inference import queries, top_down
 from pyro_dcgmm.inference.sampling import SamplingOptions, default_variant_layer
+from pyro_dcgmm.model.building import checked_input_shape, layer_from_config
 from pyro_dcgmm.model.fold import Fold
 from pyro_dcgmm.model.gmm import GMM
 from pyro_dcgmm.model.layer import Layer, local_params
-from pyro_dcgmm.model.pool import MaxPool
 from pyro_dcgmm.model.readout import Readout
 from pyro_dcgmm.model.tree import Tree
 
 MAX_PLATE_NESTING = 3  # data, height, width
 
 
-LAYER_CLASSES: dict[type, type[Layer]] = {
-    cls.config_class: cls for cls in (Fold, MaxPool, GMM, Readout, Tree)
-}
-
-
-def layer_from_config(config: LayerConfig) -> Layer:
-    """The layer a config dataclass describes."""
-    if type(config) not in LAYER_CLASSES:
-        raise ArchitectureError(f"not a layer config: {config!r}")
-    return LAYER_CLASSES[type(config)].from_config(config)
-
-
 def last_value(passes, default):
     """The value of the last ``(layer, value)`` pair of a pass (``default`` if there is none)."""
     last = deque(passes, maxlen=1)
     return last[0][1] if last else default
-
-
-def checked_input_shape(input_shape) -> tuple[int, int, int]:
-    input_shape = tuple(input_shape)
-    if len(input_shape) != 3 or not all(isinstance(s, int) and s >= 1 for s in input_shape):
-        raise ArchitectureError(
-            f"input_shape must be (channels, height, width) of positive ints, got {input_shape}"
-        )
-    return input_shape
 
 
 class Stack(PyroModule):
@@ -360,10 +339,8 @@ class Stack(PyroModule):
         return queries.responsibilities(self, x, layer, batch_size, mask)
 
     def map_components(self, x, layer: int = -1, batch_size: int = 1024, mask=None) -> torch.Tensor:
-        """Most probable component at every position of GMM layer ``layer``: shape (N, H', W').
-
-        Equal to ``infer_discrete(..., temperature=0)`` on the exact model (tested).
-        """
+        """Most probable component at every position of GMM layer ``layer``: shape (N, H', W'),
+        equal to ``infer_discrete(..., temperature=0)`` on the exact model (tested)."""
         return queries.map_components(self, x, layer, batch_size, mask)
 
     def log_prob(self, x, layer: int = -1, batch_size: int = 1024, mask=None) -> torch.Tensor:
@@ -379,10 +356,8 @@ class Stack(PyroModule):
         return queries.log_prob(self, x, layer, batch_size, mask)
 
     def layer_log_probs(self, x, batch_size: int = 1024, mask=None) -> torch.Tensor:
-        """Per-sample log-likelihood at every GMM layer in one upward pass: (N, number of GMM layers).
-
-        Column ``j`` equals ``log_prob(x, layer=j)``.
-        """
+        """Per-sample log-likelihood at every GMM layer in one upward pass: (N, number of GMM
+        layers), column ``j`` equal to ``log_prob(x, layer=j)``."""
         return queries.layer_log_probs(self, x, batch_size, mask)
 
     def predict_proba(self, x, batch_size: int = 1024) -> torch.Tensor:
