@@ -7,6 +7,7 @@ scikit-learn and the trainer) are imported on first use, so ``import pyro_dcgmm`
 from pyro_dcgmm.model.annealing import AnnealingSchedule, torus_neighbourhood
 from pyro_dcgmm.model.fold import Fold
 from pyro_dcgmm.model.gmm import GMM
+from pyro_dcgmm.model.joint import JointStack
 from pyro_dcgmm.model.pool import MaxPool
 from pyro_dcgmm.model.readout import Readout
 from pyro_dcgmm.model.stack import MAX_PLATE_NESTING, Stack
@@ -33,6 +34,7 @@ __all__ = [
     "AnnealingSchedule",
     "DCGMMClassifier",
     "Fold",
+    "JointStack",
     "MaxPool",
     "Readout",
     "Stack",

@@ -30,15 +30,8 @@ def preset_layers(args, shape) -> list:
 
 def training_params(args) -> dict:
     """The estimators' training settings the flags give."""
-    return {
-        "epochs": args.epochs,
-        "batch_size": args.batch_size,
-        "lr": args.lr,
-        "optimizer": args.optimizer,
-        "device": args.device,
-        "random_state": args.seed,
-        "verbose": int(not args.no_progress),
-    }
+    given = {name: getattr(args, name) for name in ("epochs", "batch_size", "lr", "optimizer", "device")}
+    return given | {"random_state": args.seed, "verbose": int(not args.no_progress)}
 
 
 def estimator(args, layers, data_range=(0.0, 1.0)) -> DCGMM:

@@ -70,6 +70,10 @@ class JointStack(Stack):
     first Tree layer, ..., -1 the top.
     """
 
+    @staticmethod
+    def builds(layers: Sequence[Layer]) -> bool:
+        return any(isinstance(layer, Tree) for layer in layers)
+
     def _check_layer_types(self, layers: Sequence[Layer]) -> None:
         kinds = [type(layer).__name__ for layer in layers]
         start = 1 if isinstance(layers[0], Fold) else 0

@@ -125,11 +125,14 @@ class Stack(PyroModule):
         if not config.layers:
             raise ArchitectureError("the model config has no layers; resolve presets first")
         layers = [layer_from_config(c) for c in config.layers]
-        if cls is Stack and any(isinstance(layer, Tree) for layer in layers):
-            from pyro_dcgmm.model.joint import JointStack
-
-            cls = JointStack
+        if cls is Stack:  # a subclass that builds these layers (JointStack, for Tree layers)
+            cls = next((kind for kind in Stack.__subclasses__() if kind.builds(layers)), Stack)
         return cls(layers, tuple(shape), config.data_range)
+
+    @staticmethod
+    def builds(layers: Sequence[Layer]) -> bool:
+        """Whether :meth:`from_config` builds this kind of stack (a subclass) for ``layers``."""
+        return False
 
     @property
     def config(self) -> ModelConfig:

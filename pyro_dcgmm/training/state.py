@@ -61,19 +61,11 @@ class TrainingState:
         self.offset += batch_size
         return index
 
+    SAVED = ("num_data", "epoch", "step", "history", "order", "offset", "epoch_losses", "epoch_steps")
+
     def state_dict(self) -> dict:
-        return {
-            "num_data": self.num_data,
-            "epoch": self.epoch,
-            "step": self.step,
-            "history": self.history,
-            "order": self.order,
-            "offset": self.offset,
-            "epoch_losses": self.epoch_losses,
-            "epoch_steps": self.epoch_steps,
-            "skipped": self.skipped,
-            "seconds": self.seconds,
-        }
+        """What a checkpoint keeps of the state (not the counters of this call)."""
+        return {name: getattr(self, name) for name in (*self.SAVED, "skipped", "seconds")}
 
     def load_state_dict(self, state: dict) -> None:
         self.num_data = state.get("num_data")  # None in checkpoints written before it was recorded
