@@ -15,7 +15,7 @@ from pyro_dcgmm.config import ModelConfig, TrainConfig
 from pyro_dcgmm.data.validation import as_images, as_labels, as_tensor, image_shape
 from pyro_dcgmm.inference.sampling import SamplingOptions
 from pyro_dcgmm.model.stack import Stack
-from pyro_dcgmm.training.trainer import train
+from pyro_dcgmm.training.trainer import Trainer
 
 
 class DCGMM(ClusterMixin, DensityMixin, BaseEstimator):
@@ -120,7 +120,7 @@ class DCGMM(ClusterMixin, DensityMixin, BaseEstimator):
             device=self.device,
             progress=bool(self.verbose),
         )
-        result = train(stack, x, labels, config=config)
+        result = Trainer(stack, config).fit(x, labels)  # x and labels are checked here
         self.stack_ = stack.cpu()
         self.input_shape_ = shape
         self.n_features_in_ = math.prod(shape)

@@ -65,6 +65,7 @@ def train(
         resume, overwrite), or just the output folder; ``None``: nothing is written.
     :raises TrainingInterrupted: at Ctrl-C, after the step under way and a checkpoint.
     """
+    images, labels, validation = checked_data(stack, images, labels, validation)
     return Trainer(stack, config, files).fit(images, labels, validation)
 
 
@@ -90,11 +91,16 @@ class Trainer:
         self.generator = torch.Generator().manual_seed(self.config.seed)
         self.elbo = make_elbo(stack, self.config)
 
-    def fit(self, images, labels=None, validation=None) -> TrainResult:
-        """Train on ``images`` (and ``labels``), scoring ``validation`` after every epoch."""
+    def fit(self, images: torch.Tensor, labels=None, validation=None) -> TrainResult:
+        """Train on ``images`` (N, C, H, W) (and class ``labels`` (N,)), scoring ``validation``
+        after every epoch: tensors as :func:`train` (or ``DCGMM.fit``) checked them."""
         self.started = time.perf_counter()
         place(self.stack, resolve_device(self.config.device))
-        self.images, self.labels, self.validation = checked_data(self.stack, images, labels, validation)
+        require_trainable(self.stack, images, labels)
+        parameter = next(self.stack.parameters())
+        self.images = images.to(parameter.device, parameter.dtype)
+        self.labels = None if labels is None else labels.to(parameter.device)
+        self.validation = validation
         self.optimizer = make_optimizer(self.stack, self.config)
         rank = distributed_rank_and_size()[0]
         self.checkpointer, self.log = self.files.writers(self.config.keep_epoch_checkpoints, rank == 0)
@@ -285,20 +291,21 @@ def waiting_layers(stack, progress: float) -> list:
 
 
 def checked_data(stack, images, labels, validation):
-    """The training images, labels and validation images, checked against ``stack`` and on its
-    device and dtype."""
+    """The training images, labels and validation images, checked against ``stack``."""
     images = as_images(images, stack.input_shape, stack.data_range, "images")
+    labels = as_labels(labels, images.shape[0], stack.num_classes)
+    if validation is not None:
+        validation = as_images(validation, stack.input_shape, stack.data_range, "validation")
+    return images, labels, validation
+
+
+def require_trainable(stack, images: torch.Tensor, labels) -> None:
+    """What training needs of its data: two images at least, and labels for layers split by class."""
     if images.shape[0] < 2:
         raise DataError(f"images holds {images.shape[0]} sample; training needs at least 2")
-    labels = as_labels(labels, images.shape[0], stack.num_classes)
     split = [n for n, layer in enumerate(stack.mixture_layers) if layer.config.classes]
     if labels is None and split:
         raise DataError(f"layer(s) {split} split their components by class: training needs labels")
-    if validation is not None:
-        validation = as_images(validation, stack.input_shape, stack.data_range, "validation")
-    parameter = next(stack.parameters())
-    images = images.to(parameter.device, parameter.dtype)
-    return images, labels.to(parameter.device) if labels is not None else None, validation
 
 
 def place(stack, device: torch.device) -> None:
