@@ -19,7 +19,7 @@ from pyro_dcgmm.model.joint import JointStack
 from pyro_dcgmm.model.tree import Tree
 from pyro_dcgmm.training.checkpoint import stack_from_checkpoint
 from pyro_dcgmm.training.initialisation import initialise_tree
-from pyro_dcgmm.training.trainer import train
+from pyro_dcgmm.training.trainer import Trainer, train
 
 
 @pytest.fixture(scope="module")
@@ -70,18 +70,11 @@ def test_greedy_training_leaves_the_layers_below_the_top_alone(digits):
     config = TrainConfig(epochs=4, batch_size=200, progress=False, device="cpu", joint_refinement=False)
     snapshots = []
 
-    def spy(*args, **kwargs):
-        snapshots.append((stack.root_level, stack.leaf.means.detach().clone()))
-        return original(*args, **kwargs)
+    def spy(trainer):  # before every step after the first, which initialises the leaves
+        if trainer.state.step > 0:
+            snapshots.append((stack.root_level, stack.leaf.means.detach().clone()))
 
-    import pyro_dcgmm.training.trainer as trainer
-
-    original = trainer.train_step
-    trainer.train_step = spy
-    try:
-        train(stack, train_x, config=config)
-    finally:
-        trainer.train_step = original
+    Trainer(stack, config, callbacks=[spy]).fit(train_x)
     after_join = [means for root, means in snapshots if root > 0]
     assert len(after_join) > 2 and all(torch.equal(after_join[0], means) for means in after_join)
 
