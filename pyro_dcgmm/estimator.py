@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import typing
 
 import numpy as np
 import torch
@@ -11,11 +12,16 @@ from sklearn.base import BaseEstimator, ClusterMixin, DensityMixin
 from sklearn.utils.validation import check_is_fitted
 
 from pyro_dcgmm import presets
-from pyro_dcgmm.config import ModelConfig, TrainConfig
+from pyro_dcgmm.config import FULL_PRECISION_RANGE, FoldConfig, GMMConfig, ModelConfig, TrainConfig
 from pyro_dcgmm.data.validation import as_images, as_labels, as_tensor, image_shape
+from pyro_dcgmm.errors import ConfigError
+from pyro_dcgmm.fitted import converged, free_parameters, mixture_attributes, with_top_layer
 from pyro_dcgmm.inference.sampling import SamplingOptions
 from pyro_dcgmm.model.stack import Stack
 from pyro_dcgmm.training.trainer import Trainer
+
+SKLEARN_REG_COVAR = 1e-6  # GaussianMixture's default reg_covar, the one-layer model's variance floor
+COVARIANCE_TYPES = typing.get_args(typing.get_type_hints(GMMConfig)["covariance"])
 
 
 class DCGMM(ClusterMixin, DensityMixin, BaseEstimator):
@@ -37,18 +43,29 @@ class DCGMM(ClusterMixin, DensityMixin, BaseEstimator):
         ``"em"`` trains the GMM layers by online EM from a k-means initialisation.
     :param plateau_window: steps per plateau test of every GMM layer's annealing (used by layers
         with ``annealing=True``); ``None`` keeps each layer's own.
-    :param score_layer: GMM layer whose log-likelihood :meth:`score_samples` returns.
+    :param score_layer: layer whose log-likelihood :meth:`score_samples` returns.
     :param device: ``"auto"`` (CUDA when available), ``"cpu"`` or ``"cuda"``.
+    :param random_state: seed of initialisation and shuffling (``None``: 0), and of :meth:`sample`
+        (``None``: fresh draws at every call, as scikit-learn's estimators sample).
+    :param verbose: show a progress bar while fitting.
+    :param n_components, covariance_type, reg_covar: scikit-learn's names for the top layer's
+        components, covariance structure (``"diag"``, ``"full"`` or ``"stationary"``) and variance
+        floor (``precision_ceiling = 1 / reg_covar``; scikit-learn adds ``reg_covar`` to every
+        variance, this floor clamps them, which differs only for variances near it).  With
+        ``layers=None``, ``n_components`` alone makes a one-layer model, one GMM over the whole input
+        with scikit-learn's default floor ``reg_covar = 1e-6`` (``GaussianMixture``'s counterpart;
+        1e-4 for full covariances, the smallest they keep positive definite in float32).
 
     The training settings default to :class:`~pyro_dcgmm.config.TrainConfig`'s, which ``pyro-dcgmm
-    train`` shares.
-    :param random_state: seed of initialisation, shuffling and sampling (``None``: 0).
-    :param verbose: show a progress bar while fitting.
-
-    Fitted attributes: ``stack_`` (the trained :class:`Stack`), ``input_shape_``,
+    train`` shares.  Fitted attributes: ``stack_`` (the trained :class:`Stack`), ``input_shape_``,
     ``n_features_in_``, ``n_components_`` (clusters at the top layer), ``labels_`` (clusters of the
-    training images), ``history_``.
-    Every estimator owns its parameters (module-local), so several coexist in one process.
+    training images), ``history_``, and as scikit-learn's mixtures have them, of the top layer:
+    ``weights_``, ``means_`` and ``covariances_`` (variances (K, D) for ``"diag"``, matrices (K, D, D)
+    otherwise; per position with a leading (H', W') for a per-position layer; for a joint stack's
+    top Tree layer ``means_`` are its components' expected images and there is no
+    ``covariances_``), ``converged_``, ``n_iter_`` (epochs) and ``lower_bound_`` (the top objective's
+    mean log-likelihood per sample in the last epoch).  Every estimator owns its parameters
+    (module-local), so several coexist in one process.
     """
 
     def __init__(
@@ -65,6 +82,9 @@ class DCGMM(ClusterMixin, DensityMixin, BaseEstimator):
         device: str = TrainConfig.device,
         random_state: int | None = None,
         verbose: int = 0,
+        n_components: int | None = None,
+        covariance_type: str | None = None,
+        reg_covar: float | None = None,
     ):
         self.layers = layers
         self.input_shape = input_shape
@@ -78,6 +98,9 @@ class DCGMM(ClusterMixin, DensityMixin, BaseEstimator):
         self.device = device
         self.random_state = random_state
         self.verbose = verbose
+        self.n_components = n_components
+        self.covariance_type = covariance_type
+        self.reg_covar = reg_covar
 
     def _images(self, X, shape=None) -> torch.Tensor:
         """``X`` as a checked float32 tensor (N, C, H, W); ``shape`` (C, H, W) or the one ``X`` has."""
@@ -91,14 +114,45 @@ class DCGMM(ClusterMixin, DensityMixin, BaseEstimator):
         return (-math.inf, math.inf) if self.data_range is None else tuple(self.data_range)
 
     def _model_config(self, shape) -> ModelConfig:
-        if self.layers is None or isinstance(self.layers, str):
+        if self.layers is None and self.n_components is not None:  # scikit-learn's one-layer model
+            gmm = GMMConfig(components=self.n_components, precision_ceiling=1.0 / self._one_layer_floor())
+            config = ModelConfig(layers=(FoldConfig(patch=None), gmm))
+        elif self.layers is None or isinstance(self.layers, str):
             config = ModelConfig(preset=self.layers)
         elif isinstance(self.layers, ModelConfig):
             config = dataclasses.replace(self.layers, input_shape=None)
         else:
             config = ModelConfig(layers=tuple(self.layers))
         options = {} if self.plateau_window is None else {"plateau_window": self.plateau_window}
-        return presets.resolve(dataclasses.replace(config, data_range=self._data_range()), shape, **options)
+        config = presets.resolve(dataclasses.replace(config, data_range=self._data_range()), shape, **options)
+        return with_top_layer(config, self._top_layer_settings())
+
+    def _one_layer_floor(self) -> float:
+        """``reg_covar``, or scikit-learn's default where float32 full covariances allow it."""
+        if self.reg_covar is not None:
+            return self.reg_covar
+        if self.covariance_type == "full":
+            return 1.0 / (GMMConfig.precision_floor * FULL_PRECISION_RANGE)
+        return SKLEARN_REG_COVAR
+
+    def _top_layer_settings(self) -> dict:
+        """The top layer's settings that ``n_components``, ``covariance_type`` and ``reg_covar`` give."""
+        if self.covariance_type is not None and self.covariance_type not in COVARIANCE_TYPES:
+            raise ConfigError(
+                f"covariance_type must be one of {', '.join(map(repr, COVARIANCE_TYPES))}, got "
+                f"{self.covariance_type!r} (scikit-learn's 'tied' and 'spherical' have no counterpart here)"
+            )
+        if self.reg_covar is not None and not self.reg_covar > 0:
+            raise ConfigError(f"reg_covar must be a positive variance floor, got {self.reg_covar!r}")
+        smallest = 1.0 / (GMMConfig.precision_floor * FULL_PRECISION_RANGE)
+        if self.covariance_type == "full" and self.reg_covar is not None and self.reg_covar < smallest:
+            raise ConfigError(
+                f"reg_covar {self.reg_covar:g} is too small for full covariances in float32: they stay "
+                f"positive definite down to reg_covar = {smallest:g}"
+            )
+        settings = {"components": self.n_components, "covariance": self.covariance_type}
+        settings["precision_ceiling"] = None if self.reg_covar is None else 1.0 / self.reg_covar
+        return {name: value for name, value in settings.items() if value is not None}
 
     def fit(self, X, y=None):
         """Train the stack on ``X`` (and ``y`` for a Readout, if it has one)."""
@@ -126,6 +180,11 @@ class DCGMM(ClusterMixin, DensityMixin, BaseEstimator):
         self.n_features_in_ = math.prod(shape)
         self.n_components_ = stack.mixture_layers[-1].components
         self.history_ = result.history
+        self.n_iter_ = len(result.history)
+        self.converged_ = converged(result.history)
+        self.lower_bound_ = -result.history[-1]["train_loss"][-1] if result.history else -math.inf
+        for name, value in mixture_attributes(stack).items():
+            setattr(self, name, value)
         self.labels_ = self.predict(x)
         return self
 
@@ -149,10 +208,33 @@ class DCGMM(ClusterMixin, DensityMixin, BaseEstimator):
         return float(self.score_samples(X).mean())
 
     def sample(self, n_samples: int = 1, options: SamplingOptions | None = None):
-        """``(X, y)``: ``n_samples`` flattened images sampled top-down and their clusters."""
+        """``(X, y)``: ``n_samples`` flattened images sampled top-down and their clusters; fresh
+        draws at every call unless ``random_state`` is set."""
         check_is_fitted(self)
-        seed = 0 if self.random_state is None else int(self.random_state)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+        if self.random_state is None:
             images = self.stack_.sample(n_samples, options=options)
+        else:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(int(self.random_state))
+                images = self.stack_.sample(n_samples, options=options)
         return images.flatten(1).numpy(), self.predict(images)
+
+    def bic(self, X) -> float:
+        """Bayesian information criterion of ``X`` at ``score_layer`` (lower is better)."""
+        n = self._images(X, self.input_shape_).shape[0]
+        return -2 * self.score(X) * n + self._free_parameters() * math.log(n)
+
+    def aic(self, X) -> float:
+        """Akaike information criterion of ``X`` at ``score_layer`` (lower is better)."""
+        n = self._images(X, self.input_shape_).shape[0]
+        return -2 * self.score(X) * n + 2 * self._free_parameters()
+
+    def _free_parameters(self) -> int:
+        """Free parameters of the model :meth:`score_samples` scores: the ``score_layer`` of a
+        layerwise stack, every layer of a joint one."""
+        check_is_fitted(self)
+        stack = self.stack_
+        scored = (
+            stack.mixture_layers if stack.formulation == "joint" else [stack.mixture_layer(self.score_layer)]
+        )
+        return sum(free_parameters(layer) for layer in scored)

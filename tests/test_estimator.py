@@ -136,3 +136,60 @@ def test_scikit_learn_estimator_checks():
     results = check_estimator(model, on_skip=None)
     failed = [result["check_name"] for result in results if result["status"] == "failed"]
     assert not failed and len(results) >= 45
+
+
+@pytest.fixture(scope="module")
+def digit_rows():
+    from sklearn.datasets import load_digits as sklearn_digits
+
+    x = sklearn_digits().data / 16.0
+    order = np.random.RandomState(0).permutation(len(x))
+    return x[order[:1400]], x[order[1400:]]
+
+
+def test_one_layer_estimator_scores_as_gaussian_mixture_at_the_same_floor(digit_rows):
+    from sklearn.mixture import GaussianMixture
+
+    train, test = digit_rows
+    ours = DCGMM(n_components=10, covariance_type="diag", reg_covar=1e-3, random_state=0).fit(train)
+    theirs = GaussianMixture(10, covariance_type="diag", reg_covar=1e-3, random_state=0).fit(train)
+    assert ours.score(test) >= theirs.score(test) - 0.005 * abs(theirs.score(test))  # 51.29 vs 51.52
+    assert ours.score(train) >= theirs.score(train)  # online EM reaches EM's optimum: 54.03 vs 53.41
+    default = DCGMM(n_components=10, covariance_type="diag", random_state=0).fit(train)
+    assert default.stack_.mixture_layers[-1].config.precision_ceiling == 1e6  # reg_covar 1e-6, as sklearn
+
+
+def test_fitted_attributes_are_scikit_learns(digit_rows):
+    train, test = digit_rows
+    for kind in ("diag", "full"):
+        model = DCGMM(n_components=4, covariance_type=kind, epochs=3, random_state=0).fit(train[:300])
+        assert model.weights_.shape == (4,) and model.weights_.sum() == pytest.approx(1.0, abs=1e-5)
+        assert model.means_.shape == (4, 64)
+        assert model.covariances_.shape == ((4, 64) if kind == "diag" else (4, 64, 64))
+        assert model.n_iter_ == 3 and isinstance(model.converged_, bool)
+        assert np.isfinite(model.lower_bound_)
+        free = 3 + 4 * 64 + (4 * 64 if kind == "diag" else 4 * 64 * 65 // 2)
+        n, score = len(test), model.score(test)
+        assert model.bic(test) == pytest.approx(-2 * score * n + free * np.log(n))
+        assert model.aic(test) == pytest.approx(-2 * score * n + 2 * free)
+    assert model.covariances_[0] == pytest.approx(model.covariances_[0].T)
+
+
+def test_samples_are_fresh_unless_a_random_state_is_set(digit_rows):
+    train, _ = digit_rows
+    model = DCGMM(n_components=3, epochs=1).fit(train[:200])
+    assert not np.array_equal(model.sample(4)[0], model.sample(4)[0])
+    model.set_params(random_state=5)
+    assert np.array_equal(model.sample(4)[0], model.sample(4)[0])
+
+
+def test_shortcuts_name_the_parameter_at_fault(digit_rows):
+    train, _ = digit_rows
+    with pytest.raises(
+        ConfigError, match="covariance_type must be one of 'diag', 'full', 'stationary', got 'tied'"
+    ):
+        DCGMM(n_components=3, covariance_type="tied").fit(train[:50])
+    with pytest.raises(ConfigError, match="reg_covar 1e-06 is too small for full covariances"):
+        DCGMM(n_components=3, covariance_type="full", reg_covar=1e-6).fit(train[:50])
+    top = DCGMM("digits", n_components=7, epochs=1).fit(train[:200].reshape(-1, 8, 8))
+    assert top.n_components_ == 7 and top.weights_.shape == (7,)

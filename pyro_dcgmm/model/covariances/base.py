@@ -62,6 +62,10 @@ class Covariance(SviModule):
         """Values the structure needs, for the memory check before :meth:`build`."""
         raise NotImplementedError
 
+    def free_parameter_count(self) -> int:
+        """Free parameters (for BIC and AIC): the stored values, less those a constraint fixes."""
+        return self.parameter_count()
+
     def build(self, log_precision: float) -> None:
         """Create the parameters, every precision ``exp(log_precision)``."""
         raise NotImplementedError

@@ -45,6 +45,11 @@ class FullCovariance(Covariance):
     def parameter_count(self) -> int:
         return math.prod(self.geometry.lead) * self.geometry.components * self.geometry.dim**2
 
+    def free_parameter_count(self) -> int:
+        """A symmetric matrix per component: D (D + 1) / 2 values."""
+        dim = self.geometry.dim
+        return math.prod(self.geometry.lead) * self.geometry.components * dim * (dim + 1) // 2
+
     def build(self, log_precision: float) -> None:
         shape = (*self.geometry.lead, self.geometry.components, self.geometry.dim, self.geometry.dim)
         eye = torch.eye(self.geometry.dim).expand(shape)
