@@ -3,11 +3,12 @@
 import pyro
 import pytest
 import torch
-from pyro.infer import SVI, TraceEnum_ELBO
+from pyro.infer import SVI, Predictive, TraceEnum_ELBO
 
 from pyro_dcgmm import GMM, Fold, Stack, presets
 from pyro_dcgmm.config import TrainConfig
 from pyro_dcgmm.data.datasets import load_digits
+from pyro_dcgmm.inference.sampling import SamplingOptions
 from pyro_dcgmm.training.trainer import train
 
 
@@ -54,3 +55,18 @@ def test_plain_svi_trains_a_joint_stack():
         stack.project_()
     assert losses[-1] < losses[0]
     assert all(p.grad is None or not p.grad.abs().sum() for p in stack.parameters())  # SVI zeroed them
+
+
+def test_predictive_draws_every_layers_components_and_patches():
+    # stack.sample is the generative program: Predictive returns each layer's components and patches
+    torch.manual_seed(0)
+    layerwise = Stack.from_config(presets.get("digits", (1, 8, 8)))
+    draws = Predictive(lambda n: layerwise.sample(n, options=SamplingOptions(mean=True)), num_samples=3)(5)
+    shapes = {"layer0.z": (3, 5, 3, 3), "layer0.x": (3, 5, 3, 3, 16), "layer1.z": (3, 5, 1, 1)}
+    assert {name: tuple(v.shape) for name, v in draws.items()} == shapes | {"layer1.x": (3, 5, 1, 1, 900)}
+    means = layerwise.mixture_layer(0).means.detach()
+    torch.testing.assert_close(draws["layer0.x"], means[draws["layer0.z"]])  # mean=True: the drawn means
+    joint = Stack.from_config(presets.get("Jdigits", (1, 8, 8)))
+    draws = Predictive(joint.sample, num_samples=2)(4)
+    assert sorted(draws) == ["layer0.x", "layer0.z", "layer1.z", "layer2.z"]
+    assert draws["layer2.z"].shape == (2, 4, 1, 1) and draws["layer0.z"].shape == (2, 4, 4, 4)

@@ -14,6 +14,8 @@ computed with the missing pixels of a mask summed out at the leaves:
 
 from __future__ import annotations
 
+import pyro
+import pyro.distributions as dist
 import torch
 import torch.nn.functional as F
 from pyro import poutine
@@ -143,13 +145,14 @@ def draw(stack, n: int, options: SamplingOptions, classes=None, evidence: Eviden
         logits = top.log_mixing_map().expand(n, -1, *top.output_shape[1:])  # (n, J, H, W)
         if classes is not None:
             logits = logits + top.class_log_likelihood(classes)
-        z = _categorical(logits, evidence.at(root) if evidence else None)
+        z = _categorical(top.site("z"), logits, evidence.at(root) if evidence else None)
 
         def step(layer, z):
             if layer is stack.leaf:
                 return z
+            level = stack.number_of(layer) - 1
             logits = layer.child_log_probabilities(z)  # (n, K, Hc, Wc)
-            return _categorical(logits, evidence.at(stack.number_of(layer) - 1) if evidence else None)
+            return _categorical(layers[level].site("z"), logits, evidence.at(level) if evidence else None)
 
         z = stack.pass_down(z, step, start=top)
         patches = _leaf_patches(
@@ -159,17 +162,19 @@ def draw(stack, n: int, options: SamplingOptions, classes=None, evidence: Eviden
     return fold_back(patches, stack.input_shape[1:], leaf.patch, leaf.stride).clamp(*stack.data_range)
 
 
-def _categorical(logits: torch.Tensor, message: torch.Tensor | None) -> torch.Tensor:
-    """Components (n, H, W) drawn from ``logits`` (n, K, H, W) plus a ``message`` (evidence)."""
+def _categorical(site: str, logits: torch.Tensor, message: torch.Tensor | None) -> torch.Tensor:
+    """Components (n, H, W) drawn at Pyro sample site ``site`` from ``logits`` (n, K, H, W) plus a
+    ``message`` (evidence)."""
     if message is not None:
         logits = logits + message
-    return torch.distributions.Categorical(logits=logits.permute(0, 2, 3, 1)).sample()
+    return pyro.sample(site, dist.Categorical(logits=logits.permute(0, 2, 3, 1)))  # batch (n, H, W)
 
 
 def _leaf_patches(leaf, z: torch.Tensor, options: SamplingOptions, evidence: Evidence | None):
     """Patch vectors (n, D, H, W) of components ``z`` (n, H, W): the leaf's generative program with
     its components fixed, then, given observed pixels, the conditional of each leaf's Gaussian."""
-    generate = poutine.condition(leaf.generate, data={leaf.site("z"): z})
+    site = leaf.site("z")  # drawn above, by the leaves' parents or the top: fixed, and not a site twice
+    generate = poutine.block(poutine.condition(leaf.generate, data={site: z}), hide=[site])
     patches = generate(z.shape[0], None, options.divisor, options.mean)  # (n, D, H, W)
     if evidence is None or evidence.mask is None:
         return patches
