@@ -1,3 +1,4 @@
+import importlib
 import importlib.util
 import json
 import subprocess
@@ -7,8 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
+import pyro_dcgmm
 from pyro_dcgmm.cli import main as cli
 from pyro_dcgmm.cli import train as train_svi
+from pyro_dcgmm.cli.common import plain
 from pyro_dcgmm.data.datasets import FASHION_MNIST_ROOT
 from pyro_dcgmm.errors import ConfigError
 from pyro_dcgmm.training.checkpoint import stack_from_checkpoint
@@ -137,3 +140,45 @@ def test_subnormal_bench_trains_and_samples_the_same_either_way(tmp_path, capsys
     assert trained[0][3:] == trained[1][3:]  # the same validation log-likelihoods
     sampled = [line.split() for line in lines if line.startswith(checkpoint)]
     assert [row[1] for row in sampled] == ["kept", "zeroed"] and sampled[0][3] == sampled[1][3] == "0"
+
+
+def run(argv, capsys) -> tuple[int, str, str]:
+    with pytest.raises(SystemExit) as stop:
+        cli.main(argv)
+    out = capsys.readouterr()
+    return stop.value.code, out.out, out.err
+
+
+def test_the_top_level_command_helps_on_stdout_and_names_what_is_wrong(capsys):
+    code, out, err = run(["--help"], capsys)
+    assert code == 0 and "commands:" in out and err == ""
+    assert all(name in out for name in cli.COMMANDS) and "classification and covariance" in out
+    assert run(["--version"], capsys)[:2] == (0, f"pyro-dcgmm {pyro_dcgmm.__version__}\n")
+    code, _, err = run(["trian"], capsys)
+    assert code == 2 and err.rstrip().endswith("error: unknown command 'trian'; did you mean 'train'?")
+    assert run([], capsys)[0] == 2
+
+
+@pytest.mark.parametrize("argv", [[name] for name in cli.COMMANDS] + [["evaluate", "classify"]])
+def test_help_is_plain_text_with_each_default_once(argv, capsys):
+    code, out, _ = run([*argv, "--help"], capsys)
+    assert code == 0
+    assert "(default: None)" not in out and "``" not in out and ":mod:" not in out and ":class:" not in out
+    assert all(line.count("(default:") <= 1 for line in out.splitlines())
+    module = importlib.import_module(f"pyro_dcgmm.cli.{argv[0]}")
+    description = plain(module.__doc__).partition("\n\n")[0].strip()
+    assert description.endswith(".") and (len(argv) > 1 or description in out)  # whole, not cut
+
+
+def test_a_config_name_that_is_not_shipped_lists_those_that_are(tmp_path):
+    with pytest.raises(
+        ConfigError, match=r"the shipped configurations are digits, .*; did you mean 'digits'"
+    ):
+        train_svi.main(["--config", "digit", "--out", str(tmp_path / "run")])
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available here")
+def test_a_refused_device_leaves_no_folder(tmp_path):
+    with pytest.raises(ConfigError, match="CUDA is not available"):
+        train_svi.main(["--config", "digits", "--device", "cuda", "--out", str(tmp_path / "run")])
+    assert not (tmp_path / "run").exists()

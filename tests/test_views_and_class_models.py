@@ -114,3 +114,11 @@ def test_evaluate_classify_and_covariances_report_every_model(tmp_path):
         "sklearn_full",
     ):
         assert np.isfinite(report[name]["bits_per_dim"]) and report[name]["train_seconds"] > 0
+
+
+def test_views_of_a_layer_the_model_lacks_say_which_layers_it_has(trained_run, tmp_path):
+    with pytest.raises(
+        ConfigError, match=r"--layers \[3\]: this model's 2 layers with components are numbered 0 to 1"
+    ):
+        views.main([str(trained_run / "checkpoint.pt"), "--out", str(tmp_path / "v"), "--layers", "3"])
+    assert not (tmp_path / "v").exists()

@@ -4,6 +4,7 @@ take, and how a command ends on a user's error."""
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import typing
 from collections.abc import Callable
@@ -18,17 +19,33 @@ DEVICES = typing.get_args(typing.get_type_hints(TrainConfig)["device"])
 OPTIMIZERS = typing.get_args(typing.get_type_hints(TrainConfig)["optimizer"])
 
 
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Shows every flag's default and keeps the epilog's examples as written."""
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Shows a flag's default where it has one that its help does not already state, and keeps the
+    description's and the epilog's lines as written."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if (
+            any(action.default is nothing for nothing in (None, argparse.SUPPRESS, False))
+            or "default" in text
+        ):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+def plain(text: str) -> str:
+    """Docstring markup as a terminal shows it: ``code`` as code, :role:`~a.b.Name` as Name."""
+    text = re.sub(r":\w+:`~?(?:[\w.]+\.)?([\w]+)`", r"\1", text)
+    return text.replace("``", "").replace("::\n", ":\n")
 
 
 def make_parser(doc: str, parser_class=argparse.ArgumentParser, **options) -> argparse.ArgumentParser:
-    """A parser described by the first line of ``doc``, with defaults shown and the rest of ``doc``
-    (its examples) as epilog; abbreviated flags are errors.  ``parser_class`` and ``options`` (e.g.
-    ``prog``) serve sub-command parsers (``subparsers.add_parser``)."""
-    first, _, rest = doc.partition("\n")
+    """A parser described by the first paragraph of ``doc``, with defaults shown and the rest of
+    ``doc`` (its examples) as epilog, markup removed; abbreviated flags are errors.
+    ``parser_class`` and ``options`` (e.g. ``prog``) serve sub-command parsers."""
+    first, _, rest = plain(doc).partition("\n\n")
     return parser_class(
-        description=first,
+        description=first.strip(),
         epilog=rest.strip() or None,
         formatter_class=HelpFormatter,
         allow_abbrev=False,

@@ -1,6 +1,7 @@
-"""Evaluate DCGMMs against flat GMMs in the same run: outlier detection, clustering, density.
+"""Evaluate DCGMMs against scikit-learn baselines in the same run: outlier detection, clustering,
+density, classification and covariance structures.
 
-Each sub-command writes ``report.json`` and figures into ``--out``; ``evaluate.py COMMAND --help``
+Each sub-command writes ``report.json`` and figures into ``--out``; ``pyro-dcgmm evaluate COMMAND --help``
 describes it.  Examples::
 
     pyro-dcgmm evaluate outliers --dataset fashion-mnist --heldout all --epochs 10 --out runs/o

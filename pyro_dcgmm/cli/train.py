@@ -39,6 +39,7 @@ from pyro_dcgmm.cli.common import (
 )
 from pyro_dcgmm.config import ModelConfig, RunConfig, from_dict, load_config, to_dict
 from pyro_dcgmm.data.datasets import dequantize, load_dataset, split_validation
+from pyro_dcgmm.device import resolve_device
 from pyro_dcgmm.errors import ConfigError, DataError
 from pyro_dcgmm.evaluation.metrics import bits_per_dimension, held_out_log_likelihood
 from pyro_dcgmm.figures.plots import plot_prototypes, plot_training_curve, read_log
@@ -147,6 +148,7 @@ def main(argv: list[str] | None = None) -> dict:
     train_x, train_y, val_x, _ = split_validation(
         dataset.train_images, dataset.train_labels, config.data.validation_fraction, config.training.seed
     )
+    resolve_device(config.training.device)  # refused before anything is written
     rank = init_distributed(config.training.device)
     options = {"shared": False} if args.per_position else {}
     model_config = presets.resolve(config.model, dataset.input_shape, **options)

@@ -4,7 +4,7 @@ spectrum, and the inputs of highest posterior for every component.
 Examples::
 
     pyro-dcgmm views runs/patches/checkpoint.pt --out runs/patches/views
-    pyro-dcgmm views runs/digits/checkpoint.pt --out runs/digits/views --layers 3 --top 8
+    pyro-dcgmm views runs/digits/checkpoint.pt --out runs/digits/views --layers 1 --top 8
 """
 
 from __future__ import annotations
@@ -66,7 +66,12 @@ def main(argv=None) -> dict:
     data = from_dict(DataConfig, (state["run_config"] or {}).get("data", {}), "checkpoint run_config.data")
     dataset = load_dataset(data, seed=0)
     images = (dataset.test_images if args.split == "test" else dataset.train_images)[: args.limit]
-    layers = args.layers if args.layers is not None else range(len(stack.mixture_layers))
+    count = len(stack.mixture_layers)
+    layers = args.layers if args.layers is not None else range(count)
+    bad = [layer for layer in layers if not -count <= layer < count]
+    if bad:
+        numbered = f"numbered 0 to {count - 1}"
+        raise ConfigError(f"--layers {bad}: this model's {count} layers with components are {numbered}")
     args.out.mkdir(parents=True, exist_ok=True)
     written = {}
     for layer in layers:

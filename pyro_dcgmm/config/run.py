@@ -11,7 +11,7 @@ try:
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
-from pyro_dcgmm.config.checked import Checked, bounded, from_dict
+from pyro_dcgmm.config.checked import Checked, bounded, from_dict, nearest
 from pyro_dcgmm.config.layers import LayerConfig
 from pyro_dcgmm.errors import ConfigError
 from pyro_dcgmm.inference.sampling import INPAINT_TOP_S, SamplingOptions, Sharpening, check_stable_pull
@@ -218,7 +218,11 @@ def load_config(path: str | Path) -> RunConfig:
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise ConfigError(f"config file {str(path)!r} does not exist") from None
+        shipped = ", ".join(shipped_configs())
+        hint = nearest(path.name, shipped_configs()) if path.suffix == "" else ""
+        raise ConfigError(
+            f"config file {str(path)!r} does not exist; the shipped configurations are {shipped}{hint}"
+        ) from None
     except UnicodeDecodeError:
         raise ConfigError(f"config file {str(path)!r} is not UTF-8 text, so not TOML") from None
     except tomllib.TOMLDecodeError as error:
