@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 import typing
 
 import numpy as np
@@ -114,6 +115,14 @@ class DCGMM(ClusterMixin, DensityMixin, BaseEstimator):
         return (-math.inf, math.inf) if self.data_range is None else tuple(self.data_range)
 
     def _model_config(self, shape) -> ModelConfig:
+        if (
+            self.layers is not None
+            and not isinstance(self.layers, (str, ModelConfig))
+            and not len(self.layers)
+        ):
+            raise ConfigError(
+                "layers is empty: give layer configs, a preset name, or None for the preset that fits X"
+            )
         if self.layers is None and self.n_components is not None:  # scikit-learn's one-layer model
             gmm = GMMConfig(components=self.n_components, precision_ceiling=1.0 / self._one_layer_floor())
             config = ModelConfig(layers=(FoldConfig(patch=None), gmm))
@@ -158,10 +167,11 @@ class DCGMM(ClusterMixin, DensityMixin, BaseEstimator):
         """Train the stack on ``X`` (and ``y`` for a Readout, if it has one)."""
         x = self._images(X)
         shape = tuple(x.shape[1:])
-        seed = 0 if self.random_state is None else int(self.random_state)
+        seed = 0 if self.random_state is None else self._seed()
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             stack = Stack.from_config(self._model_config(shape))
+        self._check_score_layer(stack)
         labels = None
         if y is not None and stack.num_classes is not None:
             labels = as_labels(y, x.shape[0], stack.num_classes, "y")
@@ -215,9 +225,24 @@ class DCGMM(ClusterMixin, DensityMixin, BaseEstimator):
             images = self.stack_.sample(n_samples, options=options)
         else:
             with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(int(self.random_state))
+                torch.manual_seed(self._seed())
                 images = self.stack_.sample(n_samples, options=options)
         return images.flatten(1).numpy(), self.predict(images)
+
+    def _seed(self) -> int:
+        """``random_state`` as a torch seed: an int, or one draw from a numpy ``RandomState``."""
+        state = self.random_state
+        if isinstance(state, np.random.RandomState):
+            return int(state.randint(2**31 - 1))
+        if isinstance(state, numbers.Integral) and not isinstance(state, bool):
+            return int(state)
+        raise ConfigError(f"random_state must be None, an int or a numpy RandomState, got {state!r}")
+
+    def _check_score_layer(self, stack) -> None:
+        try:
+            stack.number(self.score_layer)
+        except IndexError as error:
+            raise ConfigError(f"score_layer {self.score_layer!r}: {error}") from None
 
     def bic(self, X) -> float:
         """Bayesian information criterion of ``X`` at ``score_layer`` (lower is better)."""

@@ -116,7 +116,7 @@ def test_model_config_needs_layers():
         (lambda: GMMConfig(plateau_window=0), r"gmm.plateau_window must be >= 1, got 0"),
         (lambda: ModelConfig(data_range=(0.0, float("nan"))), r"model.data_range must be two numbers"),
         (lambda: FoldConfig(patch=(3, 0)), r"fold.patch must be a positive int or a pair"),
-        (lambda: DataConfig(classes=(1, -2)), r"data.classes must be a non-empty list of labels >= 0"),
+        (lambda: DataConfig(classes=(1, -2)), r"data.classes must be two or more different labels >= 0"),
     ],
 )
 def test_every_construction_checks_its_fields(make, match):

@@ -53,7 +53,7 @@ def injected_crash():
     raise RuntimeError("injected crash")
 
 
-@pytest.mark.parametrize("stop", ["crash", "ctrl-c"])
+@pytest.mark.parametrize("stop", ["crash", "ctrl-c", "sigterm"])
 def test_stopped_training_resumes_to_identical_parameters(tmp_path, monkeypatch, stop):
     # 13 steps per epoch: step 33 lies inside the third epoch
     common = ["--config", "digits", "--epochs", "5"]
@@ -62,13 +62,17 @@ def test_stopped_training_resumes_to_identical_parameters(tmp_path, monkeypatch,
         stop_at_step(monkeypatch, 33, injected_crash)
         with pytest.raises(RuntimeError, match="injected crash"):
             train_cli(*common, "--out", str(tmp_path / "stopped"))
-    else:  # Ctrl-C: the step under way ends, then a checkpoint of exactly where training stands
-        stop_at_step(monkeypatch, 33, lambda: signal.raise_signal(signal.SIGINT))
+    else:  # Ctrl-C or SIGTERM: the step under way ends, then a checkpoint of where training stands
+        number = signal.SIGINT if stop == "ctrl-c" else signal.SIGTERM
+        stop_at_step(monkeypatch, 33, lambda: signal.raise_signal(number))
         with pytest.raises(TrainingInterrupted, match=r"at step 34 .* --resume"):
             train_cli(*common, "--out", str(tmp_path / "stopped"))
     monkeypatch.undo()
     checkpoint = tmp_path / "stopped" / "checkpoint.pt"
-    assert final_state(tmp_path / "stopped")["training"]["step"] == {"crash": 26, "ctrl-c": 34}[stop]
+    assert (
+        final_state(tmp_path / "stopped")["training"]["step"]
+        == {"crash": 26, "ctrl-c": 34, "sigterm": 34}[stop]
+    )
     train_cli("--resume", str(checkpoint), "--out", str(tmp_path / "stopped"))
     a, b = final_state(tmp_path / "straight"), final_state(tmp_path / "stopped")
     assert a["training"]["step"] == b["training"]["step"] == 65
@@ -258,6 +262,11 @@ def damage(path: Path, change) -> Path:
     return path
 
 
+def write(path: Path, content: bytes) -> Path:
+    path.write_bytes(content)
+    return path
+
+
 def set_nan_means(state):
     state["state_dict"]["layers.1.means"][0, 0] = float("nan")
 
@@ -285,6 +294,16 @@ def set_offset(state):
             lambda path: damage(path, lambda state: state.update(extra=Payload())),
             r"not written by pyro_dcgmm",
         ),
+        (
+            lambda path: damage(path, lambda state: state["training"].update(history="nope")),
+            r"damaged training state .*history must be a list of epoch records",
+        ),
+        (
+            lambda path: damage(path, lambda state: state["training"].update(epoch="two")),
+            r"damaged training state .*expected an integer count, got 'two'",
+        ),
+        (lambda path: write(path, b"hello\n"), r"truncated, corrupt or not a pyro_dcgmm checkpoint"),
+        (lambda path: write(path, bytes(range(256)) * 8), r"checkpoint|pyro_dcgmm"),
     ],
 )
 def test_damaged_checkpoints_fail_clearly(tmp_path, make, match):
@@ -333,3 +352,34 @@ def test_opaque_crashes_are_clear_errors(tmp_path):
         stack.log_prob(torch.full((1, 1, 8, 8), 1.0000001))
     with pytest.raises(DataError, match="batch_size must be a positive int, got 0"):
         stack.log_prob(torch.rand(2, 1, 8, 8), batch_size=0)
+
+
+def test_inputs_a_scikit_learn_user_passes_are_taken_or_named():
+    from pyro_dcgmm import DCGMM
+
+    x = np.random.RandomState(0).rand(60, 64)
+    model = DCGMM(
+        n_components=2, epochs=np.int64(1), lr=np.float32(0.01), random_state=np.random.RandomState(0)
+    )
+    images, clusters = model.fit(x).sample(np.int64(3))
+    assert images.shape == (3, 64) and clusters.shape == (3,)
+    with pytest.raises(ConfigError, match="layers is empty"):
+        DCGMM(layers=[]).fit(x)
+    with pytest.raises(ConfigError, match=r"score_layer 5: layer must be an int in \[-1, 0\]"):
+        DCGMM(n_components=2, score_layer=5, epochs=1).fit(x)
+    with pytest.raises(DataError, match=r"data_range=None for unbounded, tabular data"):
+        DCGMM(n_components=2, epochs=1).fit(x - 0.5)
+    with pytest.raises(ConfigError, match="unknown preset 'e'; .*did you mean 'E'"):
+        DCGMM(layers="e").fit(x)
+
+
+def test_config_files_and_keys_users_get_wrong(tmp_path):
+    config = tmp_path / "bom.toml"
+    config.write_text(
+        "[training]\nepochs = 2\n", encoding="utf-8-sig"
+    )  # Windows editors add a byte-order mark
+    assert load_config(config).training.epochs == 2
+    with pytest.raises(ConfigError, match=r"unknown key 'bogus'$"):
+        from_dict(TrainConfig, {"bogus": 1}, "training")
+    with pytest.raises(ConfigError, match=r"data.classes must be two or more different labels"):
+        train_cli("--config", "digits", "--classes", "3", "3", "--out", str(tmp_path / "one"))

@@ -7,6 +7,7 @@ import dataclasses
 import difflib
 import functools
 import math
+import numbers
 import types
 import typing
 from dataclasses import field
@@ -22,9 +23,11 @@ def bounded(default: Any, **bounds: float) -> Any:
 
 
 def nearest(key: str, valid: typing.Iterable[str]) -> str:
-    """``"; did you mean 'x'?"`` for the valid name closest to ``key``, or ``""``."""
-    match = difflib.get_close_matches(key, list(valid), n=1, cutoff=0.0)
-    return f"; did you mean {match[0]!r}?" if match else ""
+    """``"; did you mean 'x'?"`` for the valid name that ``key`` is (but for case) or is close to,
+    or ``""`` when none is close."""
+    by_lower = {name.lower(): name for name in valid}
+    match = difflib.get_close_matches(key.lower(), list(by_lower), n=1, cutoff=0.6)
+    return f"; did you mean {by_lower[match[0]]!r}?" if match else ""
 
 
 def _bounds_text(bounds: dict[str, float]) -> str:
@@ -126,10 +129,10 @@ def _coerce(value: Any, annotation: Any, where: str, error: type[ConfigError] = 
         if isinstance(value, bool):
             return value
     elif annotation is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
+        if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+            return int(value)
     elif annotation is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if isinstance(value, numbers.Real) and not isinstance(value, bool):
             return float(value)
     elif annotation is str:
         if isinstance(value, str):

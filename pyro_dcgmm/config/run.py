@@ -130,8 +130,8 @@ class DataConfig(Checked):
     train_limit: int | None = bounded(None, ge=2)
 
     def check(self) -> None:
-        if self.classes is not None and (not self.classes or min(self.classes) < 0):
-            self.fail(f"data.classes must be a non-empty list of labels >= 0, got {self.classes}")
+        if self.classes is not None and (len(set(self.classes)) < 2 or min(self.classes) < 0):
+            self.fail(f"data.classes must be two or more different labels >= 0, got {list(self.classes)}")
 
 
 @dataclass(frozen=True)
@@ -216,7 +216,7 @@ def load_config(path: str | Path) -> RunConfig:
     if path.is_dir():
         raise ConfigError(f"config file {str(path)!r} is a folder")
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        data = tomllib.loads(path.read_text(encoding="utf-8-sig"))  # a byte-order mark is allowed
     except FileNotFoundError:
         shipped = ", ".join(shipped_configs())
         hint = nearest(path.name, shipped_configs()) if path.suffix == "" else ""

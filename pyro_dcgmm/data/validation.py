@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 
 import numpy as np
 import torch
@@ -11,8 +12,9 @@ from pyro_dcgmm.errors import DataError
 
 
 def check_positive_int(value, name: str) -> None:
-    """Refuse a ``value`` that is not an int of at least 1 (a count or a batch size)."""
-    if not isinstance(value, int) or value < 1:
+    """Refuse a ``value`` that is not an integer of at least 1 (a count or a batch size; numpy's
+    integers count)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
         raise DataError(f"{name} must be a positive int, got {value!r}")
 
 
@@ -69,7 +71,8 @@ def as_images(
     if lo < low or hi > high:
         raise DataError(
             f"{name} has values in [{lo:.9g}, {hi:.9g}], outside the data range "
-            f"[{low}, {high}]; rescale it (e.g. divide 8-bit images by 255)"
+            f"[{low}, {high}]; rescale it (e.g. divide 8-bit images by 255), or widen the data range "
+            "(the estimators' data_range; data_range=None for unbounded, tabular data)"
         )
     return x
 

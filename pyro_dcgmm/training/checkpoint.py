@@ -103,7 +103,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
             f"{str(path)!r} holds objects other than tensors and plain data; it was not written by "
             "pyro_dcgmm and will not be loaded"
         ) from None
-    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as error:
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError, KeyError, IndexError) as error:
         raise CheckpointError(
             f"checkpoint {str(path)!r} is truncated, corrupt or not a pyro_dcgmm checkpoint "
             f"({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''})"

@@ -68,13 +68,19 @@ class TrainingState:
         return {name: getattr(self, name) for name in (*self.SAVED, "skipped", "seconds")}
 
     def load_state_dict(self, state: dict) -> None:
+        """Read a checkpoint's state; a value of the wrong kind raises ``TypeError`` or ``ValueError``."""
         self.num_data = state.get("num_data")  # None in checkpoints written before it was recorded
-        self.epoch, self.step, self.history = state["epoch"], state["step"], list(state["history"])
-        self.order, self.offset = state["order"], state["offset"]
+        self.epoch, self.step = counter(state["epoch"]), counter(state["step"])
+        self.history = state["history"]
+        if not isinstance(self.history, list) or not all(isinstance(r, dict) for r in self.history):
+            raise TypeError(f"history must be a list of epoch records, got {type(self.history).__name__}")
+        self.order, self.offset = state["order"], counter(state["offset"])
+        if self.order is not None and not torch.is_tensor(self.order):
+            raise TypeError(f"order must be a tensor of indices, got {type(self.order).__name__}")
         losses = state["epoch_losses"]
         self.epoch_losses = None if losses is None else losses.double()
-        self.epoch_steps = state["epoch_steps"]
-        self.skipped = int(state.get("skipped", 0))
+        self.epoch_steps = counter(state["epoch_steps"])
+        self.skipped = counter(state.get("skipped", 0))
         self.seconds = float(state["seconds"])
 
 
@@ -86,3 +92,10 @@ class StepOutcome:
     loss: float
     layer_losses: list[float]
     problem: str | None
+
+
+def counter(value) -> int:
+    """A saved count: an integer (not a bool, not text)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"expected an integer count, got {value!r}")
+    return value

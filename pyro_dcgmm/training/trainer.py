@@ -334,22 +334,26 @@ def planned_steps(config: TrainConfig, num_data: int) -> tuple[int, int]:
 
 
 class Interruption:
-    """Within its ``with`` block, the first Ctrl-C (SIGINT) only sets :attr:`requested`, so that
-    training stops between two steps; a second one interrupts at once.  Off outside the main thread
-    and in a process group (every process must stop at the same step)."""
+    """Within its ``with`` block, the first Ctrl-C (SIGINT) or SIGTERM (what ``kill`` and job
+    schedulers send) only sets :attr:`requested`, so that training stops between two steps and saves;
+    a second one acts at once.  Off outside the main thread and in a process group (every process
+    must stop at the same step)."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __enter__(self) -> Interruption:
         self.requested = False
-        self._previous = None
+        self._previous = {}
         alone = distributed_rank_and_size()[1] == 1
         if alone and threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self._request)
+            self._previous = {number: signal.signal(number, self._request) for number in self.SIGNALS}
         return self
 
     def _request(self, signum, frame) -> None:
         self.requested = True
-        signal.signal(signal.SIGINT, self._previous)
+        for number, previous in self._previous.items():
+            signal.signal(number, previous)
 
     def __exit__(self, *exc) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
+        for number, previous in self._previous.items():
+            signal.signal(number, previous)
