@@ -369,7 +369,7 @@ def test_inputs_a_scikit_learn_user_passes_are_taken_or_named():
         DCGMM(n_components=2, score_layer=5, epochs=1).fit(x)
     with pytest.raises(DataError, match=r"data_range=None for unbounded, tabular data"):
         DCGMM(n_components=2, epochs=1).fit(x - 0.5)
-    with pytest.raises(ConfigError, match="unknown preset 'e'; .*did you mean 'E'"):
+    with pytest.raises(ConfigError, match=r"unknown preset 'e'; .*did you mean 'E'"):
         DCGMM(layers="e").fit(x)
 
 
