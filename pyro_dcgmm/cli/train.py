@@ -46,7 +46,7 @@ from pyro_dcgmm.figures.plots import plot_prototypes, plot_training_curve, read_
 from pyro_dcgmm.model.joint import JointStack
 from pyro_dcgmm.training.checkpoint import load_checkpoint
 from pyro_dcgmm.training.files import atomic_write
-from pyro_dcgmm.training.run_folder import LOG_NAME, RunFiles, claim_run_folder
+from pyro_dcgmm.training.run_folder import LOG_NAME, RunFiles
 from pyro_dcgmm.training.trainer import train
 
 TRAIN_FLAGS = ("epochs", "batch_size", "lr", "optimizer", "seed", "device", "max_steps")
@@ -158,8 +158,6 @@ def main(argv: list[str] | None = None) -> dict:
     labels = train_y if stack.num_classes is not None else None
     if labels is not None and int(train_y.max()) >= stack.num_classes:
         raise DataError(f"labels go up to {int(train_y.max())} but the model has {stack.num_classes} classes")
-    if rank == 0:
-        claim_run_folder(args.out, args.resume, args.overwrite, OUTPUTS)
     test_x = held_out(dataset.test_images, dataset, config)
     val_x = held_out(val_x, dataset, config)
     before = held_out_log_likelihood(stack, test_x) if args.resume is None and rank == 0 else None
@@ -170,7 +168,7 @@ def main(argv: list[str] | None = None) -> dict:
         labels,
         config=dataclasses.replace(config.training, dequantize_levels=levels),
         validation=val_x if val_x.shape[0] else None,
-        files=RunFiles(args.out, args.resume, run_config=config),
+        files=RunFiles(args.out, args.resume, args.overwrite, config, OUTPUTS),
     )
     if rank != 0:
         dist.destroy_process_group()

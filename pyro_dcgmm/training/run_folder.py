@@ -2,12 +2,16 @@
 
 A run folder holds ``checkpoint.pt`` (after every epoch; ``epoch-XXXX.pt`` too when kept) and
 ``log.jsonl``, one JSON record per line.  A new run never writes into a folder that holds another
-run: it continues that run (``resume``) or, only when asked (``overwrite``), removes it first.
+run or files that are not a run's: it continues that run (``resume``) or, only when asked
+(``overwrite``), replaces it; and two runs never share a folder (:class:`RunFolder`).
 """
 
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +21,8 @@ from pyro_dcgmm.training.files import atomic_write
 
 CHECKPOINT_NAME = "checkpoint.pt"
 LOG_NAME = "log.jsonl"
+LOCK_NAME = ".lock"  # the id of the process whose run lives in the folder
+REPLACED_NAME = ".replaced"  # an overwritten run, kept until the new one has saved a checkpoint
 
 
 def run_files(folder: Path) -> list[Path]:
@@ -25,34 +31,135 @@ def run_files(folder: Path) -> list[Path]:
     return [path for path in names if path.is_file()]
 
 
-def claim_run_folder(
-    folder: str | Path,
-    resume: str | Path | None = None,
-    overwrite: bool = False,
-    outputs: tuple[str, ...] = (),
-) -> Path:
-    """Make ``folder`` ready for a run and return it.
+def process_alive(pid: int) -> bool:
+    """Whether process ``pid`` runs on this machine."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it runs, as another user
+        return True
+    return True
 
-    A folder holding another run is refused, unless ``resume`` is that run's checkpoint (the run
-    goes on) or ``overwrite`` is true: then the old run's checkpoints, log and ``outputs`` (names of
-    further files a run writes there, such as a summary) are deleted first.
-    """
-    folder = Path(folder)
-    if folder.exists() and not folder.is_dir():
-        raise ConfigError(f"output folder {str(folder)!r} is a file")
-    continuing = resume is not None and Path(resume).resolve().parent == folder.resolve()
-    existing = run_files(folder) if folder.is_dir() else []
-    if existing and not continuing:
-        if not overwrite:
-            raise ConfigError(
-                f"{str(folder.resolve())!r} already holds a run ({', '.join(p.name for p in existing)}); "
-                "resume it (--resume / resume=), choose another folder, or replace it (--overwrite / "
-                "overwrite=True)"
+
+class RunFolder:
+    """A run's folder for the life of the run (a context manager): locked against every other run,
+    cleaned of what interrupted runs left, checked, and on ``overwrite`` the run it held moved aside
+    (``.replaced/``) until this one has saved its first checkpoint; a run that fails before that
+    puts it back.  ``save`` writes checkpoints (:class:`Checkpointer`)."""
+
+    def __init__(self, files: RunFiles, keep_epochs: bool):
+        self.files, self.path = files, Path(files.out_dir)
+        self.checkpointer = Checkpointer(self.path, keep_epochs, files.run_config)
+        self.replaced: Path | None = None
+
+    def __enter__(self) -> RunFolder:
+        if self.path.exists() and not self.path.is_dir():
+            raise ConfigError(f"output folder {str(self.path)!r} is a file")
+        created = not self.path.exists()
+        self.path.mkdir(parents=True, exist_ok=True)
+        self._lock()
+        try:
+            self._clean_after_interrupted_runs()
+            self._claim()
+        except BaseException:
+            self._unlock()
+            if created:
+                shutil.rmtree(self.path, ignore_errors=True)
+            raise
+        return self
+
+    def __exit__(self, failed, *exc) -> None:
+        if self.replaced is not None:
+            self._discard_replaced() if failed is None else self._restore_replaced()
+        self._unlock()
+
+    def save(self, stack, state, optimizer, generator, seconds: float) -> None:
+        self.checkpointer.save(stack, state, optimizer, generator, seconds)
+        if self.replaced is not None:
+            self._discard_replaced()
+
+    def _lock(self) -> None:
+        """Hold ``.lock`` (this process's id) while the run lives; a lock of a dead process is stale."""
+        lock = self.path / LOCK_NAME
+        for _ in range(2):
+            try:
+                with open(lock, "x") as handle:
+                    handle.write(str(os.getpid()))
+                return
+            except FileExistsError:
+                owner = lock.read_text().strip()
+                if owner.isdigit() and process_alive(int(owner)):
+                    raise ConfigError(
+                        f"another run (process {owner}) is training in {str(self.path)!r}; wait for it to "
+                        "end or choose another folder"
+                    ) from None
+                lock.unlink(missing_ok=True)  # stale: its process died
+        raise ConfigError(f"could not lock {str(self.path)!r}: another run keeps taking it")
+
+    def _unlock(self) -> None:
+        (self.path / LOCK_NAME).unlink(missing_ok=True)
+
+    def _clean_after_interrupted_runs(self) -> None:
+        """Remove temporary files of interrupted writes, and put back a run that an interrupted
+        ``overwrite`` had moved aside; say what was found."""
+        found = [path.name for path in self.path.glob(".*.tmp") if path.is_file()]
+        for name in found:
+            (self.path / name).unlink()
+        if found:
+            warnings.warn(
+                f"removed temporary files an interrupted run left in {self.path}: {found}", stacklevel=4
             )
-        for path in existing + [folder / name for name in outputs if (folder / name).is_file()]:
+        if (self.path / REPLACED_NAME).is_dir():
+            self.replaced = self.path / REPLACED_NAME
+            self._restore_replaced()
+            warnings.warn(
+                f"put back the run an interrupted --overwrite had moved aside in {self.path}", stacklevel=4
+            )
+
+    def _claim(self) -> None:
+        existing, files = run_files(self.path), self.files
+        if files.resume is not None and Path(files.resume).resolve().parent == self.path.resolve():
+            return  # this run goes on
+        if not existing:
+            foreign = sorted(p.name for p in self.path.iterdir() if p.name != LOCK_NAME)
+            if foreign:
+                raise ConfigError(
+                    f"{str(self.path)!r} holds files that are not a pyro_dcgmm run ({', '.join(foreign)}); "
+                    "choose an empty or a new folder"
+                )
+        elif existing == [self.path / LOG_NAME]:  # a run that died before its first checkpoint
+            warnings.warn(
+                f"{self.path} held the log of a run that saved no checkpoint; starting afresh", stacklevel=4
+            )
+            existing[0].unlink()
+        elif not files.overwrite:
+            raise ConfigError(
+                f"{str(self.path.resolve())!r} already holds a run ({', '.join(p.name for p in existing)}); "
+                "resume it (--resume / RunFiles(resume=...)), choose another folder, or replace it "
+                "(--overwrite / RunFiles(overwrite=True))"
+            )
+        else:
+            outputs = [self.path / name for name in files.outputs if (self.path / name).is_file()]
+            self._move_aside(existing + outputs)
+
+    def _move_aside(self, paths: list[Path]) -> None:
+        self.replaced = self.path / REPLACED_NAME
+        self.replaced.mkdir()
+        for path in paths:
+            os.replace(path, self.replaced / path.name)
+
+    def _restore_replaced(self) -> None:
+        for path in run_files(self.path):
             path.unlink()
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder
+        for path in self.replaced.iterdir():
+            os.replace(path, self.path / path.name)
+        self.replaced.rmdir()
+        self.replaced = None
+
+    def _discard_replaced(self) -> None:
+        shutil.rmtree(self.replaced)
+        self.replaced = None
 
 
 class JsonLog:
@@ -112,19 +219,19 @@ class RunFiles:
         run is refused unless ``resume`` is its checkpoint or ``overwrite`` is true.
     :param resume: a checkpoint to continue from (same architecture and data); the run then
         reproduces the uninterrupted one.
-    :param overwrite: replace a run already in ``out_dir``.
+    :param overwrite: replace a run already in ``out_dir`` (kept aside until the new run has saved
+        its first checkpoint, and put back if it fails before).
     :param run_config: the full :class:`~pyro_dcgmm.config.RunConfig`, stored in checkpoints.
+    :param outputs: names of further files a run writes into ``out_dir`` (a summary, figures),
+        replaced with the run on ``overwrite``.
     """
 
     out_dir: str | Path | None = None
     resume: str | Path | None = None
     overwrite: bool = False
     run_config: object = None
+    outputs: tuple[str, ...] = ()
 
-    def writers(self, keep_epoch_checkpoints: bool, writes: bool = True):
-        """The checkpointer (``None`` where nothing is written) and the log; nothing is written by a
-        process that ``writes`` not (all but rank 0 of a process group)."""
-        if self.out_dir is None or not writes:
-            return None, JsonLog(None)
-        out_dir = claim_run_folder(self.out_dir, self.resume, self.overwrite)
-        return Checkpointer(out_dir, keep_epoch_checkpoints, self.run_config), JsonLog(out_dir / LOG_NAME)
+    def folder(self, keep_epoch_checkpoints: bool) -> RunFolder | None:
+        """The :class:`RunFolder` that ``out_dir`` names, ``None`` where nothing is written."""
+        return None if self.out_dir is None else RunFolder(self, keep_epoch_checkpoints)

@@ -12,6 +12,7 @@ resumed from its checkpoint ends exactly where the uninterrupted run does.  Data
 
 from __future__ import annotations
 
+import contextlib
 import math
 import signal
 import threading
@@ -47,7 +48,7 @@ from pyro_dcgmm.training.initialisation import (
     reseed_dead,
 )
 from pyro_dcgmm.training.optim import forget, make_optimizer
-from pyro_dcgmm.training.run_folder import CHECKPOINT_NAME, RunFiles
+from pyro_dcgmm.training.run_folder import CHECKPOINT_NAME, LOG_NAME, JsonLog, RunFiles
 from pyro_dcgmm.training.state import StepOutcome, TrainingState, TrainResult
 from pyro_dcgmm.training.step import Batch, make_elbo, train_step
 
@@ -102,17 +103,24 @@ class Trainer:
         self.labels = None if labels is None else labels.to(parameter.device)
         self.validation = validation
         self.optimizer = make_optimizer(self.stack, self.config)
-        rank = distributed_rank_and_size()[0]
-        self.checkpointer, self.log = self.files.writers(self.config.keep_epoch_checkpoints, rank == 0)
+        writes = distributed_rank_and_size()[0] == 0  # in a process group only rank 0 writes
+        self.folder = self.files.folder(self.config.keep_epoch_checkpoints) if writes else None
+        self.log = JsonLog(None if self.folder is None else self.folder.path / LOG_NAME)
+        with self.folder or contextlib.nullcontext():
+            stopped = self._run()
+        if stopped:
+            raise self._interrupted()
+        return self._finish()
+
+    def _run(self) -> bool:
+        """Resume if asked, then epochs until the run ends; whether Ctrl-C or SIGTERM stopped it."""
         self._resume()
         self.planned_steps, self.stop_step = planned_steps(self.config, self.num_data)
         self.bar = tqdm(total=self.stop_step, initial=self.state.step, disable=not self.config.progress)
         with self.bar, self.log, pyro.validation_enabled(self.config.validate_args), Interruption() as stop:
             while self.state.step < self.stop_step and not stop.requested:
                 self._epoch(stop)
-        if stop.requested:
-            raise self._interrupted()
-        return self._finish()
+        return stop.requested
 
     @property
     def num_data(self) -> int:
@@ -129,9 +137,9 @@ class Trainer:
         if state.offset >= self.num_data:
             self.reseed_dead_layers(final=state.step >= self.stop_step)
             self._end_epoch()
-        if self.checkpointer is not None:
+        if self.folder is not None:
             seconds = time.perf_counter() - self.started
-            self.checkpointer.save(self.stack, state, self.optimizer, self.generator, seconds)
+            self.folder.save(self.stack, state, self.optimizer, self.generator, seconds)
 
     def step(self) -> None:
         """Initialise the layers whose wait is over, then take one SVI step on the next mini-batch."""
@@ -269,9 +277,9 @@ class Trainer:
         where = (
             f"training interrupted at step {state.step} (epoch {state.epoch}, {state.offset} images into it)"
         )
-        if self.checkpointer is None:
+        if self.folder is None:
             return TrainingInterrupted(f"{where}; nothing was saved (no output folder)")
-        path = self.checkpointer.out_dir / CHECKPOINT_NAME
+        path = self.folder.path / CHECKPOINT_NAME
         return TrainingInterrupted(
             f"{where}; saved {path}: continue with --resume {path} (resume= in Python)"
         )
