@@ -17,6 +17,11 @@ class LayerConfigError(ConfigError, ArchitectureError):
     """A layer's options are invalid: a configuration error that also means no stack can be built."""
 
 
+class LayerIndexError(IndexError, ArchitectureError):
+    """A layer number the stack does not have: an ``IndexError`` as Python's indexing raises, and
+    an :class:`ArchitectureError`, so the commands report it in one line."""
+
+
 class DataError(ValueError):
     """Input data (arrays, IDX files, downloads) are malformed or out of range."""
 

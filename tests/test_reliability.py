@@ -23,6 +23,7 @@ from pyro_dcgmm.errors import (
     DataError,
     NonFiniteLossError,
     TrainingInterrupted,
+    TrainingWarning,
 )
 from pyro_dcgmm.training.checkpoint import save_checkpoint
 from pyro_dcgmm.training.run_folder import RunFiles
@@ -383,3 +384,30 @@ def test_config_files_and_keys_users_get_wrong(tmp_path):
         from_dict(TrainConfig, {"bogus": 1}, "training")
     with pytest.raises(ConfigError, match=r"data.classes must be two or more different labels"):
         train_cli("--config", "digits", "--classes", "3", "3", "--out", str(tmp_path / "one"))
+
+
+def test_what_was_silently_accepted_now_says_so(tmp_path):
+    with pytest.warns(
+        TrainingWarning, match=r"layer 1 was never trained: its wait \(0\.1 of the planned steps\)"
+    ):
+        train_cli("--config", "digits", "--max-steps", "5", "--out", str(tmp_path / "short"))
+    with pytest.warns(UserWarning, match=r"train_limit 100000 exceeds the 1437 training images"):
+        summary = train_cli(
+            "--config", "digits", "--train-limit", "100000", "--batch-size", "1000000000", "--epochs", "1",
+            "--out", str(tmp_path / "huge"),
+        )  # fmt: skip
+    # one step of the whole training split (1,293 images) per epoch: samples/s counts those
+    samples = summary["train_samples_per_second"] * summary["train_seconds"]
+    assert samples == pytest.approx(1293)
+
+
+def test_numbers_the_commands_cannot_use_are_refused_in_one_line(tmp_path, capsys):
+    from pyro_dcgmm.cli import bench
+
+    for flags in (["--batch-sizes", "0"], ["--steps", "-1"], ["--repeats", "0"]):
+        with pytest.raises(SystemExit) as stop:
+            bench.main(["--quick", *flags])
+        assert stop.value.code == 2 and "must be a positive integer" in capsys.readouterr().err
+    stack = Stack.from_config(presets.get("digits", (1, 8, 8)))
+    with pytest.raises(ArchitectureError, match=r"layer must be an int in \[-2, 1\]"):
+        stack.variants(torch.rand(2, 1, 8, 8), layer=-9)

@@ -476,3 +476,9 @@ def test_the_library_samples_as_the_command_does(trained, digits):
             )
     assert all(torch.equal(a, b) for a, b in zip(library, command, strict=True))
     assert default_options(trained, inpainting=True).top_s == SamplingConfig().inpaint_top_s
+
+
+def test_a_sharpening_target_above_the_top_says_where_it_aims(trained):
+    with pytest.warns(UserWarning, match="sharpen_target 7: this stack's top GMM layer is 1"):
+        options = options_from_settings(SamplingConfig(sharpen_target=7), trained)
+    assert options["sharpened"].sharpening.target == 1

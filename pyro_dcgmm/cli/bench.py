@@ -28,10 +28,12 @@ import torch
 from pyro.infer import TraceEnum_ELBO
 
 from pyro_dcgmm import Stack, presets
-from pyro_dcgmm.cli.common import add_device_flag, make_parser
+from pyro_dcgmm.cli.common import add_device_flag, make_parser, positive_int
 from pyro_dcgmm.device import resolve_device
 from pyro_dcgmm.training.files import atomic_write
 
+FULL = {"batch_sizes": [100, 1000], "warmup": 3, "repeats": 5, "steps": 5}  # what is timed by default
+QUICK = {"batch_sizes": [100], "warmup": 1, "repeats": 3, "steps": 2}  # --quick
 COLUMNS = ["preset", "batch", "path", "samples/s", "ms/step", "peak MiB", "x hand"]
 WIDTHS = [6, 6, 9, 12, 9, 9, 7]
 PATHS = ("hand", "svi", "svi-enum", "score")  # hand first: the others report their ratio to it
@@ -44,21 +46,32 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--preset", nargs="+", default=["A", "B", "C", "E"], choices=presets.names(), help="architectures"
     )
     add_device_flag(parser)
-    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[100, 1000], help="mini-batch sizes")
+    parser.add_argument(
+        "--batch-sizes",
+        type=positive_int,
+        nargs="+",
+        help="mini-batch sizes (default: 100 1000; --quick: 100)",
+    )
     parser.add_argument("--dtype", default="float32", choices=list(DTYPES), help="parameter and data type")
     parser.add_argument(
         "--paths", nargs="+", default=list(PATHS), choices=PATHS, help="what to time (see above)"
     )
-    parser.add_argument("--warmup", type=int, default=3, help="untimed steps first")
-    parser.add_argument("--repeats", type=int, default=5, help="timed blocks; the median is reported")
-    parser.add_argument("--steps", type=int, default=5, help="steps per timed block")
+    parser.add_argument("--warmup", type=int, help="untimed steps first (default: 3; --quick: 1)")
+    parser.add_argument(
+        "--repeats", type=positive_int, help="timed blocks; the median is reported (default: 5; --quick: 3)"
+    )
+    parser.add_argument("--steps", type=positive_int, help="steps per timed block (default: 5; --quick: 2)")
     parser.add_argument("--input-size", type=int, default=28, help="height and width of the images")
     parser.add_argument("--tf32", action="store_true", help="allow TF32 matmuls and convolutions")
-    parser.add_argument("--quick", action="store_true", help="batch 100, 1 warm-up, 3 blocks of 2 steps")
+    parser.add_argument(
+        "--quick", action="store_true", help="batch 100, 1 warm-up, 3 blocks of 2 steps (flags given win)"
+    )
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args(argv)
-    if args.quick:
-        args.batch_sizes, args.warmup, args.repeats, args.steps = [100], 1, 3, 2
+    defaults = QUICK if args.quick else FULL
+    for name, value in defaults.items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
     return args
 
 

@@ -53,6 +53,14 @@ def make_parser(doc: str, parser_class=argparse.ArgumentParser, **options) -> ar
     )
 
 
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number of at least 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
 def add_data_flags(parser: argparse.ArgumentParser, default: str | None = "digits") -> None:
     """``--dataset``, ``--patch-size`` and ``--root``."""
     parser.add_argument("--dataset", default=default, choices=DATASETS, help="data set")

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from pyro_dcgmm.cli.common import add_device_flag, format_table, make_parser
+from pyro_dcgmm.cli.common import add_device_flag, format_table, make_parser, positive_int
 from pyro_dcgmm.config import DataConfig, SamplingConfig, from_dict, to_dict
 from pyro_dcgmm.data.datasets import load_dataset
 from pyro_dcgmm.device import resolve_device
@@ -61,7 +61,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--root", help="folder with the data set's IDX files (none: its usual place)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the draws")
     stored = "(default: the checkpoint's [sampling] setting)"
-    parser.add_argument("--top-s", type=int, help=f"components kept per position (the paper's S) {stored}")
+    parser.add_argument(
+        "--top-s", type=positive_int, help=f"components kept per position (the paper's S) {stored}"
+    )
     parser.add_argument("--divisor", type=float, help=f"standard-deviation divisor {stored}")
     parser.add_argument("--pool-mode", choices=["dense", "sparse"], help=f"unpooling {stored}")
     parser.add_argument(
@@ -72,14 +74,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--sharpen-pull", type=float, help=f"pull toward the unsharpened sample {stored}")
     parser.add_argument("--variant-layer", type=int, help=f"GMM layer of the variants {stored}")
     parser.add_argument("--inpaint-layer", type=int, help=f"GMM layer of the in-painting {stored}")
-    parser.add_argument("--inpaint-top-s", type=int, help=f"S when in-painting {stored}")
-    parser.add_argument("--ndb-bins", type=int, default=100, help="NDB bins (k-means clusters)")
-    parser.add_argument("--ndb-samples", type=int, default=2000, help="samples per model for NDB")
-    parser.add_argument("--ndb-train", type=int, default=20000, help="training images for the bins")
-    parser.add_argument("--flat-components", type=int, default=25, help="K of the flat GMM baseline")
-    parser.add_argument("--measure-images", type=int, default=200, help="test images for the measures")
+    parser.add_argument("--inpaint-top-s", type=positive_int, help=f"S when in-painting {stored}")
+    parser.add_argument("--ndb-bins", type=positive_int, default=100, help="NDB bins (k-means clusters)")
+    parser.add_argument("--ndb-samples", type=positive_int, default=2000, help="samples per model for NDB")
+    parser.add_argument("--ndb-train", type=positive_int, default=20000, help="training images for the bins")
+    parser.add_argument("--flat-components", type=positive_int, default=25, help="K of the flat GMM baseline")
     parser.add_argument(
-        "--measure-per-class", type=int, default=20, help="class-conditional samples per class"
+        "--measure-images", type=positive_int, default=200, help="test images for the measures"
+    )
+    parser.add_argument(
+        "--measure-per-class", type=positive_int, default=20, help="class-conditional samples per class"
     )
     parser.add_argument("--no-ndb", action="store_true", help="skip NDB and the measures (the slow part)")
     add_device_flag(parser)

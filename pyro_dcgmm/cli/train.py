@@ -193,7 +193,7 @@ def write_outputs(args, config: RunConfig, stack: Stack, dataset, result, test) 
     test_x, before = test
     stack.cpu()
     after = held_out_log_likelihood(stack, test_x)
-    samples = result.new_steps * config.training.batch_size
+    samples = result.samples
     summary = {
         "dataset": dataset.name,
         "model": to_dict(config.model),

@@ -12,6 +12,7 @@ import hashlib
 import os
 import urllib.error
 import urllib.request
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -274,6 +275,12 @@ def subset_classes(dataset: Dataset, classes) -> Dataset:
 def limit_training_set(dataset: Dataset, limit: int | None, seed: int = 0) -> Dataset:
     """A random ``limit`` of the training images, drawn with ``seed`` (all when ``limit`` is ``None``
     or larger); the test set is kept whole."""
+    if limit is not None and limit > dataset.train_images.shape[0]:
+        warnings.warn(
+            f"train_limit {limit} exceeds the {dataset.train_images.shape[0]} training images of "
+            f"{dataset.name}: training on all of them",
+            stacklevel=3,
+        )
     if limit is None or limit >= dataset.train_images.shape[0]:
         return dataset
     keep = torch.randperm(dataset.train_images.shape[0], generator=torch.Generator().manual_seed(seed))[

@@ -12,6 +12,7 @@ they blur by gradient ascent on an upper layer's log-likelihood of the forward p
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from dataclasses import dataclass
 from typing import Literal
 
@@ -128,8 +129,13 @@ def options_from_settings(settings, stack) -> dict[str, SamplingOptions]:
     if stack.formulation == "joint":
         return {"plain": plain}
     target = settings.sharpen_target
-    if target != "next":
-        target = min(target, len(stack.gmm_layers) - 1)
+    if target != "next" and target >= len(stack.gmm_layers):
+        top = len(stack.gmm_layers) - 1
+        warnings.warn(
+            f"sharpen_target {target}: this stack's top GMM layer is {top}; sharpening aims at it",
+            stacklevel=2,
+        )
+        target = top
     sharpening = Sharpening(target, settings.sharpen_rate, settings.sharpen_iterations, settings.sharpen_pull)
     return {"plain": plain, "sharpened": dataclasses.replace(plain, sharpening=sharpening)}
 

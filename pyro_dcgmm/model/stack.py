@@ -11,7 +11,7 @@ import torch
 from pyro.nn import PyroModule
 
 from pyro_dcgmm.config import ModelConfig
-from pyro_dcgmm.errors import ArchitectureError
+from pyro_dcgmm.errors import ArchitectureError, LayerIndexError
 from pyro_dcgmm.inference import queries, top_down
 from pyro_dcgmm.inference.sampling import SamplingOptions, default_variant_layer
 from pyro_dcgmm.model.building import checked_input_shape, layer_from_config
@@ -217,7 +217,7 @@ class Stack(PyroModule):
         """Layer number ``layer`` (negative counts from the top) as 0 .. count - 1, checked."""
         count = len(self.mixture_layers)
         if isinstance(layer, bool) or not isinstance(layer, int) or not -count <= layer < count:
-            raise IndexError(
+            raise LayerIndexError(
                 f"layer must be an int in [{-count}, {count - 1}] (this stack has {count} layers with "
                 f"components, 0 the lowest), got {layer!r}"
             )

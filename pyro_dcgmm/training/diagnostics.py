@@ -21,7 +21,12 @@ def effective_components(log_mixing: torch.Tensor) -> float:
 
 def learning_problems(stack, history: list[dict], skipped_steps: int) -> list[str]:
     """What suggests that training ``stack`` (with this epoch ``history``) did not learn."""
-    problems = []
+    problems = [
+        f"layer {n} was never trained: its wait ({layer.config.wait:g} of the planned steps) did not end "
+        "before the run stopped; raise the step budget (max_steps, epochs) or lower its wait"
+        for n, layer in enumerate(stack.mixture_layers)
+        if not bool(layer.initialised)
+    ]
     for j, gmm in enumerate(stack.gmm_layers):
         if gmm.config.annealing and not gmm.annealing_finished:
             problems.append(

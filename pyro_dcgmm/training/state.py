@@ -18,12 +18,14 @@ class TrainResult:
     :ivar steps: optimiser steps of the run in total (a resumed run's earlier ones included).
     :ivar seconds: wall time of this call.
     :ivar new_steps: steps this call took (0 when a resumed run had nothing left to do).
+    :ivar samples: images those steps trained on.
     """
 
     history: list[dict] = field(default_factory=list)
     steps: int = 0
     seconds: float = 0.0
     new_steps: int = 0
+    samples: int = 0
 
 
 @dataclass

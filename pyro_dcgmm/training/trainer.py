@@ -95,7 +95,7 @@ class Trainer:
     def fit(self, images: torch.Tensor, labels=None, validation=None) -> TrainResult:
         """Train on ``images`` (N, C, H, W) (and class ``labels`` (N,)), scoring ``validation``
         after every epoch: tensors as :func:`train` (or ``DCGMM.fit``) checked them."""
-        self.started = time.perf_counter()
+        self.started, self.samples = time.perf_counter(), 0
         place(self.stack, resolve_device(self.config.device))
         require_trainable(self.stack, images, labels)
         parameter = next(self.stack.parameters())
@@ -158,6 +158,7 @@ class Trainer:
 
     def _next_batch(self) -> Batch:
         index = self.state.next_batch(min(self.config.batch_size, self.num_data)).to(self.images.device)
+        self.samples += index.shape[0]
         batch = self.images[index]
         if self.config.dequantize_levels is not None:
             batch = dequantize(batch, self.config.dequantize_levels, self.generator)
@@ -290,7 +291,7 @@ class Trainer:
         for problem in learning_problems(self.stack, state.history, state.skipped):
             warnings.warn(problem, TrainingWarning, stacklevel=4)
         seconds = time.perf_counter() - self.started
-        return TrainResult(state.history, state.step, seconds, state.step - state.started_at)
+        return TrainResult(state.history, state.step, seconds, state.step - state.started_at, self.samples)
 
 
 def waiting_layers(stack, progress: float) -> list:
