@@ -250,8 +250,15 @@ def test_step_reports_each_layers_own_loss(digits, objective):
     assert not any(hasattr(gmm, "last_loss") for gmm in stack.gmm_layers)
 
 
-def test_a_collapsed_layer_and_a_worse_held_out_fit_are_named():
+def initialised_stack():
     stack = small_stack()
+    for layer in stack.mixture_layers:
+        layer.mark_initialised_()
+    return stack
+
+
+def test_a_collapsed_layer_and_a_worse_held_out_fit_are_named():
+    stack = initialised_stack()
     with torch.no_grad():
         stack.layers[1].mixing_logits.copy_(torch.tensor([30.0] + [0.0] * 15))
     history = [{"validation_log_likelihood": [-100.0, 1.0]}, {"validation_log_likelihood": [-120.0, 2.0]}]
@@ -259,7 +266,8 @@ def test_a_collapsed_layer_and_a_worse_held_out_fit_are_named():
     assert len(problems) == 2
     assert problems[0].startswith("GMM layer 0 collapsed: its mixing weights use 1.00 of 16 components")
     assert "held-out log-likelihood fell from -100 after the first epoch to -120" in problems[1]
-    assert learning_problems(small_stack(), history[:1], skipped_steps=0) == []
+    assert learning_problems(initialised_stack(), history[:1], skipped_steps=0) == []
+    assert learning_problems(small_stack(), [], skipped_steps=0)[0].startswith("layer 0 was never trained")
 
 
 def test_a_diverging_run_warns(digits):
