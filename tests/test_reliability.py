@@ -11,20 +11,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import pyro_dcgmm.training.trainer as training
-from pyro_dcgmm import GMM, Fold, MaxPool, Stack, presets
+from pyro_dcgmm import GMM, Fold, MaxPool, Stack, errors, presets
 from pyro_dcgmm.cli import train as train_svi
 from pyro_dcgmm.cli.common import run_script
 from pyro_dcgmm.config import GMMConfig, TrainConfig, from_dict, load_config, to_dict
 from pyro_dcgmm.data.datasets import FASHION_MNIST_ROOT, _images_and_labels, load_fashion_mnist
-from pyro_dcgmm.errors import (
-    ArchitectureError,
-    CheckpointError,
-    ConfigError,
-    DataError,
-    NonFiniteLossError,
-    TrainingInterrupted,
-    TrainingWarning,
-)
+from pyro_dcgmm.errors import ArchitectureError, CheckpointError, ConfigError, DataError
 from pyro_dcgmm.training.checkpoint import save_checkpoint
 from pyro_dcgmm.training.run_folder import RunFiles
 from pyro_dcgmm.training.trainer import train
@@ -66,7 +58,7 @@ def test_stopped_training_resumes_to_identical_parameters(tmp_path, monkeypatch,
     else:  # Ctrl-C or SIGTERM: the step under way ends, then a checkpoint of where training stands
         number = signal.SIGINT if stop == "ctrl-c" else signal.SIGTERM
         stop_at_step(monkeypatch, 33, lambda: signal.raise_signal(number))
-        with pytest.raises(TrainingInterrupted, match=r"at step 34 .* --resume"):
+        with pytest.raises(errors.TrainingInterrupted, match=r"at step 34 .* --resume"):
             train_cli(*common, "--out", str(tmp_path / "stopped"))
     monkeypatch.undo()
     checkpoint = tmp_path / "stopped" / "checkpoint.pt"
@@ -140,7 +132,7 @@ def test_a_step_that_makes_parameters_non_finite_is_undone(tmp_path):
     images = torch.rand(40, 1, 8, 8)
     before = {name: value.clone() for name, value in stack.state_dict().items() if torch.is_tensor(value)}
     config = TrainConfig(epochs=1, batch_size=10, optimizer="sgd", lr=3e38, progress=False, device="cpu")
-    with pytest.raises(NonFiniteLossError, match="made parameters non-finite at step 0"):
+    with pytest.raises(errors.NonFiniteLossError, match="made parameters non-finite at step 0"):
         train(stack, images, config=config, files=tmp_path)
     for name, value in stack.state_dict().items():
         if torch.is_tensor(value):
@@ -153,7 +145,7 @@ def test_scripts_end_user_errors_and_ctrl_c_with_one_line(capsys):
         raise ConfigError("training.epochs must be >= 1, got 0")
 
     def interrupted():
-        raise TrainingInterrupted("training interrupted at step 3; saved x: continue with --resume x")
+        raise errors.TrainingInterrupted("training interrupted at step 3; saved x: continue with --resume x")
 
     for main, code, line in [(bad_setting, 2, "error: training.epochs"), (interrupted, 130, "--resume x")]:
         with pytest.raises(SystemExit) as stop:
@@ -388,7 +380,7 @@ def test_config_files_and_keys_users_get_wrong(tmp_path):
 
 def test_what_was_silently_accepted_now_says_so(tmp_path):
     with pytest.warns(
-        TrainingWarning, match=r"layer 1 was never trained: its wait \(0\.1 of the planned steps\)"
+        errors.TrainingWarning, match=r"layer 1 was never trained: its wait \(0\.1 of the planned steps\)"
     ):
         train_cli("--config", "digits", "--max-steps", "5", "--out", str(tmp_path / "short"))
     with pytest.warns(UserWarning, match=r"train_limit 100000 exceeds the 1437 training images"):

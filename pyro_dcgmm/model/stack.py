@@ -209,9 +209,8 @@ class Stack(PyroModule):
         top = self.layers[-1]
         return top if isinstance(top, Readout) else None
 
-    # Addressing: a layer is named by its number among the layers with components
-    # (``mixture_layers``), 0 the lowest, negative counting from the top, everywhere: in the queries,
-    # sampling, the views, the training log (``L<number>``) and the Pyro sites (``layer<number>.z``).
+    # Addressing: a layer is named everywhere (queries, sampling, views, the log's ``L<number>``, Pyro
+    # sites ``layer<number>.z``) by its number among ``mixture_layers``, 0 the lowest, -1 the top.
 
     def number(self, layer: int) -> int:
         """Layer number ``layer`` (negative counts from the top) as 0 .. count - 1, checked."""

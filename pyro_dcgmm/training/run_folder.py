@@ -80,22 +80,31 @@ class RunFolder:
             self._discard_replaced()
 
     def _lock(self) -> None:
-        """Hold ``.lock`` (this process's id) while the run lives; a lock of a dead process is stale."""
-        lock = self.path / LOCK_NAME
-        for _ in range(2):
-            try:
-                with open(lock, "x") as handle:
-                    handle.write(str(os.getpid()))
-                return
-            except FileExistsError:
-                owner = lock.read_text().strip()
-                if owner.isdigit() and process_alive(int(owner)):
-                    raise ConfigError(
-                        f"another run (process {owner}) is training in {str(self.path)!r}; wait for it to "
-                        "end or choose another folder"
-                    ) from None
-                lock.unlink(missing_ok=True)  # stale: its process died
-        raise ConfigError(f"could not lock {str(self.path)!r}: another run keeps taking it")
+        """Hold ``.lock`` (this process's id) while the run lives; a lock of a dead process is stale.
+        The lock appears with its content at once (a hard link of a written file), so no other run
+        ever reads it empty."""
+        lock, mine = self.path / LOCK_NAME, self.path / f"{LOCK_NAME}-{os.getpid()}"
+        mine.write_text(str(os.getpid()))
+        try:
+            for _ in range(2):
+                try:
+                    os.link(mine, lock)
+                    return
+                except FileExistsError:
+                    self._check_lock_owner(lock)
+            raise ConfigError(f"could not lock {str(self.path)!r}: another run keeps taking it")
+        finally:
+            mine.unlink()
+
+    def _check_lock_owner(self, lock: Path) -> None:
+        """Refuse while the run that holds ``lock`` lives; remove the lock of a dead one."""
+        owner = lock.read_text().strip() if lock.exists() else ""
+        if owner.isdigit() and process_alive(int(owner)):
+            raise ConfigError(
+                f"another run (process {owner}) is training in {str(self.path)!r}; wait for it to end "
+                "or choose another folder"
+            )
+        lock.unlink(missing_ok=True)  # stale: its process died
 
     def _unlock(self) -> None:
         (self.path / LOCK_NAME).unlink(missing_ok=True)
@@ -122,7 +131,7 @@ class RunFolder:
         if files.resume is not None and Path(files.resume).resolve().parent == self.path.resolve():
             return  # this run goes on
         if not existing:
-            foreign = sorted(p.name for p in self.path.iterdir() if p.name != LOCK_NAME)
+            foreign = sorted(p.name for p in self.path.iterdir() if not p.name.startswith(LOCK_NAME))
             if foreign:
                 raise ConfigError(
                     f"{str(self.path)!r} holds files that are not a pyro_dcgmm run ({', '.join(foreign)}); "
