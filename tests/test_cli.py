@@ -182,3 +182,12 @@ def test_a_refused_device_leaves_no_folder(tmp_path):
     with pytest.raises(ConfigError, match="CUDA is not available"):
         train_svi.main(["--config", "digits", "--device", "cuda", "--out", str(tmp_path / "run")])
     assert not (tmp_path / "run").exists()
+
+
+def test_an_out_that_is_a_file_is_one_line(tmp_path):
+    from pyro_dcgmm.cli.common import output_folder
+
+    (tmp_path / "afile").write_text("")
+    with pytest.raises(ConfigError, match=r"cannot write into --out .*afile'?: File exists"):
+        output_folder(tmp_path / "afile")
+    assert output_folder(tmp_path / "new" / "deep").is_dir()

@@ -403,3 +403,19 @@ def test_numbers_the_commands_cannot_use_are_refused_in_one_line(tmp_path, capsy
     stack = Stack.from_config(presets.get("digits", (1, 8, 8)))
     with pytest.raises(ArchitectureError, match=r"layer must be an int in \[-2, 1\]"):
         stack.variants(torch.rand(2, 1, 8, 8), layer=-9)
+
+
+def test_runs_that_cannot_start_say_why_and_leave_nothing(tmp_path):
+    with pytest.raises(
+        DataError, match=r"needs at least that many input vectors per mixture, got 18 from 2 images"
+    ):
+        train_cli("--config", "digits", "--train-limit", "2", "--out", str(tmp_path / "tiny"))
+    assert not (tmp_path / "tiny").exists()  # failed before its first checkpoint: nothing left
+    with pytest.raises(ConfigError, match=r"training.seed must be in \[0, "):
+        train_cli("--config", "digits", "--seed", "99999999999999999999", "--out", str(tmp_path / "seed"))
+    (tmp_path / "afile").write_text("")
+    with pytest.raises(ConfigError, match=r"cannot write into .*afile/sub'?: Not a directory"):
+        train_cli("--config", "digits", "--out", str(tmp_path / "afile" / "sub"))
+    stack = Stack.from_config(presets.get("digits", (1, 8, 8)))
+    with pytest.raises(DataError, match=r"1,000,000,000,000 images of shape \(1, 8, 8\) need .* GiB"):
+        stack.sample(10**12)

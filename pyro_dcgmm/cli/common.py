@@ -53,6 +53,15 @@ def make_parser(doc: str, parser_class=argparse.ArgumentParser, **options) -> ar
     )
 
 
+def output_folder(path: Path) -> Path:
+    """``path`` as an existing folder to write into (made if missing), or one line saying why not."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ConfigError(f"cannot write into --out {str(path)!r}: {error.strerror or error}") from None
+    return path
+
+
 def positive_int(text: str) -> int:
     """An argparse type: a whole number of at least 1."""
     value = int(text)

@@ -22,7 +22,13 @@ from pathlib import Path
 import torch
 
 from pyro_dcgmm import presets
-from pyro_dcgmm.cli.common import add_data_flags, add_device_flag, add_training_flags, make_parser
+from pyro_dcgmm.cli.common import (
+    add_data_flags,
+    add_device_flag,
+    add_training_flags,
+    make_parser,
+    output_folder,
+)
 from pyro_dcgmm.evaluation.classification import classify
 from pyro_dcgmm.evaluation.clustering import cluster
 from pyro_dcgmm.evaluation.density import covariances, density
@@ -161,7 +167,7 @@ PROTOCOLS = {
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    args.out.mkdir(parents=True, exist_ok=True)
+    output_folder(args.out)
     start = time.perf_counter()
     dataset = load(args)
     report = {

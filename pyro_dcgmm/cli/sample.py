@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from pyro_dcgmm.cli.common import add_device_flag, format_table, make_parser, positive_int
+from pyro_dcgmm.cli.common import add_device_flag, format_table, make_parser, output_folder, positive_int
 from pyro_dcgmm.config import DataConfig, SamplingConfig, from_dict, to_dict
 from pyro_dcgmm.data.datasets import load_dataset
 from pyro_dcgmm.device import resolve_device
@@ -103,7 +103,7 @@ def main(argv=None) -> dict:
     if args.root is not None:
         data_config = dataclasses.replace(data_config, root=args.root)
     dataset = load_dataset(data_config)
-    args.out.mkdir(parents=True, exist_ok=True)
+    output_folder(args.out)
     settings = sampling_settings(run, args)
     option_sets = options_from_settings(settings, stack)
     args.variant_layer = settings.variant_layer

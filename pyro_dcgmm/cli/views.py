@@ -13,7 +13,7 @@ import argparse
 import json
 from pathlib import Path
 
-from pyro_dcgmm.cli.common import make_parser
+from pyro_dcgmm.cli.common import make_parser, output_folder
 from pyro_dcgmm.config import DataConfig, from_dict
 from pyro_dcgmm.data.datasets import load_dataset
 from pyro_dcgmm.errors import ConfigError
@@ -72,7 +72,7 @@ def main(argv=None) -> dict:
     if bad:
         numbered = f"numbered 0 to {count - 1}"
         raise ConfigError(f"--layers {bad}: this model's {count} layers with components are {numbered}")
-    args.out.mkdir(parents=True, exist_ok=True)
+    output_folder(args.out)
     written = {}
     for layer in layers:
         gmm = stack.mixture_layer(layer)

@@ -88,7 +88,7 @@ class TrainConfig(Checked):
     em_step_offset: float = bounded(2.0, gt=0)
     em_step_decay: float = bounded(0.6, ge=0, le=1)
     objective: Literal["closed_form", "enumerated"] = "closed_form"
-    seed: int = bounded(0, ge=0)
+    seed: int = bounded(0, ge=0, le=2**63 - 1)  # what torch's generators take
     device: Literal["auto", "cpu", "cuda"] = "auto"
     max_steps: int | None = bounded(None, ge=1)
     non_finite: Literal["raise", "skip"] = "raise"

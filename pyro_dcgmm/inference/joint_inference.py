@@ -24,7 +24,7 @@ from pyro_dcgmm.data.validation import as_labels, check_positive_int
 from pyro_dcgmm.errors import ArchitectureError
 from pyro_dcgmm.inference.queries import checked_inputs, map_chunks, query, row_slices
 from pyro_dcgmm.inference.sampling import SamplingOptions, resolved
-from pyro_dcgmm.inference.top_down import DRAWN_ROWS
+from pyro_dcgmm.inference.top_down import DRAWN_ROWS, check_images_fit
 from pyro_dcgmm.model.covariances.base import gaussian_conditional
 from pyro_dcgmm.model.fold import fold_back
 
@@ -101,6 +101,7 @@ def check_options(stack, options: SamplingOptions | None) -> SamplingOptions:
 def sample(stack, n: int, classes=None, options: SamplingOptions | None = None) -> torch.Tensor:
     """``n`` ancestral samples (n, C, H, W), within the components of ``classes`` (n,) if given."""
     check_positive_int(n, "n")
+    check_images_fit(stack, n)
     options = check_options(stack, options)
     top = stack.mixture_layers[-1]
     if classes is not None:
@@ -223,6 +224,7 @@ def variants(stack, x, level: int, n_per_image: int, options=None, mask=None) ->
     check_joined(stack, level)
     options = check_options(stack, options)
     x, mask = checked_inputs(stack, x, mask)
+    check_images_fit(stack, n_per_image * x.shape[0])
     parameter = stack.leaf.means
     images = x.to(parameter.device, parameter.dtype)
     observed = None if mask is None else mask.to(parameter.device)

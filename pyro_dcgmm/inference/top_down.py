@@ -3,23 +3,36 @@ images and in-painting (see :mod:`pyro_dcgmm.inference.sampling` for the options
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 
 from pyro_dcgmm.data.validation import as_labels, check_positive_int
-from pyro_dcgmm.errors import ArchitectureError
+from pyro_dcgmm.errors import ArchitectureError, DataError
 from pyro_dcgmm.inference import queries
 from pyro_dcgmm.inference.sampling import ComponentLikelihood, SamplingOptions, Sharpening, resolved, sharpen
 from pyro_dcgmm.model.gmm import GMM
+from pyro_dcgmm.model.layer import physical_memory
 from pyro_dcgmm.model.readout import Readout
 
 DRAWN_ROWS = 16384  # images drawn down at once (samples, or variants times draws): bounds the memory
 
 
+def check_images_fit(stack, count: int) -> None:
+    """Refuse to draw more images (float32) than this machine's memory holds."""
+    needed, total = 4 * count * math.prod(stack.input_shape), physical_memory()
+    if total is not None and needed > total:
+        raise DataError(
+            f"{count:,} images of shape {stack.input_shape} need {needed / 2**30:.1f} GiB and this machine "
+            f"has {total / 2**30:.1f} GiB: draw fewer at a time"
+        )
+
+
 def sample(stack, n: int, classes=None, options: SamplingOptions | None = None) -> torch.Tensor:
     """``n`` images (n, C, H, W) drawn from the top stage down, conditioned on ``classes`` if given."""
     check_positive_int(n, "n")
+    check_images_fit(stack, n)
     if classes is not None:
         if not stack.samples_by_class:
             raise ArchitectureError(
@@ -62,6 +75,7 @@ def variants(stack, x, layer: int, n_per_image: int, options=None, mask=None) ->
     check_positive_int(n_per_image, "n_per_image")
     start = stack.mixture_layer(layer)
     x, mask = queries.checked_inputs(stack, x, mask)
+    check_images_fit(stack, n_per_image * x.shape[0])
     parameter = next(stack.parameters())
     observed = None
     if mask is None:

@@ -127,9 +127,11 @@ def vectors_by_class(layer, inputs: torch.Tensor, labels, generator: torch.Gener
             sets.append((vectors, (layer.component_classes() == c).to(inputs.device)))
     k = int(sets[0][1].sum())  # components per set
     if min(v.shape[1] for v, _ in sets) < k:
-        raise ValueError(
+        raise DataError(
             f"initialising a {type(layer).__name__} layer of {k} components (per class) needs at least "
-            f"that many input vectors per mixture, got {min(v.shape[1] for v, _ in sets)}"
+            f"that many input vectors per mixture, got {min(v.shape[1] for v, _ in sets)} from "
+            f"{inputs.shape[0]} images: train on more images (train_limit, validation_fraction) or give "
+            "the layer fewer components"
         )
     return sets
 

@@ -56,26 +56,38 @@ class RunFolder:
     def __enter__(self) -> RunFolder:
         if self.path.exists() and not self.path.is_dir():
             raise ConfigError(f"output folder {str(self.path)!r} is a file")
-        created = not self.path.exists()
-        self.path.mkdir(parents=True, exist_ok=True)
+        self.created, self.saved, self.fresh = not self.path.exists(), False, True
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise ConfigError(f"cannot write into {str(self.path)!r}: {error.strerror or error}") from None
         self._lock()
         try:
             self._clean_after_interrupted_runs()
             self._claim()
         except BaseException:
             self._unlock()
-            if created:
-                shutil.rmtree(self.path, ignore_errors=True)
+            self._remove_if_created()
             raise
         return self
 
     def __exit__(self, failed, *exc) -> None:
+        """A new run that failed before its first checkpoint leaves the folder as it found it."""
+        if failed is not None and self.fresh and not self.saved:
+            (self.path / LOG_NAME).unlink(missing_ok=True)
         if self.replaced is not None:
             self._discard_replaced() if failed is None else self._restore_replaced()
         self._unlock()
+        if failed is not None and self.fresh and not self.saved:
+            self._remove_if_created()
+
+    def _remove_if_created(self) -> None:
+        if self.created:
+            shutil.rmtree(self.path, ignore_errors=True)
 
     def save(self, stack, state, optimizer, generator, seconds: float) -> None:
         self.checkpointer.save(stack, state, optimizer, generator, seconds)
+        self.saved = True
         if self.replaced is not None:
             self._discard_replaced()
 
@@ -129,7 +141,8 @@ class RunFolder:
     def _claim(self) -> None:
         existing, files = run_files(self.path), self.files
         if files.resume is not None and Path(files.resume).resolve().parent == self.path.resolve():
-            return  # this run goes on
+            self.fresh = False  # this run goes on
+            return
         if not existing:
             foreign = sorted(p.name for p in self.path.iterdir() if not p.name.startswith(LOCK_NAME))
             if foreign:
