@@ -11,10 +11,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 from pyro_dcgmm.config import DataConfig, TrainConfig
+from pyro_dcgmm.config.run import NAMED_DATASETS
 from pyro_dcgmm.errors import ArchitectureError, CheckpointError, ConfigError, DataError, NonFiniteLossError
 
 USER_ERRORS = (ConfigError, ArchitectureError, DataError, CheckpointError, NonFiniteLossError)
-DATASETS = typing.get_args(typing.get_type_hints(DataConfig)["dataset"])
 DEVICES = typing.get_args(typing.get_type_hints(TrainConfig)["device"])
 OPTIMIZERS = typing.get_args(typing.get_type_hints(TrainConfig)["optimizer"])
 
@@ -72,7 +72,11 @@ def positive_int(text: str) -> int:
 
 def add_data_flags(parser: argparse.ArgumentParser, default: str | None = "digits") -> None:
     """``--dataset``, ``--patch-size`` and ``--root``."""
-    parser.add_argument("--dataset", default=default, choices=DATASETS, help="data set")
+    parser.add_argument(
+        "--dataset",
+        default=default,
+        help=f"data set: {', '.join(NAMED_DATASETS)}, or your own images: a .npy or .npz file or a folder",
+    )
     parser.add_argument(
         "--patch-size",
         type=int,

@@ -39,6 +39,7 @@ from pyro_dcgmm.cli.common import (
 )
 from pyro_dcgmm.config import ModelConfig, RunConfig, from_dict, load_config, to_dict
 from pyro_dcgmm.data.datasets import dequantize, load_dataset, split_validation
+from pyro_dcgmm.data.own import UNLABELLED
 from pyro_dcgmm.device import resolve_device
 from pyro_dcgmm.errors import ConfigError, DataError
 from pyro_dcgmm.evaluation.metrics import bits_per_dimension, held_out_log_likelihood
@@ -155,7 +156,7 @@ def main(argv: list[str] | None = None) -> dict:
     config = dataclasses.replace(config, model=model_config)
     torch.manual_seed(config.training.seed)
     stack = Stack.from_config(model_config)
-    labels = train_y if stack.num_classes is not None else None
+    labels = train_y if stack.num_classes is not None and labelled(dataset, stack) else None
     if labels is not None and int(train_y.max()) >= stack.num_classes:
         raise DataError(f"labels go up to {int(train_y.max())} but the model has {stack.num_classes} classes")
     test_x = held_out(dataset.test_images, dataset, config)
@@ -187,6 +188,17 @@ def held_out(images: torch.Tensor, dataset, config: RunConfig) -> torch.Tensor:
     return dequantize(images, dataset.levels, torch.Generator().manual_seed(config.training.seed))
 
 
+def labelled(dataset, stack) -> bool:
+    """Whether the data have labels for the stack's classes; images without labels leave a Readout
+    untrained (said), and are refused by layers split by class."""
+    if dataset.class_names != UNLABELLED:
+        return True
+    if any(layer.config.classes for layer in stack.mixture_layers):
+        raise DataError(f"{dataset.name} has no labels, which layers split by class need: use another preset")
+    logging.getLogger(__name__).info("%s has no labels: the Readout stays untrained", dataset.name)
+    return False
+
+
 def write_outputs(args, config: RunConfig, stack: Stack, dataset, result, test) -> dict:
     """Evaluate the trained stack on the (held-out) test images of ``test`` = (images, their
     log-likelihoods before training); write summary, config and figures; print a table."""
@@ -209,7 +221,7 @@ def write_outputs(args, config: RunConfig, stack: Stack, dataset, result, test) 
     if isinstance(stack, JointStack) and config.data.dequantize:
         dims = math.prod(stack.input_shape)
         summary["test_bits_per_dim"] = bits_per_dimension(np.array(after[:1]), dims, dataset.levels)
-    if stack.classifies:
+    if stack.classifies and dataset.class_names != UNLABELLED:
         predicted = stack.predict_proba(dataset.test_images).argmax(1)
         summary["test_accuracy"] = round(float((predicted == dataset.test_labels).double().mean()), 6)
     atomic_write(args.out / "summary.json", lambda h: h.write(json.dumps(summary, indent=2).encode()))

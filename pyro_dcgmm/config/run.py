@@ -102,13 +102,17 @@ class TrainConfig(Checked):
     joint_refinement: bool = True
 
 
+NAMED_DATASETS = ("digits", "fashion-mnist", "mnist", "natural-patches")
+
+
 @dataclass(frozen=True)
 class DataConfig(Checked):
     """Which data set to train on.
 
-    :param dataset: ``"digits"`` (scikit-learn, 8x8, embedded), ``"fashion-mnist"``, ``"mnist"`` or
+    :param dataset: ``"digits"`` (scikit-learn, 8x8, embedded), ``"fashion-mnist"``, ``"mnist"``,
         ``"natural-patches"`` (zero-meaned grey patches of scikit-learn's sample photographs, split
-        by image region; :mod:`pyro_dcgmm.data.patches`).
+        by image region; :mod:`pyro_dcgmm.data.patches`), or your own images: the path of a ``.npy``
+        or ``.npz`` file or of a folder of image files (:mod:`pyro_dcgmm.data.own`).
     :param patch_size: side of the natural-image patches.
     :param root: folder with IDX files (``None``: the data set's default location).
     :param download: allow downloading MNIST into ``root`` when the files are missing.
@@ -120,7 +124,7 @@ class DataConfig(Checked):
     """
 
     section = "data"
-    dataset: Literal["digits", "fashion-mnist", "mnist", "natural-patches"] = "digits"
+    dataset: str = "digits"
     patch_size: int = bounded(16, ge=2)
     root: str | None = None
     download: bool = False
@@ -130,6 +134,13 @@ class DataConfig(Checked):
     train_limit: int | None = bounded(None, ge=2)
 
     def check(self) -> None:
+        own = Path(self.dataset).suffix in (".npy", ".npz") or Path(self.dataset).is_dir()
+        if self.dataset not in NAMED_DATASETS and not own:
+            hint = nearest(self.dataset, NAMED_DATASETS)
+            self.fail(
+                f"data.dataset must be one of {', '.join(NAMED_DATASETS)}, or your own data: a .npy or "
+                f".npz file or a folder of images; got {self.dataset!r}{hint}"
+            )
         if self.classes is not None and (len(set(self.classes)) < 2 or min(self.classes) < 0):
             self.fail(f"data.classes must be two or more different labels >= 0, got {list(self.classes)}")
 

@@ -13,13 +13,14 @@ import os
 import urllib.error
 import urllib.request
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from pyro_dcgmm.config import DataConfig
+from pyro_dcgmm.data.dataset import Dataset
+from pyro_dcgmm.data.own import load_own_data
 from pyro_dcgmm.data.patches import natural_patches
 from pyro_dcgmm.errors import DataError
 from pyro_dcgmm.training.files import atomic_write
@@ -61,27 +62,6 @@ _IDX_TYPES = {
     0x0D: np.dtype(">f4"),
     0x0E: np.dtype(">f8"),
 }
-
-
-@dataclass
-class Dataset:
-    """Train and test splits of one image data set.
-
-    :ivar levels: number of quantisation levels of the pixels (256 for 8-bit images), for
-        dequantisation and bits per dimension.
-    """
-
-    name: str
-    train_images: torch.Tensor
-    train_labels: torch.Tensor
-    test_images: torch.Tensor
-    test_labels: torch.Tensor
-    levels: int
-    class_names: tuple[str, ...]
-
-    @property
-    def input_shape(self) -> tuple[int, int, int]:
-        return tuple(self.train_images.shape[1:])
 
 
 def read_idx(path: str | Path) -> np.ndarray:
@@ -300,8 +280,10 @@ def load_dataset(config: DataConfig, seed: int = 0) -> Dataset:
         dataset = load_fashion_mnist(config.root)
     elif config.dataset == "natural-patches":
         dataset = load_natural_patches(config.patch_size, seed=seed)
-    else:
+    elif config.dataset == "mnist":
         dataset = load_mnist(config.root, download=config.download)
+    else:
+        dataset = load_own_data(config.dataset, seed)
     if config.classes is not None:
         dataset = subset_classes(dataset, config.classes)
     return limit_training_set(dataset, config.train_limit, seed)
