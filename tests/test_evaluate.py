@@ -45,6 +45,7 @@ def test_cluster(tmp_path):
 
 def test_density(tmp_path):
     report = evaluate.main(["density", *COMMON, "--patch", "4", "--out", str(tmp_path)])
+    assert (tmp_path / "density.png").is_file()  # the figure the command promises
     names = {"dcgmm_full_image_k25", "dcgmm_patches4_k25", "flat_gmm_diag_k25"}
     assert names <= set(report)
     for name in names:

@@ -92,6 +92,7 @@ def test_evaluate_classify_and_covariances_report_every_model(tmp_path):
         "sklearn_per_class_full_k5",
     } <= set(report)
     assert report["scored_on"] == "validation split" and report["class_models"]["accuracy"] > 0.5
+    assert (tmp_path / "c" / "classify.png").is_file()
     report = evaluate.main(
         [
             "covariances",
@@ -106,6 +107,7 @@ def test_evaluate_classify_and_covariances_report_every_model(tmp_path):
             str(tmp_path / "s"),
         ]
     )
+    assert (tmp_path / "s" / "covariances.png").is_file()
     for name in (
         "pyro_dcgmm_diag",
         "pyro_dcgmm_stationary",

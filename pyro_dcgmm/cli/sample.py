@@ -183,7 +183,7 @@ def save_figures(stack, dataset, args, option_sets: dict, flat: FlatGMMInpainter
     )
     save_image_grid(
         torch.cat([test[:, None], variants.cpu()], 1).flatten(0, 1), args.out / "variants.png", 8,
-        f"first column: test image; then variants from GMM layer {args.variant_layer}",
+        f"first column: test image; then variants from layer {stack.number(args.variant_layer)}",
     )  # fmt: skip
     save_inpainting_figure(stack, test, args, option_sets, flat)
     for name in ["samples.png", "class_samples.png", "variants.png", "inpainting.png"]:

@@ -13,7 +13,7 @@ from pyro_dcgmm import presets
 from pyro_dcgmm.class_models import DCGMMClassifier
 from pyro_dcgmm.config import FoldConfig, GMMConfig
 from pyro_dcgmm.data.datasets import split_validation
-from pyro_dcgmm.evaluation.protocol import estimator, flat, print_rows, training_params
+from pyro_dcgmm.evaluation.protocol import estimator, flat, print_rows, scores_figure, training_params
 
 
 def _class_model_layers(args) -> list:
@@ -62,6 +62,7 @@ def classify(args, dataset, report) -> None:
         accuracy = float((predict() == test_y.numpy()).mean())
         report[name] = {"accuracy": accuracy, "train_seconds": time.perf_counter() - start}
     print_rows(report, "accuracy")
+    scores_figure(report, "accuracy", args.out / "classify.png", f"accuracy on the {report['scored_on']}")
 
 
 def _per_class_gaussian_mixtures(args, kind: str, classes, train, test_x) -> np.ndarray:

@@ -15,7 +15,7 @@ from pyro_dcgmm import presets
 from pyro_dcgmm.config import FoldConfig, GMMConfig
 from pyro_dcgmm.data.datasets import dequantize
 from pyro_dcgmm.evaluation.metrics import bits_per_dimension
-from pyro_dcgmm.evaluation.protocol import estimator, flat, print_rows
+from pyro_dcgmm.evaluation.protocol import estimator, flat, print_rows, scores_figure
 
 
 def density(args, dataset, report) -> None:
@@ -49,6 +49,8 @@ def density(args, dataset, report) -> None:
     for name, row in report.items():
         if isinstance(row, dict) and "bits_per_dim" in row:
             print(f"{name:>28}: {row['bits_per_dim']:.3f} bits/dim")
+    title = "test bits per dimension, dequantised (lower is better)"
+    scores_figure(report, "bits_per_dim", args.out / "density.png", title)
 
 
 def covariances(args, dataset, report) -> None:
@@ -85,3 +87,5 @@ def covariances(args, dataset, report) -> None:
         bits = bits_per_dimension(mixture.score_samples(flat(test)), dims, dataset.levels)
         report[f"sklearn_{kind}"] = {"bits_per_dim": bits, "train_seconds": seconds}
     print_rows(report, "bits_per_dim")
+    title = f"held-out bits/dim of each covariance structure at K={k} (lower is better)"
+    scores_figure(report, "bits_per_dim", args.out / "covariances.png", title)

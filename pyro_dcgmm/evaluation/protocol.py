@@ -11,6 +11,7 @@ from pyro_dcgmm.cli.common import format_table
 from pyro_dcgmm.config import DataConfig
 from pyro_dcgmm.data.datasets import load_dataset
 from pyro_dcgmm.estimator import DCGMM
+from pyro_dcgmm.figures.plots import plot_model_scores
 
 
 def load(args):
@@ -40,6 +41,12 @@ def estimator(args, layers, data_range=(0.0, 1.0)) -> DCGMM:
 
 def flat(x: torch.Tensor) -> np.ndarray:
     return x.flatten(1).numpy().astype(np.float64)
+
+
+def scores_figure(report: dict, measure: str, path, title: str) -> None:
+    """A bar chart of ``measure`` of every model in the report."""
+    scores = {name: row[measure] for name, row in report.items() if isinstance(row, dict) and measure in row}
+    plot_model_scores(scores, path, measure.replace("_", " "), title)
 
 
 def print_rows(report: dict, measure: str) -> None:

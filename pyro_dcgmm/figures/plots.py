@@ -71,35 +71,37 @@ def _curve(axis, x, y, label: str) -> None:
     axis.plot(x, y, marker="o" if len(x) <= 30 else None, markersize=4, label=label)
 
 
+def trained_epochs(epochs: list[dict], start: int) -> list[dict]:
+    """The epoch records of an objective whose layer started training at step ``start``: the epochs
+    that began at or after it (all that ended after it, if none did)."""
+    began = [0] + [record["step"] for record in epochs[:-1]]
+    whole = [record for record, first in zip(epochs, began, strict=True) if first >= start]
+    return whole or [record for record in epochs if record["step"] > start]
+
+
 def plot_training_curve(records: list[dict], path: str | Path, names: list[str] | None = None) -> None:
-    """One row per objective (every GMM layer's, or a joint stack's one): its training loss (per
-    logged step; per epoch when fewer than 10 steps were logged) and its log-likelihood on the
-    validation split after every epoch.  ``names`` label the rows (default ``GMM layer j``)."""
+    """One row per objective (every GMM layer's, or a joint stack's one): its training loss, the
+    mean over each epoch, and its log-likelihood on the validation split after every epoch, from the
+    first epoch its layer trained all through (the log's ``initialised`` events say when a layer's
+    wait ended).  ``names`` label the rows (default ``layer j``)."""
     epochs = [r for r in records if r.get("event") == "epoch"]
-    steps = [r for r in records if "layer_loss" in r]
-    per_step = len(steps) >= 10
-    points = steps if per_step else epochs
-    x = [r["step" if per_step else "epoch"] for r in points]
-    losses = (
-        np.array([r["layer_loss" if per_step else "train_loss"] for r in points]) if x else np.zeros((0, 0))
-    )
-    validation = [r for r in epochs if "validation_log_likelihood" in r]
-    layers = max(losses.shape[1], 1)
-    figure = Figure(figsize=(11, 1.2 + 2.6 * layers))
-    axes = figure.subplots(layers, 2, squeeze=False)
-    for j in range(losses.shape[1]):
-        left, right = axes[j]
-        _curve(left, x, losses[:, j], "training loss")
-        left.set_xlabel("step" if per_step else "epoch")
-        left.set_ylabel(f"{names[j] if names else f'GMM layer {j}'}\nloss (nats per sample)")
-        if validation:
-            values = [r["validation_log_likelihood"][j] for r in validation]
-            _curve(right, [r["epoch"] for r in validation], values, "validation split")
-        right.set_xlabel("epoch")
+    starts = {r["layer"]: r["step"] for r in records if r.get("event") == "initialised"}
+    count = len(epochs[0]["train_loss"]) if epochs else 1
+    figure = Figure(figsize=(11, 1.2 + 2.6 * count))
+    axes = figure.subplots(count, 2, squeeze=False)
+    for j, (left, right) in enumerate(axes):
+        trained = trained_epochs(epochs, starts.get(j, 0))
+        _curve(left, [r["epoch"] for r in trained], [r["train_loss"][j] for r in trained], "training loss")
+        validation = [r for r in trained if "validation_log_likelihood" in r]
+        values = [r["validation_log_likelihood"][j] for r in validation]
+        _curve(right, [r["epoch"] for r in validation], values, "validation split")
+        left.set_ylabel(f"{names[j] if names else f'layer {j}'}\nloss (nats per sample)")
         right.set_ylabel("log-likelihood\n(nats per sample)")
         for axis in (left, right):
+            axis.set_xlabel("epoch")
             axis.xaxis.set_major_locator(MaxNLocator(integer=True))
-    axes[0][0].set_title("training loss (lower is better)" + ("" if per_step else ", mean over each epoch"))
+            axis.ticklabel_format(axis="y", style="plain", useOffset=False)
+    axes[0][0].set_title("training loss, mean over each epoch (lower is better)")
     axes[0][1].set_title("validation-split log-likelihood (higher is better)")
     figure.tight_layout()
     figure.savefig(path, dpi=120, bbox_inches="tight")
@@ -130,25 +132,31 @@ def save_image_grid(images, path: str | Path, columns: int, title: str = "", row
 
 
 def _as_picture(values: np.ndarray) -> np.ndarray:
-    """(C, h, w) as something to show: the image for 1 channel; C values at one position in rows of
-    ``ceil(sqrt(C))`` (blank where the last row ends); else a (h w, C) map of all channels."""
-    channels = values.shape[0]
+    """(C, h, w) as something to show: the image for 1 channel; else, at every one of the h x w
+    positions, its C values in a square of ``ceil(sqrt(C))`` a side (blank where the last row
+    ends), the squares laid out as the positions are, one blank pixel apart."""
+    channels, height, width = values.shape
     if channels == 1:
         return values[0]
-    if values.shape[1] * values.shape[2] > 1:
-        return values.reshape(channels, -1).T
-    width = int(np.ceil(np.sqrt(channels)))
-    grid = np.full(width * int(np.ceil(channels / width)), np.nan)
-    grid[:channels] = values.reshape(-1)
-    return grid.reshape(-1, width)
+    side = int(np.ceil(np.sqrt(channels)))
+    squares = np.full((height, width, side * side), np.nan)
+    squares[..., :channels] = values.transpose(1, 2, 0)
+    squares = squares.reshape(height, width, side, side)
+    picture = np.full((height * (side + 1) - 1, width * (side + 1) - 1), np.nan)
+    for row in range(height):
+        for column in range(width):
+            top, left = row * (side + 1), column * (side + 1)
+            picture[top : top + side, left : left + side] = squares[row, column]
+    return picture
 
 
-def _show(axis, picture: np.ndarray, cmap: str, limits: tuple[float, float] | None = None) -> None:
-    """``picture`` with its own colour range, or in ``limits`` (low, high)."""
+def _show(axis, picture: np.ndarray, cmap: str, limits: tuple[float, float] | None = None):
+    """``picture`` with its own colour range, or in ``limits`` (low, high); the image."""
     vmin, vmax = (None, None) if limits is None else limits
-    axis.imshow(picture, cmap=cmap, interpolation="nearest", vmin=vmin, vmax=vmax)
+    image = axis.imshow(picture, cmap=cmap, interpolation="nearest", vmin=vmin, vmax=vmax)
     axis.set_xticks([])
     axis.set_yticks([])
+    return image
 
 
 def plot_component_views(views, path: str | Path, title: str, spectrum: bool, max_rows: int = 32) -> None:
@@ -172,7 +180,8 @@ def plot_component_views(views, path: str | Path, title: str, spectrum: bool, ma
             row[1].set_axis_off()
         else:
             precision = np.fft.fftshift(view.precision_map, axes=(-2, -1)) if spectrum else view.precision_map
-            _show(row[1], np.log10(_as_picture(precision)), "viridis")
+            image = _show(row[1], np.log10(_as_picture(precision)), "viridis")
+            figure.colorbar(image, ax=row[1], fraction=0.08, pad=0.03)
         for axis, example in zip(row[2:], view.examples, strict=False):
             bound = float(np.abs(example).max()) or 1.0  # zero-meaned patches: grey is zero
             limits = (-bound, bound) if centred else (0.0, max(mean_bound, bound))  # images: their grey
@@ -189,3 +198,19 @@ def plot_component_views(views, path: str | Path, title: str, spectrum: bool, ma
     figure.suptitle(title, y=1.0 - 0.15 / height)
     figure.tight_layout(rect=(0.0, 0.0, 1.0, 1.0 - 0.55 / height))
     figure.savefig(path, dpi=90, bbox_inches="tight")
+
+
+def plot_model_scores(scores: dict[str, float], path: str | Path, measure: str, title: str) -> None:
+    """One horizontal bar per model with its score written at the bar's end."""
+    names = list(scores)
+    figure = Figure(figsize=(8, 0.9 + 0.45 * len(names)))
+    axis = figure.subplots()
+    bars = axis.barh(range(len(names)), [scores[name] for name in names], color="tab:blue")
+    axis.bar_label(bars, labels=[f"{scores[name]:.3f}" for name in names], padding=3)
+    axis.set_yticks(range(len(names)), names)
+    axis.invert_yaxis()  # the report's order, top down
+    axis.set_xlabel(measure)
+    axis.set_xlim(0, max(scores.values()) * 1.15 if max(scores.values()) > 0 else 1)
+    axis.set_title(title)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120, bbox_inches="tight")

@@ -184,6 +184,9 @@ class Trainer:
             inputs, labels = self.layer_inputs(layer)
             initialise_layer(layer, inputs, self.generator, labels)
             broadcast_state(layer)
+            self.log.write(
+                {"event": "initialised", "layer": self.stack.number_of(layer), "step": self.state.step}
+            )
 
     def reseed_dead_layers(self, final: bool) -> None:
         """Re-seed or prune the dead components of every trained GMM layer (``GMMConfig.dead_weight``
