@@ -124,3 +124,13 @@ def test_views_of_a_layer_the_model_lacks_say_which_layers_it_has(trained_run, t
     ):
         views.main([str(trained_run / "checkpoint.pt"), "--out", str(tmp_path / "v"), "--layers", "3"])
     assert not (tmp_path / "v").exists()
+
+
+def test_the_training_curve_starts_each_layer_where_it_trained_all_epoch():
+    from pyro_dcgmm.figures.plots import trained_epochs
+
+    epochs = [{"event": "epoch", "epoch": e, "step": 10 * e} for e in (1, 2, 3, 4)]
+    assert [r["epoch"] for r in trained_epochs(epochs, 0)] == [1, 2, 3, 4]
+    assert [r["epoch"] for r in trained_epochs(epochs, 15)] == [3, 4]  # started inside epoch 2
+    assert [r["epoch"] for r in trained_epochs(epochs, 35)] == [4]  # began in the last epoch
+    assert trained_epochs([], 5) == []

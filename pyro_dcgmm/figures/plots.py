@@ -74,7 +74,7 @@ def _curve(axis, x, y, label: str) -> None:
 def trained_epochs(epochs: list[dict], start: int) -> list[dict]:
     """The epoch records of an objective whose layer started training at step ``start``: the epochs
     that began at or after it (all that ended after it, if none did)."""
-    began = [0] + [record["step"] for record in epochs[:-1]]
+    began = [0, *(record["step"] for record in epochs)][: len(epochs)]
     whole = [record for record, first in zip(epochs, began, strict=True) if first >= start]
     return whole or [record for record in epochs if record["step"] > start]
 
