@@ -14,16 +14,21 @@ from scipy.special import logsumexp
 from sklearn.base import BaseEstimator, ClassifierMixin, clone
 from sklearn.utils.validation import check_is_fitted
 
-from pyro_dcgmm.config import TrainConfig
+from pyro_dcgmm.config import FoldConfig, GMMConfig, TrainConfig
 from pyro_dcgmm.data.validation import as_tensor
 from pyro_dcgmm.errors import ConfigError, DataError
 from pyro_dcgmm.estimator import DCGMM
+
+# Each class's model when ``layers`` is None: a GMM over 4x4 patches at stride 2, a density of the
+# image that every class's model scores alike (the default score_layer 0).
+CLASS_MODEL_LAYERS = (FoldConfig(patch=4, stride=2), GMMConfig(components=10))
 
 
 class DCGMMClassifier(ClassifierMixin, BaseEstimator):
     """One :class:`~pyro_dcgmm.estimator.DCGMM` per class, combined by Bayes' rule.
 
-    :param layers: the architecture of every class model (as for :class:`DCGMM`; no Readout).
+    :param layers: the architecture of every class model (as for :class:`DCGMM`; no Readout;
+        ``None``: :data:`CLASS_MODEL_LAYERS`).
     :param score_layer: GMM layer whose log-likelihood is ``log p(x | c)``.
     :param input_shape, data_range, epochs, batch_size, lr, optimizer, device, random_state,
         verbose: as for :class:`DCGMM`, shared by the class models.
@@ -60,6 +65,7 @@ class DCGMMClassifier(ClassifierMixin, BaseEstimator):
 
     def _class_model(self) -> DCGMM:
         params = {name: getattr(self, name) for name in DCGMM().get_params() if hasattr(self, name)}
+        params["layers"] = CLASS_MODEL_LAYERS if self.layers is None else self.layers
         return DCGMM(**params)
 
     def fit(self, X, y):
@@ -70,6 +76,13 @@ class DCGMMClassifier(ClassifierMixin, BaseEstimator):
         self.classes_, counts = np.unique(y, return_counts=True)
         if len(self.classes_) < 2:
             raise DataError(f"a classifier needs at least 2 classes in y, got {len(self.classes_)}")
+        scarce = [
+            f"{label} ({count})" for label, count in zip(self.classes_, counts, strict=True) if count < 2
+        ]
+        if scarce:
+            raise DataError(
+                f"every class needs at least 2 rows of X to fit its model; too few: {', '.join(scarce)}"
+            )
         self.class_log_prior_ = np.log(counts / counts.sum())
         self.models_ = []
         for label in self.classes_:

@@ -112,7 +112,12 @@ class DCGMM(ClusterMixin, DensityMixin, BaseEstimator):
         return as_images(x, shape, self._data_range(), name="X", model=type(self).__name__).float()
 
     def _data_range(self) -> tuple[float, float]:
-        return (-math.inf, math.inf) if self.data_range is None else tuple(self.data_range)
+        """``data_range`` checked as a model's (low < high); ``None``: unbounded."""
+        return (
+            (-math.inf, math.inf)
+            if self.data_range is None
+            else ModelConfig(data_range=self.data_range).data_range
+        )
 
     def _model_config(self, shape) -> ModelConfig:
         if (

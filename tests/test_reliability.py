@@ -419,3 +419,17 @@ def test_runs_that_cannot_start_say_why_and_leave_nothing(tmp_path):
     stack = Stack.from_config(presets.get("digits", (1, 8, 8)))
     with pytest.raises(DataError, match=r"1,000,000,000,000 images of shape \(1, 8, 8\) need .* GiB"):
         stack.sample(10**12)
+
+
+def test_the_estimators_name_the_setting_at_fault():
+    from sklearn.datasets import load_digits as digit_arrays
+
+    from pyro_dcgmm import DCGMM, DCGMMClassifier
+
+    digits = digit_arrays()
+    x, y = digits.data[:300] / 16, digits.target[:300]
+    with pytest.raises(ConfigError, match=r"model.data_range must be two numbers, low < high"):
+        DCGMM(n_components=2, epochs=1, data_range=(1.0, 0.0)).fit(x)
+    with pytest.raises(DataError, match=r"every class needs at least 2 rows of X .*; too few: 1 \(1\)"):
+        DCGMMClassifier(epochs=1).fit(x[:100], [0] * 99 + [1])
+    assert DCGMMClassifier(epochs=1).fit(x, y).score(x, y) > 0.5  # the default arguments fit
