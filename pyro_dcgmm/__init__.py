@@ -16,15 +16,15 @@ __version__ = "0.1.0"
 
 
 def __getattr__(name: str):
+    """The estimators, imported on first use and kept as attributes from then on."""
     if name == "DCGMM":
-        from pyro_dcgmm.estimator import DCGMM
-
-        return DCGMM
-    if name == "DCGMMClassifier":
-        from pyro_dcgmm.class_models import DCGMMClassifier
-
-        return DCGMMClassifier
-    raise AttributeError(f"module 'pyro_dcgmm' has no attribute {name!r}")
+        from pyro_dcgmm.estimator import DCGMM as estimator
+    elif name == "DCGMMClassifier":
+        from pyro_dcgmm.class_models import DCGMMClassifier as estimator
+    else:
+        raise AttributeError(f"module 'pyro_dcgmm' has no attribute {name!r}")
+    globals()[name] = estimator
+    return estimator
 
 
 __all__ = [
