@@ -433,3 +433,25 @@ def test_the_estimators_name_the_setting_at_fault():
     with pytest.raises(DataError, match=r"every class needs at least 2 rows of X .*; too few: 1 \(1\)"):
         DCGMMClassifier(epochs=1).fit(x[:100], [0] * 99 + [1])
     assert DCGMMClassifier(epochs=1).fit(x, y).score(x, y) > 0.5  # the default arguments fit
+
+
+def test_a_meta_tensor_is_named():
+    from pyro_dcgmm import DCGMM
+
+    with pytest.raises(DataError, match="on the 'meta' device, which holds shapes but no values"):
+        DCGMM(n_components=2, epochs=1).fit(torch.empty(20, 64, device="meta"))
+
+
+def test_a_folder_that_cannot_be_written_is_named(tmp_path, monkeypatch):
+    folder = tmp_path / "run"
+    train_cli("--config", "digits", "--epochs", "1", "--out", str(folder))
+    real_write = Path.write_text
+
+    def read_only(path, *args, **kwargs):  # what a read-only folder (or file system) answers
+        if path.parent == folder:
+            raise PermissionError(13, "Permission denied")
+        return real_write(path, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "write_text", read_only)
+    with pytest.raises(ConfigError, match=r"cannot write into .*: Permission denied"):
+        train_cli("--resume", str(folder / "checkpoint.pt"), "--epochs", "2", "--out", str(folder))

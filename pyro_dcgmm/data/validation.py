@@ -22,6 +22,8 @@ def as_tensor(x, name: str = "x") -> torch.Tensor:
     """``x`` (a tensor, numpy array or nested list of numbers) as a tensor; anything else, sparse
     matrices, strings and object arrays among them, is refused naming what it is."""
     if torch.is_tensor(x):
+        if x.is_meta:
+            raise DataError(f"{name} is on the 'meta' device, which holds shapes but no values")
         return x
     if hasattr(x, "toarray"):
         raise DataError(f"{name} is a sparse matrix; images are dense: pass {name}.toarray()")

@@ -96,7 +96,10 @@ class RunFolder:
         The lock appears with its content at once (a hard link of a written file), so no other run
         ever reads it empty."""
         lock, mine = self.path / LOCK_NAME, self.path / f"{LOCK_NAME}-{os.getpid()}"
-        mine.write_text(str(os.getpid()))
+        try:
+            mine.write_text(str(os.getpid()))
+        except OSError as error:
+            raise ConfigError(f"cannot write into {str(self.path)!r}: {error.strerror or error}") from None
         try:
             for _ in range(2):
                 try:
