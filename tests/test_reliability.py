@@ -1,6 +1,7 @@
 """Crash safety, numerical robustness over seeds and presets, and property-based checks."""
 
 import json
+import random
 import signal
 from pathlib import Path
 
@@ -55,17 +56,19 @@ def test_stopped_training_resumes_to_identical_parameters(tmp_path, monkeypatch,
         stop_at_step(monkeypatch, 33, injected_crash)
         with pytest.raises(RuntimeError, match="injected crash"):
             train_cli(*common, "--out", str(tmp_path / "stopped"))
-    else:  # Ctrl-C or SIGTERM: the step under way ends, then a checkpoint of where training stands
+    else:  # Ctrl-C or SIGTERM (at a step drawn at random): the step under way ends, then a checkpoint
         number = signal.SIGINT if stop == "ctrl-c" else signal.SIGTERM
-        stop_at_step(monkeypatch, 33, lambda: signal.raise_signal(number))
-        with pytest.raises(errors.TrainingInterrupted, match=r"at step 34 .* --resume"):
+        at = 33 if stop == "ctrl-c" else random.Random(29).randrange(1, 64)
+        stop_at_step(monkeypatch, at, lambda: signal.raise_signal(number))
+        with pytest.raises(errors.TrainingInterrupted, match=rf"at step {at + 1} .* --resume"):
             train_cli(*common, "--out", str(tmp_path / "stopped"))
     monkeypatch.undo()
     checkpoint = tmp_path / "stopped" / "checkpoint.pt"
-    assert (
-        final_state(tmp_path / "stopped")["training"]["step"]
-        == {"crash": 26, "ctrl-c": 34, "sigterm": 34}[stop]
-    )
+    saved = final_state(tmp_path / "stopped")["training"]["step"]
+    assert saved == (26 if stop == "crash" else at + 1)
+    assert not [
+        p.name for p in (tmp_path / "stopped").iterdir() if p.name.startswith(".")
+    ]  # no temporary file
     train_cli("--resume", str(checkpoint), "--out", str(tmp_path / "stopped"))
     a, b = final_state(tmp_path / "straight"), final_state(tmp_path / "stopped")
     assert a["training"]["step"] == b["training"]["step"] == 65
@@ -455,3 +458,14 @@ def test_a_folder_that_cannot_be_written_is_named(tmp_path, monkeypatch):
     monkeypatch.setattr(Path, "write_text", read_only)
     with pytest.raises(ConfigError, match=r"cannot write into .*: Permission denied"):
         train_cli("--resume", str(folder / "checkpoint.pt"), "--epochs", "2", "--out", str(folder))
+
+
+def test_data_a_run_cannot_learn_from_is_trained_with_a_warning():
+    from pyro_dcgmm import DCGMM
+
+    x = np.random.RandomState(0).rand(200, 64)
+    for constant in (np.zeros((200, 64)), np.full((200, 64), 0.5)):
+        with pytest.warns(errors.TrainingWarning, match="every training image is the same"):
+            DCGMM(epochs=1, random_state=0).fit(constant)
+    with pytest.warns(errors.TrainingWarning, match="every label is 0: a classifier learns nothing"):
+        DCGMM(epochs=1, random_state=0).fit(x, np.zeros(200, int))

@@ -318,6 +318,22 @@ def require_trainable(stack, images: torch.Tensor, labels) -> None:
     split = [n for n, layer in enumerate(stack.mixture_layers) if layer.config.classes]
     if labels is None and split:
         raise DataError(f"layer(s) {split} split their components by class: training needs labels")
+    warn_of_uninformative_data(images, labels)
+
+
+def warn_of_uninformative_data(images: torch.Tensor, labels) -> None:
+    """Data a run can learn nothing from train, with a warning: identical images, one class."""
+    if bool((images == images[:1]).all()):
+        warnings.warn(
+            "every training image is the same: the model can learn nothing", TrainingWarning, stacklevel=5
+        )
+    if labels is not None and int(labels.unique().numel()) < 2:
+        only = int(labels[0])
+        warnings.warn(
+            f"every label is {only}: a classifier learns nothing from one class",
+            TrainingWarning,
+            stacklevel=5,
+        )
 
 
 def place(stack, device: torch.device) -> None:
