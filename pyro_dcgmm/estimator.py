@@ -22,6 +22,9 @@ from pyro_dcgmm.model.stack import Stack
 from pyro_dcgmm.training.trainer import Trainer
 
 SKLEARN_REG_COVAR = 1e-6  # GaussianMixture's default reg_covar, the one-layer model's variance floor
+# the smallest variance floor that keeps full covariances positive definite in float32, given the
+# default precision floor (precisions span at most FULL_PRECISION_RANGE)
+SMALLEST_FULL_REG_COVAR = 1.0 / (GMMConfig.precision_floor * FULL_PRECISION_RANGE)
 COVARIANCE_TYPES = typing.get_args(typing.get_type_hints(GMMConfig)["covariance"])
 
 
@@ -139,15 +142,13 @@ class DCGMM(ClusterMixin, DensityMixin, BaseEstimator):
             config = ModelConfig(layers=tuple(self.layers))
         options = {} if self.plateau_window is None else {"plateau_window": self.plateau_window}
         config = presets.resolve(dataclasses.replace(config, data_range=self._data_range()), shape, **options)
-        return with_top_layer(config, self._top_layer_settings())
+        return dataclasses.replace(config, layers=with_top_layer(config.layers, self._top_layer_settings()))
 
     def _one_layer_floor(self) -> float:
         """``reg_covar``, or scikit-learn's default where float32 full covariances allow it."""
         if self.reg_covar is not None:
             return self.reg_covar
-        if self.covariance_type == "full":
-            return 1.0 / (GMMConfig.precision_floor * FULL_PRECISION_RANGE)
-        return SKLEARN_REG_COVAR
+        return SMALLEST_FULL_REG_COVAR if self.covariance_type == "full" else SKLEARN_REG_COVAR
 
     def _top_layer_settings(self) -> dict:
         """The top layer's settings that ``n_components``, ``covariance_type`` and ``reg_covar`` give."""
@@ -158,11 +159,11 @@ class DCGMM(ClusterMixin, DensityMixin, BaseEstimator):
             )
         if self.reg_covar is not None and not self.reg_covar > 0:
             raise ConfigError(f"reg_covar must be a positive variance floor, got {self.reg_covar!r}")
-        smallest = 1.0 / (GMMConfig.precision_floor * FULL_PRECISION_RANGE)
-        if self.covariance_type == "full" and self.reg_covar is not None and self.reg_covar < smallest:
+        full = self.covariance_type == "full"
+        if full and self.reg_covar is not None and self.reg_covar < SMALLEST_FULL_REG_COVAR:
             raise ConfigError(
                 f"reg_covar {self.reg_covar:g} is too small for full covariances in float32: they stay "
-                f"positive definite down to reg_covar = {smallest:g}"
+                f"positive definite down to reg_covar = {SMALLEST_FULL_REG_COVAR:g}"
             )
         settings = {"components": self.n_components, "covariance": self.covariance_type}
         settings["precision_ceiling"] = None if self.reg_covar is None else 1.0 / self.reg_covar

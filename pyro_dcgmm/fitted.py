@@ -8,33 +8,33 @@ import dataclasses
 import numpy as np
 import torch
 
-from pyro_dcgmm.config import ModelConfig
 from pyro_dcgmm.errors import ConfigError
 
 CONVERGENCE_TOLERANCE = 1e-3  # relative change of every objective's epoch-mean loss that counts as converged
 
 
-def with_top_layer(config: ModelConfig, settings: dict) -> ModelConfig:
-    """``config`` with the top layer with components given ``settings`` (its config's fields)."""
+def with_top_layer(layers, settings: dict) -> tuple:
+    """Layer configs ``layers`` with the top one with components given ``settings`` (its fields)."""
+    layers = list(layers)
     if not settings:
-        return config
-    layers = list(config.layers)
+        return tuple(layers)
     top = max(i for i, layer in enumerate(layers) if layer.type in ("gmm", "tree"))
     if layers[top].type == "tree" and set(settings) - {"components"}:
         raise ConfigError(
             "covariance_type and reg_covar set a GMM layer; the top of a joint stack is a Tree layer"
         )
     layers[top] = dataclasses.replace(layers[top], **settings)
-    return dataclasses.replace(config, layers=tuple(layers))
+    return tuple(layers)
 
 
 def mixture_attributes(stack) -> dict[str, np.ndarray]:
     """``weights_``, ``means_`` and ``covariances_`` of the stack's top layer with components."""
     top = stack.mixture_layers[-1]
     with torch.no_grad():
-        weights = top.log_mixing().exp()
-        if stack.formulation == "joint":
-            return {"weights_": weights.numpy(), "means_": stack.component_images(-1).flatten(1).numpy()}
+        if stack.formulation == "joint":  # the top is a Tree layer
+            weights, means = top.log_mixing().exp(), stack.component_images(-1).flatten(1)
+            return {"weights_": weights.numpy(), "means_": means.numpy()}
+        weights = top.mixing_weights()
         covariances = top.covariance.covariance_matrix()
         if top.config.covariance == "diag":
             covariances = covariances.diagonal(dim1=-2, dim2=-1)

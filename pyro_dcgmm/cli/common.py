@@ -13,6 +13,7 @@ from pathlib import Path
 from pyro_dcgmm.config import DataConfig, TrainConfig
 from pyro_dcgmm.config.run import NAMED_DATASETS
 from pyro_dcgmm.errors import ArchitectureError, CheckpointError, ConfigError, DataError, NonFiniteLossError
+from pyro_dcgmm.training.files import writing_into
 
 USER_ERRORS = (ConfigError, ArchitectureError, DataError, CheckpointError, NonFiniteLossError)
 DEVICES = typing.get_args(typing.get_type_hints(TrainConfig)["device"])
@@ -55,10 +56,8 @@ def make_parser(doc: str, parser_class=argparse.ArgumentParser, **options) -> ar
 
 def output_folder(path: Path) -> Path:
     """``path`` as an existing folder to write into (made if missing), or one line saying why not."""
-    try:
+    with writing_into(path, "--out"):
         path.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise ConfigError(f"cannot write into --out {str(path)!r}: {error.strerror or error}") from None
     return path
 
 

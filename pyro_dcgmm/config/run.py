@@ -13,6 +13,7 @@ except ModuleNotFoundError:  # Python 3.10
 
 from pyro_dcgmm.config.checked import Checked, bounded, from_dict, nearest
 from pyro_dcgmm.config.layers import LayerConfig
+from pyro_dcgmm.data.own import is_own_data
 from pyro_dcgmm.errors import ConfigError
 from pyro_dcgmm.inference.sampling import INPAINT_TOP_S, SamplingOptions, Sharpening, check_stable_pull
 
@@ -134,8 +135,7 @@ class DataConfig(Checked):
     train_limit: int | None = bounded(None, ge=2)
 
     def check(self) -> None:
-        own = Path(self.dataset).suffix in (".npy", ".npz") or Path(self.dataset).is_dir()
-        if self.dataset not in NAMED_DATASETS and not own:
+        if self.dataset not in NAMED_DATASETS and not is_own_data(self.dataset):
             hint = nearest(self.dataset, NAMED_DATASETS)
             self.fail(
                 f"data.dataset must be one of {', '.join(NAMED_DATASETS)}, or your own data: a .npy or "

@@ -4,7 +4,6 @@ members as figures."""
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -16,12 +15,12 @@ from sklearn.mixture import GaussianMixture
 from pyro_dcgmm.evaluation.metrics import clustering_metrics
 from pyro_dcgmm.evaluation.protocol import estimator, flat, preset_layers
 from pyro_dcgmm.figures.plots import save_image_grid
+from pyro_dcgmm.fitted import with_top_layer
 
 
 def cluster(args, dataset, report) -> None:
     layers = preset_layers(args, dataset.input_shape)
-    top = max(i for i, layer in enumerate(layers) if layer.type in ("gmm", "tree"))
-    layers[top] = dataclasses.replace(layers[top], components=args.top_components)
+    layers = with_top_layer(layers, {"components": args.top_components})
     model = estimator(args, layers).fit(dataset.train_images)
     labels = dataset.test_labels.numpy()
     clusters = model.predict(dataset.test_images)

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 from pathlib import Path
+
+from pyro_dcgmm.errors import ConfigError
 
 
 def atomic_write(path: str | Path, write) -> None:
@@ -29,3 +32,15 @@ def atomic_write(path: str | Path, write) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+@contextlib.contextmanager
+def writing_into(folder: str | Path, label: str = ""):
+    """Within the block, an ``OSError`` (a file where a folder should be, no permission, a
+    read-only file system) becomes one :class:`~pyro_dcgmm.errors.ConfigError` line naming
+    ``folder`` (after ``label``, such as ``"--out"``)."""
+    try:
+        yield
+    except OSError as error:
+        where = f"{label} {str(folder)!r}" if label else repr(str(folder))
+        raise ConfigError(f"cannot write into {where}: {error.strerror or error}") from None

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from pyro_dcgmm.errors import ConfigError
 from pyro_dcgmm.training.checkpoint import save_checkpoint, training_state
-from pyro_dcgmm.training.files import atomic_write
+from pyro_dcgmm.training.files import atomic_write, writing_into
 
 CHECKPOINT_NAME = "checkpoint.pt"
 LOG_NAME = "log.jsonl"
@@ -57,10 +57,8 @@ class RunFolder:
         if self.path.exists() and not self.path.is_dir():
             raise ConfigError(f"output folder {str(self.path)!r} is a file")
         self.created, self.saved, self.fresh = not self.path.exists(), False, True
-        try:
+        with writing_into(self.path):
             self.path.mkdir(parents=True, exist_ok=True)
-        except OSError as error:
-            raise ConfigError(f"cannot write into {str(self.path)!r}: {error.strerror or error}") from None
         self._lock()
         try:
             self._clean_after_interrupted_runs()
@@ -73,12 +71,13 @@ class RunFolder:
 
     def __exit__(self, failed, *exc) -> None:
         """A new run that failed before its first checkpoint leaves the folder as it found it."""
-        if failed is not None and self.fresh and not self.saved:
+        abandoned = failed is not None and self.fresh and not self.saved
+        if abandoned:
             (self.path / LOG_NAME).unlink(missing_ok=True)
         if self.replaced is not None:
             self._discard_replaced() if failed is None else self._restore_replaced()
         self._unlock()
-        if failed is not None and self.fresh and not self.saved:
+        if abandoned:
             self._remove_if_created()
 
     def _remove_if_created(self) -> None:
@@ -96,10 +95,8 @@ class RunFolder:
         The lock appears with its content at once (a hard link of a written file), so no other run
         ever reads it empty."""
         lock, mine = self.path / LOCK_NAME, self.path / f"{LOCK_NAME}-{os.getpid()}"
-        try:
+        with writing_into(self.path):
             mine.write_text(str(os.getpid()))
-        except OSError as error:
-            raise ConfigError(f"cannot write into {str(self.path)!r}: {error.strerror or error}") from None
         try:
             for _ in range(2):
                 try:
