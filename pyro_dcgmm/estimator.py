@@ -25,6 +25,12 @@ SKLEARN_REG_COVAR = 1e-6  # GaussianMixture's default reg_covar, the one-layer m
 # the smallest variance floor that keeps full covariances positive definite in float32, given the
 # default precision floor (precisions span at most FULL_PRECISION_RANGE)
 SMALLEST_FULL_REG_COVAR = 1.0 / (GMMConfig.precision_floor * FULL_PRECISION_RANGE)
+PRIOR_SETTINGS = (
+    "weight_concentration_prior",
+    "weight_posterior",
+    "mean_precision_prior",
+    "degrees_of_freedom_prior",
+)  # the estimator's parameters that are the top GMM layer's fields of the same names
 COVARIANCE_TYPES = typing.get_args(typing.get_type_hints(GMMConfig)["covariance"])
 
 
@@ -59,6 +65,13 @@ class DCGMM(ClusterMixin, DensityMixin, BaseEstimator):
         ``layers=None``, ``n_components`` alone makes a one-layer model, one GMM over the whole input
         with scikit-learn's default floor ``reg_covar = 1e-6`` (``GaussianMixture``'s counterpart;
         1e-4 for full covariances, the smallest they keep positive definite in float32).
+    :param weight_concentration_prior, weight_posterior, mean_precision_prior, degrees_of_freedom_prior:
+        priors on the top layer (``None``: its own settings, maximum likelihood by default), as
+        :class:`~pyro_dcgmm.config.GMMConfig` defines them: a Dirichlet prior on the weights with
+        concentration ``weight_concentration_prior`` (small values prune unused components, as in
+        scikit-learn's ``BayesianGaussianMixture``), estimated as its mode (``"map"``) or a
+        mean-field posterior (``"mean_field"``), and a Normal-Gamma prior on the means and diagonal
+        precisions; training is then MAP-EM.
 
     The training settings default to :class:`~pyro_dcgmm.config.TrainConfig`'s, which ``pyro-dcgmm
     train`` shares.  Fitted attributes: ``stack_`` (the trained :class:`Stack`), ``input_shape_``,
@@ -89,6 +102,10 @@ class DCGMM(ClusterMixin, DensityMixin, BaseEstimator):
         n_components: int | None = None,
         covariance_type: str | None = None,
         reg_covar: float | None = None,
+        weight_concentration_prior: float | None = None,
+        weight_posterior: str | None = None,
+        mean_precision_prior: float | None = None,
+        degrees_of_freedom_prior: float | None = None,
     ):
         self.layers = layers
         self.input_shape = input_shape
@@ -105,6 +122,10 @@ class DCGMM(ClusterMixin, DensityMixin, BaseEstimator):
         self.n_components = n_components
         self.covariance_type = covariance_type
         self.reg_covar = reg_covar
+        self.weight_concentration_prior = weight_concentration_prior
+        self.weight_posterior = weight_posterior
+        self.mean_precision_prior = mean_precision_prior
+        self.degrees_of_freedom_prior = degrees_of_freedom_prior
 
     def _images(self, X, shape=None) -> torch.Tensor:
         """``X`` as a checked float32 tensor (N, C, H, W); ``shape`` (C, H, W) or the one ``X`` has."""
@@ -167,6 +188,7 @@ class DCGMM(ClusterMixin, DensityMixin, BaseEstimator):
             )
         settings = {"components": self.n_components, "covariance": self.covariance_type}
         settings["precision_ceiling"] = None if self.reg_covar is None else 1.0 / self.reg_covar
+        settings |= {name: getattr(self, name) for name in PRIOR_SETTINGS}
         return {name: value for name, value in settings.items() if value is not None}
 
     def fit(self, X, y=None):

@@ -21,7 +21,8 @@ def with_top_layer(layers, settings: dict) -> tuple:
     top = max(i for i, layer in enumerate(layers) if layer.type in ("gmm", "tree"))
     if layers[top].type == "tree" and set(settings) - {"components"}:
         raise ConfigError(
-            "covariance_type and reg_covar set a GMM layer; the top of a joint stack is a Tree layer"
+            "covariance_type, reg_covar and the priors set a GMM layer; the top of a joint stack is a "
+            "Tree layer"
         )
     layers[top] = dataclasses.replace(layers[top], **settings)
     return tuple(layers)

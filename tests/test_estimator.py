@@ -193,3 +193,16 @@ def test_shortcuts_name_the_parameter_at_fault(digit_rows):
         DCGMM(n_components=3, covariance_type="full", reg_covar=1e-6).fit(train[:50])
     top = DCGMM("digits", n_components=7, epochs=1).fit(train[:200].reshape(-1, 8, 8))
     assert top.n_components_ == 7 and top.weights_.shape == (7,)
+
+
+def test_priors_set_the_top_layer_and_verbose_fits_say_what_they_do(digit_rows, capsys):
+    train, _ = digit_rows
+    model = DCGMM("digits", n_components=12, weight_concentration_prior=0.1, epochs=1, verbose=1)
+    model.fit(train[:200].reshape(-1, 8, 8))
+    top = model.stack_.mixture_layers[-1].config
+    assert (top.components, top.weight_concentration_prior, top.weight_posterior) == (12, 0.1, "map")
+    assert model.stack_.mixture_layers[0].config.weight_concentration_prior is None  # the top only
+    progress = capsys.readouterr().err
+    assert "initialising layer 0" in progress and "initialising layer 1" in progress
+    with pytest.raises(ConfigError, match="mean_precision_prior"):
+        DCGMM(n_components=3, covariance_type="full", mean_precision_prior=1.0).fit(train[:50])

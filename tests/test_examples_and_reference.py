@@ -13,6 +13,7 @@ EXAMPLES = {
     "outlier_scores.py": (["--epochs", "2"], "AUROC of -log p(x) for held-out digit 0"),
     "inpainting.py": (["--epochs", "2", "--out", "inpainting.png"], "wrote inpainting.png"),
     "plain_pyro_svi.py": (["--steps", "5"], "'layer0.x': (2, 4, 3, 3, 16)"),
+    "bayesian_layer.py": (["--epochs", "5", "--steps", "5"], "after 5 SVI steps"),
 }
 
 

@@ -70,7 +70,8 @@ class GMMConfig(Checked):
         switches both off.
     :param dead_components: ``"reseed"``: a dead component restarts at a random input vector with
         the inputs' spread and weight ``1 / K``; ``"prune"``: it is removed for good (weight zero,
-        output zero), the mixture's heaviest component never.
+        output zero), the mixture's heaviest component never.  A layer with a
+        ``weight_concentration_prior`` always prunes (re-seeding would undo the prior's work).
     :param precision_init: initial value of every precision with ``init = "random"``.
     :param mean_init_scale: with ``init = "random"``, means start uniform in ``[-scale, scale]``
         (the paper's ``muInit``).
@@ -92,6 +93,20 @@ class GMMConfig(Checked):
         explained by its class's group only (mixture discriminant analysis), so ``p(class | k)`` is
         exact, class-conditional samples draw within the group, and k-means initialises and dead
         components re-seed each group from its class's vectors.  Unlabelled queries use all K.
+    :param weight_concentration_prior: ``None`` (maximum likelihood), or the concentration ``a0``
+        of a symmetric Dirichlet prior on every mixture's weights (:mod:`pyro_dcgmm.model.priors`);
+        below 1 it removes the components the data barely use, as scikit-learn's
+        ``BayesianGaussianMixture`` does (whose default is ``1 / components``).
+    :param weight_posterior: how online EM estimates the weights under that prior: ``"map"`` (the
+        posterior mode; a component whose mode is zero is pruned at once) or ``"mean_field"`` (a
+        Dirichlet posterior whose expected log-weights score the components, as variational Bayes
+        does; components it starves are pruned at the epoch's end by ``dead_weight``).
+    :param mean_precision_prior: ``None`` (maximum likelihood), or ``k0`` of a Normal-Gamma prior
+        on every component's means and diagonal precisions: ``p ~ Gamma(v0 / 2, v0 s / 2)`` and
+        ``mu | p ~ Normal(m, 1 / (k0 p))`` per coordinate, ``m`` and ``s`` the mean and variance
+        of the layer's inputs (measured at initialisation); for ``covariance = "diag"``.
+    :param degrees_of_freedom_prior: ``v0`` of that prior; ``None`` takes the patch dimension D,
+        as scikit-learn does.
     """
 
     section = "gmm"
@@ -123,8 +138,13 @@ class GMMConfig(Checked):
     precision_lr_scale: float = bounded(1.0, ge=0)
     mixing_lr_scale: float = bounded(1.0, ge=0)
     classes: int = bounded(0, ge=0)
+    weight_concentration_prior: float | None = bounded(None, gt=0)
+    weight_posterior: Literal["map", "mean_field"] = "map"
+    mean_precision_prior: float | None = bounded(None, gt=0)
+    degrees_of_freedom_prior: float | None = bounded(None, ge=1)
 
     def check(self) -> None:
+        self.check_priors()
         if not self.precision_floor < self.precision_ceiling:
             self.fail(
                 "gmm precisions need precision_floor < precision_ceiling, got "
@@ -148,6 +168,29 @@ class GMMConfig(Checked):
             self.fail(
                 f"gmm.classes must be 0 or at least 2 classes dividing components ({self.components}) "
                 f"into equal groups, got {self.classes}"
+            )
+
+    @property
+    def prunes_dead(self) -> bool:
+        """Whether dead components are pruned (else re-seeded)."""
+        return self.dead_components == "prune" or self.weight_concentration_prior is not None
+
+    def check_priors(self) -> None:
+        if self.weight_posterior == "mean_field" and self.weight_concentration_prior is None:
+            self.fail("gmm.weight_posterior = 'mean_field' needs a weight_concentration_prior")
+        if self.mean_precision_prior is None:
+            if self.degrees_of_freedom_prior is not None:
+                self.fail("gmm.degrees_of_freedom_prior needs a mean_precision_prior (Normal-Gamma prior)")
+            return
+        if self.covariance != "diag":
+            self.fail(
+                "gmm.mean_precision_prior (a Normal-Gamma prior) is implemented for covariance = 'diag', "
+                f"got {self.covariance!r}"
+            )
+        if self.init == "random":
+            self.fail(
+                "gmm.mean_precision_prior is centred on the layer's inputs, which init = 'random' never "
+                "looks at: use init = 'kmeans' or 'data'"
             )
 
 

@@ -115,6 +115,9 @@ class GMM(Layer):
         self.mixing_logits = torch.nn.Parameter(torch.zeros(shape[:-1]))
         self.register_buffer("initialised", torch.tensor(self.config.init == "random"))
         self.register_buffer("active", torch.ones(shape[:-1], dtype=torch.bool))
+        if self.config.mean_precision_prior is not None:  # the Normal-Gamma prior's centre and scale
+            self.register_buffer("prior_mean", torch.zeros(*shape[:-2], 1, dim))
+            self.register_buffer("prior_variance", torch.ones(*shape[:-2], 1, dim))
         self.input_shape = input_shape
         self.output_shape = (k, out_h, out_w)
         return self.output_shape

@@ -37,6 +37,7 @@ from pyro_dcgmm.model.fold import Fold, fold_back
 from pyro_dcgmm.model.gmm import GMM
 from pyro_dcgmm.model.layer import Layer, class_logits, component_map, record
 from pyro_dcgmm.model.plate_grid import PlateGrid
+from pyro_dcgmm.model.priors import has_priors
 from pyro_dcgmm.model.stack import Stack
 from pyro_dcgmm.model.subnormal import SubnormalGradientFlushed
 from pyro_dcgmm.model.tree import Tree
@@ -97,6 +98,8 @@ class JointStack(Stack):
             )
         if leaf.config.annealing:
             raise ArchitectureError("the leaves of a joint stack train without annealing (annealing = false)")
+        if has_priors(leaf):
+            raise ArchitectureError("priors are for layers of a layerwise stack, not a joint stack's leaves")
         mixtures = self.mixture_layers
         split = [level for level, layer in enumerate(mixtures[:-1]) if layer.config.classes]
         if split:

@@ -14,7 +14,8 @@ from pyro_dcgmm.config import ModelConfig
 from pyro_dcgmm.errors import ArchitectureError, LayerIndexError
 from pyro_dcgmm.inference import queries, top_down
 from pyro_dcgmm.inference.sampling import SamplingOptions, default_variant_layer
-from pyro_dcgmm.model.building import checked_input_shape, layer_from_config
+from pyro_dcgmm.model import priors as priors_module
+from pyro_dcgmm.model.building import check_layer_list, checked_input_shape, class_count, layer_from_config
 from pyro_dcgmm.model.fold import Fold
 from pyro_dcgmm.model.gmm import GMM
 from pyro_dcgmm.model.layer import Layer, local_params
@@ -53,35 +54,13 @@ class Stack(PyroModule):
     ):
         super().__init__()
         self.input_shape = checked_input_shape(input_shape)
-        self._check_layers(layers)
+        check_layer_list(layers)
+        self._check_layer_types(layers)
         self.data_range = tuple(data_range)
         self.layers = PyroModule[torch.nn.ModuleList](layers)
         self.pass_layers = self._build(layers)
         self.output_shape = self.pass_layers[-1].output_shape
-        self.num_classes = self._class_count()
-
-    def _check_layers(self, layers: Sequence[Layer]) -> None:
-        if not layers:
-            raise ArchitectureError("a Stack needs at least one layer")
-        for i, layer in enumerate(layers):
-            if not isinstance(layer, Layer):
-                raise ArchitectureError(f"layers[{i}] is {type(layer).__name__}, not a layer")
-            if isinstance(layer, Readout) and i != len(layers) - 1:
-                raise ArchitectureError(f"layers[{i}] is a Readout, which may only be the top layer")
-        if not any(isinstance(layer, GMM) for layer in layers):
-            raise ArchitectureError("a Stack needs at least one GMM layer")
-        self._check_layer_types(layers)
-
-    def _class_count(self) -> int | None:
-        """The number of classes of the Readout and the layers split by class (they must agree)."""
-        counts = {layer.config.classes for layer in self.mixture_layers if layer.config.classes}
-        counts |= {self.readout.num_classes} if self.readout is not None else set()
-        if len(counts) > 1:
-            raise ArchitectureError(
-                f"the Readout and the GMM layers split by class must agree on the number of classes, "
-                f"got {sorted(counts)}"
-            )
-        return counts.pop() if counts else None
+        self.num_classes = class_count(self.mixture_layers, self.readout)
 
     def _build(self, layers: Sequence[Layer]) -> tuple[Layer, ...]:
         """Build every layer on the output shape of the one below; the layers the passes run, bottom
@@ -253,11 +232,12 @@ class Stack(PyroModule):
             signal = step(layer, signal)
             yield layer, signal
 
-    def loss(self, x: torch.Tensor, labels=None, num_data: int | None = None, annealed: bool = True):
+    def loss(self, x, labels=None, num_data: int | None = None, annealed: bool = True, priors: bool = True):
         """The negative ELBO of :meth:`model` in plain torch, without Pyro (equal to
         ``TraceEnum_ELBO().differentiable_loss(stack.model, stack.guide, ...)``, tested): every GMM
         layer's ``-sum over samples and positions of logsumexp_k`` of its table, plus the Readout's
-        cross-entropy given ``labels``, scaled by ``num_data / N`` for a mini-batch."""
+        cross-entropy given ``labels``, scaled by ``num_data / N`` for a mini-batch, less the log
+        prior of the layers that have one (with ``priors``)."""
         totals = []
 
         def step(layer, h):
@@ -273,7 +253,8 @@ class Stack(PyroModule):
             return layer.transform(h)
 
         self.pass_up(x, step)
-        return torch.stack(totals).sum() * (1.0 if num_data is None else num_data / x.shape[0])
+        scale = 1.0 if num_data is None else num_data / x.shape[0]
+        return torch.stack(totals).sum() * scale - (priors_module.log_prior(self) if priors else 0.0)
 
     def pass_up(self, x, step=None, start: Layer | None = None, stop: Layer | None = None):
         """What :meth:`upward` ends with: the output of the last layer it runs (``x`` if none)."""
@@ -295,6 +276,7 @@ class Stack(PyroModule):
         num_data: int | None = None,
         annealed: bool = True,
         enumerated: bool = True,
+        priors: bool = True,
     ) -> torch.Tensor:
         """The stack's Pyro model.
 
@@ -305,9 +287,13 @@ class Stack(PyroModule):
         :param bool annealed: use the annealed (smoothed) GMM factors while annealing runs.
         :param bool enumerated: give every GMM layer its enumerated component site (``True``) or
             marginalise it in closed form (``False``; same ELBO and gradients, faster to train).
+        :param bool priors: the parameters of layers with priors are sample sites (outside the data
+            plate; :mod:`pyro_dcgmm.model.priors`) and the layers compute with their values;
+            ``False``: the likelihood alone at the layers' parameters (what online EM differentiates).
         :returns: the output of the top layer (:meth:`program`).
         """
-        with self.data_plate(x, num_data):
+        values = priors_module.sample_parameters(self) if priors else {}
+        with priors_module.substituted(self, values), self.data_plate(x, num_data):
             return self.program(x, labels, annealed, enumerated)
 
     def program(self, x: torch.Tensor, labels, annealed: bool, enumerated: bool) -> torch.Tensor:
@@ -328,9 +314,22 @@ class Stack(PyroModule):
         """Alias of calling the stack: the Pyro model."""
         return self(*args, **kwargs)
 
-    @staticmethod
-    def guide(*args, **kwargs) -> None:
-        """Empty guide: all latent variables are enumerated, parameters are point estimates."""
+    @local_params
+    def guide(self, *args, priors: bool = True, **kwargs) -> None:
+        """The point guide: every component variable is enumerated in the model, and the parameters
+        of layers with priors (with ``priors``) get a ``Delta`` at their values, which makes SVI MAP
+        estimation; without priors the guide is empty and SVI is maximum likelihood."""
+        if priors:
+            priors_module.point_sites(self)
+
+    def point_values(self) -> dict[str, torch.Tensor]:
+        """The current value of every prior site, by name (``poutine.block(expose=...)`` takes the
+        names, an ``AutoDelta``'s ``init_to_value`` the values)."""
+        return {site: value.detach().clone() for site, value in priors_module.point_values(self).items()}
+
+    def assign_point_values_(self, values: dict[str, torch.Tensor]) -> None:
+        """Set the parameters from values of the prior sites (an ``AutoDelta``'s ``median()``)."""
+        priors_module.assign_point_values_(self, values)
 
     # Queries (pyro_dcgmm.inference.queries).  ``mask`` (same shape as ``x``, true or 1 where observed)
     # marginalises missing pixels exactly at the first layer.

@@ -30,14 +30,18 @@ layer's bounds (the same variance floor as scikit-learn's ``reg_covar``).  Equiv
 parameter moves by a natural-gradient step: for the means ``mu <- mu + rho (s0 / S0) (-dL/dmu) /
 (s0 p)``, the gradient rescaled per component by its responsibility mass and precision.  With
 ``rho = 1`` on the whole data set one step is exactly one step of batch EM (tested).  A component
-with no mass keeps its parameters.
+with no mass keeps its parameters.  A layer with priors (:mod:`pyro_dcgmm.model.priors`) takes the
+M-step of the posterior from the data set's expected counts ``N S`` instead (MAP-EM); its
+gradient must then be the likelihood's alone, which the trainer's ``priors=False`` model gives.
 """
 
 from __future__ import annotations
 
 import torch
 
+from pyro_dcgmm.errors import ConfigError
 from pyro_dcgmm.model.gmm import GMM
+from pyro_dcgmm.model.priors import has_priors, maximise_posterior
 from pyro_dcgmm.model.tree import Tree
 
 TINY_MASS = 1e-12
@@ -59,12 +63,19 @@ class OnlineEM(torch.optim.Optimizer):
     :param gmms: the GMM layers (built and initialised).
     :param float step_offset: ``t0`` of the step-size schedule.
     :param float step_decay: ``kappa`` of the step-size schedule.
+    :param int num_data: size of the training set, which weighs the data against the priors of
+        layers that have them (needed only then).
     """
 
-    def __init__(self, gmms: list[GMM], step_offset: float = 2.0, step_decay: float = 0.6):
+    def __init__(
+        self, gmms: list[GMM], step_offset: float = 2.0, step_decay: float = 0.6, num_data: int | None = None
+    ):
         groups = [{"params": list(gmm.parameters())} for gmm in gmms]
         super().__init__(groups, {"step_offset": step_offset, "step_decay": step_decay})
         self.gmms = list(gmms)
+        if num_data is None and any(has_priors(gmm) for gmm in self.gmms):
+            raise ConfigError("online EM with priors (MAP-EM) needs num_data, the training set's size")
+        self.num_data = num_data
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -80,7 +91,7 @@ class OnlineEM(torch.optim.Optimizer):
             for running, new in zip(state["statistics"], statistics, strict=True):
                 running.add_(new - running, alpha=rho)
             state["step"] += 1
-            maximise(gmm, state["statistics"])
+            maximise(gmm, state["statistics"], self.num_data)
 
 
 def batch_statistics(gmm: GMM):
@@ -96,10 +107,14 @@ def parameter_statistics(gmm: GMM):
     return (s0, *gmm.covariance.current_statistics(s0, gmm.means))
 
 
-def maximise(gmm: GMM, statistics) -> None:
-    """M-step: set the parameters from the statistics; components without mass keep theirs."""
+def maximise(gmm: GMM, statistics, num_data: int | None = None) -> None:
+    """M-step: set the parameters from the per-sample statistics; components without mass keep
+    theirs.  A layer with priors takes the posterior's M-step for a data set of ``num_data``."""
     s0, s1, s2 = statistics
     alive = s0 > TINY_MASS * s0.sum(-1, keepdim=True)  # (..., K)
+    if has_priors(gmm):
+        maximise_posterior(gmm, num_data * s0, num_data * s1, num_data * s2, alive)
+        return
     gmm.covariance.maximise(s0.clamp_min(TINY_MASS), s1, s2, alive, gmm.means)
     gmm.set_mixing_weights_(s0.clamp_min(TINY_MASS * s0.sum(-1, keepdim=True)))
 

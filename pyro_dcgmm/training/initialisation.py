@@ -25,6 +25,7 @@ from sklearn.cluster import kmeans_plusplus
 
 from pyro_dcgmm.errors import DataError
 from pyro_dcgmm.model.gmm import GMM
+from pyro_dcgmm.model.priors import fit_hyperparameters_
 from pyro_dcgmm.model.tree import Tree
 
 
@@ -168,6 +169,7 @@ def initialise(gmm: GMM, inputs: torch.Tensor, generator: torch.Generator, label
     values = gmm.covariance.fit(x, assignment, centres)
     gmm.set_components_(means, values)
     gmm.set_mixing_weights_(weights)
+    fit_hyperparameters_(gmm, x)
     gmm.mark_initialised_()
 
 

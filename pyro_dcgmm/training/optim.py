@@ -68,14 +68,20 @@ def _gradient_optimizer(groups: list[dict], config: TrainConfig) -> torch.optim.
     return torch.optim.Adam(groups, lr=config.lr)
 
 
-def make_optimizer(stack, config: TrainConfig):
+def make_optimizer(stack, config: TrainConfig, num_data: int | None = None):
     """The optimiser ``config.optimizer`` names for ``stack``'s parameters.
 
-    ``"em"``: :class:`~pyro_dcgmm.training.em.OnlineEM` on the GMM layers and Adam (rate ``lr``) on the
-    Readout; ``"adam"`` and ``"sgd"``: that optimiser on every parameter.
+    ``"em"``: :class:`~pyro_dcgmm.training.em.OnlineEM` on the GMM layers (MAP-EM on a data set of
+    ``num_data`` samples for layers with priors) and Adam (rate ``lr``) on the Readout; ``"adam"``
+    and ``"sgd"``: that optimiser on every parameter (MAP through the stack's guide).
     """
     trainable = [layer for layer in stack.layers if hasattr(layer, "parameter_groups")]
     if config.optimizer != "em":
+        if any(gmm.config.weight_posterior == "mean_field" for gmm in stack.gmm_layers):
+            raise ConfigError(
+                f"weight_posterior = 'mean_field' is an online-EM update, not one for optimizer = "
+                f"{config.optimizer!r}: use optimizer = 'em', or weight_posterior = 'map'"
+            )
         return _gradient_optimizer(_gradient_groups(trainable, config), config)
     if isinstance(stack, JointStack):
         if config.objective != "closed_form":
@@ -85,7 +91,7 @@ def make_optimizer(stack, config: TrainConfig):
             )
         return JointOnlineEM(stack, config.em_step_offset, config.em_step_decay)
     others = [layer for layer in trainable if not isinstance(layer, GMM)]
-    optimizers = [OnlineEM(stack.gmm_layers, config.em_step_offset, config.em_step_decay)]
+    optimizers = [OnlineEM(stack.gmm_layers, config.em_step_offset, config.em_step_decay, num_data)]
     if others:
         optimizers.append(_gradient_optimizer(_gradient_groups(others, config), config))
     return OptimizerChain(optimizers)

@@ -2,14 +2,16 @@
 that every loss and gradient is finite, and the update with the projection back into the
 constraints.
 
-The guide is empty: every component variable is summed out (by Pyro's enumeration, or in the
-equivalent closed-form factor that training uses by default) and every parameter is a point
-estimate, so the ELBO is the exact negative log-likelihood (its annealed lower bound while annealing
-runs), and SVI is maximum likelihood.  Following Pyro's ``ELBOModule`` idiom, the loss is
-``TraceEnum_ELBO(max_plate_nesting=...).differentiable_loss(stack.model, stack.guide, ...)`` and the
-parameters are the stack's own (module-local) ``torch`` parameters, stepped by a ``torch.optim``
-optimiser.  That keeps per-layer learning rates, layer freezing (``wait``) and checkpointing in
-plain PyTorch, and several models per process independent.
+Every component variable is summed out (by Pyro's enumeration, or in the equivalent closed-form
+factor that training uses by default) and every parameter is a point estimate, so the ELBO is the
+exact negative log-likelihood (its annealed lower bound while annealing runs), and SVI is maximum
+likelihood; for layers with priors the stack's guide is a ``Delta`` at their parameters and the
+ELBO the negative log posterior (MAP), except under online EM, whose gradient is the likelihood's
+alone (its M-step adds the prior, :mod:`pyro_dcgmm.model.priors`).  Following Pyro's
+``ELBOModule`` idiom, the loss is ``TraceEnum_ELBO(max_plate_nesting=...).differentiable_loss(
+stack.model, stack.guide, ...)`` and the parameters are the stack's own (module-local) ``torch``
+parameters, stepped by a ``torch.optim`` optimiser.  That keeps per-layer learning rates, layer
+freezing (``wait``) and checkpointing in plain PyTorch, and several models per process independent.
 """
 
 from __future__ import annotations
@@ -49,8 +51,9 @@ def make_elbo(stack, config: TrainConfig) -> TraceEnum_ELBO:
     )
 
 
-def local_loss(stack, elbo, batch: Batch, enumerated: bool):
-    """This process's summed negative ELBO and per-objective loss sums (no averaging yet)."""
+def local_loss(stack, elbo, batch: Batch, enumerated: bool, priors: bool = True):
+    """This process's summed negative ELBO and per-objective loss sums (no averaging yet); with
+    ``priors`` the layers' log priors count (MAP), else the likelihood alone (for online EM)."""
     if batch.images.shape[0] == 0:  # a last global batch smaller than the number of processes
         # zero gradients for exactly the parameters the other processes get gradients for
         used = [p for layer in stack.mixture_layers for p in layer.parameters()]
@@ -58,13 +61,13 @@ def local_loss(stack, elbo, batch: Batch, enumerated: bool):
             used += list(stack.readout.parameters())
         zero = sum(p.sum() for p in used) * 0.0
         return zero, torch.zeros(len(stack.objective_sites), device=zero.device, dtype=zero.dtype)
-    with poutine.trace() as tape:
-        loss = elbo.differentiable_loss(
-            stack.model, stack.guide, batch.images, labels=batch.labels, num_data=batch.num_data,
-            enumerated=enumerated,
-        )  # fmt: skip
+    model = poutine.trace(stack.model)  # the model's trace holds the objectives
+    loss = elbo.differentiable_loss(
+        model, stack.guide, batch.images, labels=batch.labels, num_data=batch.num_data,
+        enumerated=enumerated, priors=priors,
+    )  # fmt: skip
     scale = batch.images.shape[0] / batch.num_data  # undo the data plate's num_data / batch scaling
-    objectives = [tape.trace.nodes[site]["value"] for site in stack.objective_sites]
+    objectives = [model.trace.nodes[site]["value"] for site in stack.objective_sites]
     return loss * scale, -torch.stack([objective.sum() for objective in objectives])
 
 
@@ -89,7 +92,8 @@ def train_step(stack, elbo, optimizer, batch: Batch, waiting, config: TrainConfi
     """
     rank, world = distributed_rank_and_size()
     size = batch.images.shape[0]
-    loss, layer_sums = local_loss(stack, elbo, batch.share(rank, world), config.objective == "enumerated")
+    enumerated, priors = config.objective == "enumerated", config.optimizer != "em"
+    loss, layer_sums = local_loss(stack, elbo, batch.share(rank, world), enumerated, priors)
     loss = loss / size
     optimizer.zero_grad(set_to_none=True)
     loss.backward()

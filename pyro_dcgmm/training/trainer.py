@@ -102,7 +102,7 @@ class Trainer:
         self.images = images.to(parameter.device, parameter.dtype)
         self.labels = None if labels is None else labels.to(parameter.device)
         self.validation = validation
-        self.optimizer = make_optimizer(self.stack, self.config)
+        self.optimizer = make_optimizer(self.stack, self.config, self.num_data)
         writes = distributed_rank_and_size()[0] == 0  # in a process group only rank 0 writes
         self.folder = self.files.folder(self.config.keep_epoch_checkpoints) if writes else None
         self.log = JsonLog(None if self.folder is None else self.folder.path / LOG_NAME)
@@ -181,9 +181,11 @@ class Trainer:
         for layer in self.stack.mixture_layers:
             if bool(layer.initialised) or layer in waiting:
                 continue
+            self.bar.set_description(f"initialising layer {self.stack.number_of(layer)}")
             inputs, labels = self.layer_inputs(layer)
             initialise_layer(layer, inputs, self.generator, labels)
             broadcast_state(layer)
+            self.bar.set_description("training")
             self.log.write(
                 {"event": "initialised", "layer": self.stack.number_of(layer), "step": self.state.step}
             )
@@ -194,7 +196,7 @@ class Trainer:
         would end the run untrained.  The optimiser forgets what it kept about a re-seeded layer
         (online EM's running statistics)."""
         for gmm in self.stack.reseedable_layers():
-            reseeding = gmm.config.dead_components == "reseed"
+            reseeding = not gmm.config.prunes_dead
             if not bool(gmm.initialised) or (reseeding and final) or not bool(dead_components(gmm).any()):
                 continue
             if reseeding:
