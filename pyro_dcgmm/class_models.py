@@ -44,7 +44,7 @@ class DCGMMClassifier(ClassifierMixin, BaseEstimator):
         input_shape=None,
         data_range=(0.0, 1.0),
         epochs: int = TrainConfig.epochs,
-        batch_size: int = TrainConfig.batch_size,
+        batch_size: int | str = TrainConfig.batch_size,
         lr: float = TrainConfig.lr,
         optimizer: str = TrainConfig.optimizer,
         device: str = TrainConfig.device,

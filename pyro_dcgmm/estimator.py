@@ -91,7 +91,7 @@ class DCGMM(ClusterMixin, DensityMixin, BaseEstimator):
         input_shape=None,
         data_range=(0.0, 1.0),
         epochs: int = TrainConfig.epochs,
-        batch_size: int = TrainConfig.batch_size,
+        batch_size: int | str = TrainConfig.batch_size,
         lr: float = TrainConfig.lr,
         optimizer: str = TrainConfig.optimizer,
         plateau_window: int | None = None,

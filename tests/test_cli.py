@@ -191,3 +191,17 @@ def test_an_out_that_is_a_file_is_one_line(tmp_path):
     with pytest.raises(ConfigError, match=r"cannot write into --out .*afile'?: File exists"):
         output_folder(tmp_path / "afile")
     assert output_folder(tmp_path / "new" / "deep").is_dir()
+
+
+def test_bench_times_the_training_loop_and_records_the_environment(tmp_path):
+    from pyro_dcgmm.cli import bench
+
+    record = tmp_path / "bench.json"
+    flags = ["--preset", "digits", "--device", "cpu", "--input-size", "8", "--quick"]
+    flags += ["--paths", "hand", "train"]
+    rows = bench.main([*flags, "--json", str(record)])
+    train_row = next(row for row in rows if row["path"] == "train")
+    assert train_row["samples_per_second"] > 0 and train_row["ratio_to_hand"] > 0
+    saved = json.loads(record.read_text())
+    assert [row["path"] for row in saved] == ["hand", "train"]
+    assert {"torch", "pyro", "threads", "device_name", "measured_at"} <= set(saved[0])

@@ -8,7 +8,9 @@ from pyro.infer import TraceEnum_ELBO
 
 from pyro_dcgmm import GMM, Fold, Stack
 from pyro_dcgmm.config import TrainConfig
+from pyro_dcgmm.config.run import AUTO_BATCH_SIZES
 from pyro_dcgmm.training.em import OnlineEM, step_size
+from pyro_dcgmm.training.optim import make_optimizer
 from pyro_dcgmm.training.step import Batch, train_step
 
 
@@ -114,3 +116,24 @@ def test_waiting_layer_is_left_alone():
     means = gmm.means.detach().clone()
     optimizer.step()  # no gradients at all
     assert torch.equal(gmm.means, means)
+
+
+def test_a_larger_batch_forgets_as_much_as_the_reference_steps_over_its_samples():
+    reference = [step_size(j, 2.0, 0.6) for j in range(40)]
+    for t, multiple in [(0, 10), (3, 10), (1, 4)]:
+        kept = math.prod(1.0 - rho for rho in reference[t * multiple : (t + 1) * multiple])
+        assert step_size(t, 2.0, 0.6, multiple) == pytest.approx(1.0 - kept)
+    assert step_size(7, 2.0, 0.6, 1.0) == reference[7]  # the reference batch: today's schedule
+    halves = (1.0 - step_size(0, 2.0, 0.6, 0.5)) * (1.0 - step_size(1, 2.0, 0.6, 0.5))
+    assert halves == pytest.approx(1.0 - reference[0])  # two half batches make one reference step
+    assert step_size(3, 1.0, 0.0, 7.5) == 1.0  # batch EM stays batch EM
+
+
+def test_online_em_steps_by_the_batch_size_over_the_reference():
+    config = TrainConfig(batch_size=1000, em_reference_batch=100, device="cpu")
+    stack, _ = _stack(True)
+    optimizer = make_optimizer(stack, config, num_data=5000).optimizers[0]
+    assert optimizer.batch_multiple == 10.0
+    assert TrainConfig(batch_size="auto").for_device("cpu").batch_size == 100
+    assert TrainConfig(batch_size="auto").for_device("cuda").batch_size == AUTO_BATCH_SIZES["cuda"] > 100
+    assert TrainConfig(batch_size=64).for_device("cuda").batch_size == 64

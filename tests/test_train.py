@@ -16,7 +16,7 @@ from pyro_dcgmm.training.diagnostics import learning_problems
 from pyro_dcgmm.training.optim import make_optimizer
 from pyro_dcgmm.training.run_folder import RunFiles
 from pyro_dcgmm.training.step import Batch, non_finite, train_step
-from pyro_dcgmm.training.trainer import train
+from pyro_dcgmm.training.trainer import Trainer, train
 
 
 @pytest.fixture(scope="module")
@@ -325,3 +325,16 @@ def test_a_version_2_checkpoint_is_migrated(tmp_path):
     torch.save({**state, "version": 1}, tmp_path / "older.pt")
     with pytest.raises(CheckpointError, match="format version 1; this pyro_dcgmm reads versions 2 to 3"):
         load_checkpoint(tmp_path / "older.pt")
+
+
+def test_streaming_the_data_from_the_host_trains_exactly_as_data_on_the_device(digits):
+    runs = []
+    for placement in ("device", "host"):
+        stack = digits_stack(9, 4)
+        config = TrainConfig(epochs=2, batch_size=64, data_placement=placement, device="cpu", progress=False)
+        trainer = Trainer(stack, config)
+        trainer.fit(digits.train_images[:500], digits.train_labels[:500])
+        assert trainer.data.placement == placement
+        runs.append(stack.state_dict())
+    for name, value in runs[0].items():
+        torch.testing.assert_close(runs[1][name], value, rtol=0, atol=0)

@@ -6,9 +6,15 @@ Paths:
              the components marginalised in closed form, backward, Adam step
   svi-enum   the same with Pyro enumerating every component site (``objective="enumerated"``)
   score      forward-only log-likelihood of every GMM layer (``Stack.log_prob``), no gradients
+  train      the whole training loop as a user runs it: ``Trainer.fit`` (online EM, the default
+             settings at this batch size) for one epoch of ``--repeats`` times ``--steps`` batches
+             of random images (and labels for a Readout) passed from host memory, every layer
+             initialised (no k-means), the epoch's end included
 
 Every measurement runs ``--warmup`` steps, then ``--repeats`` timed blocks of ``--steps`` steps
-(CUDA synchronised around each block) and reports the median block.  Examples::
+(CUDA synchronised around each block) and reports the median block (``train``: the mean step of
+its epoch).  ``--json`` writes one record per row, with the environment.
+Examples::
 
     pyro-dcgmm bench --device cpu --preset E --quick
     pyro-dcgmm bench --device cuda --preset A B C E --batch-sizes 1024 8192 --json bench.json
@@ -17,10 +23,13 @@ Every measurement runs ``--warmup`` steps, then ``--repeats`` timed blocks of ``
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import platform
 import resource
 import statistics
 import time
+import warnings
 from pathlib import Path
 
 import pyro
@@ -29,14 +38,17 @@ from pyro.infer import TraceEnum_ELBO
 
 from pyro_dcgmm import Stack, presets
 from pyro_dcgmm.cli.common import add_device_flag, make_parser, positive_int
+from pyro_dcgmm.config import TrainConfig
 from pyro_dcgmm.device import resolve_device
+from pyro_dcgmm.errors import TrainingWarning
 from pyro_dcgmm.training.files import atomic_write
+from pyro_dcgmm.training.trainer import Trainer
 
 FULL = {"batch_sizes": [100, 1000], "warmup": 3, "repeats": 5, "steps": 5}  # what is timed by default
 QUICK = {"batch_sizes": [100], "warmup": 1, "repeats": 3, "steps": 2}  # --quick
 COLUMNS = ["preset", "batch", "path", "samples/s", "ms/step", "peak MiB", "x hand"]
 WIDTHS = [6, 6, 9, 12, 9, 9, 7]
-PATHS = ("hand", "svi", "svi-enum", "score")  # hand first: the others report their ratio to it
+PATHS = ("hand", "svi", "svi-enum", "score", "train")  # hand first: the others report their ratio to it
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
@@ -126,6 +138,33 @@ def measure(step, device: torch.device, warmup: int, repeats: int, steps: int) -
     return statistics.median(blocks), peak
 
 
+def measure_training(stack: Stack, batch: int, device: torch.device, args) -> tuple[float, float]:
+    """Seconds per step of ``Trainer.fit`` over one epoch of ``args.repeats * args.steps`` batches
+    (after a warm-up fit of ``args.warmup`` steps), and peak memory as :func:`measure` gives it."""
+    for layer in stack.mixture_layers:
+        layer.initialised.fill_(True)  # no k-means: the loop itself is timed
+    steps = args.repeats * args.steps
+    images = torch.rand(batch * steps, *stack.input_shape)
+    labels = None if stack.num_classes is None else torch.randint(stack.num_classes, (len(images),))
+    config = TrainConfig(batch_size=batch, epochs=1, device=device.type, progress=False)
+    cuda = device.type == "cuda"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", TrainingWarning)  # short runs leave waiting layers untrained
+        if args.warmup:
+            Trainer(stack, dataclasses.replace(config, max_steps=args.warmup)).fit(images, labels)
+        if cuda:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+        start = time.perf_counter()
+        Trainer(stack, config).fit(images, labels)
+        if cuda:
+            torch.cuda.synchronize()
+    seconds = (time.perf_counter() - start) / steps
+    if cuda:
+        return seconds, torch.cuda.max_memory_allocated() / 2**20
+    return seconds, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def tf32_deviation(name: str, shape: tuple[int, int, int], device: torch.device) -> str:
     """Largest absolute change of any layer's per-image log-likelihood when TF32 is allowed."""
     torch.manual_seed(0)
@@ -162,8 +201,24 @@ def main(argv=None) -> list[dict]:
                     f"{name:>6} TF32 vs FP32 log-likelihood per image: {tf32_deviation(name, shape, device)}"
                 )
     if args.json is not None:
-        atomic_write(args.json, lambda h: h.write(json.dumps(results, indent=2).encode()))
+        environment = run_environment(device)
+        records = [row | environment for row in results]
+        atomic_write(args.json, lambda h: h.write(json.dumps(records, indent=2).encode()))
     return results
+
+
+def run_environment(device: torch.device) -> dict:
+    """What a benchmark record needs to be compared with another: machine, versions, threads, time."""
+    return {
+        "device_name": torch.cuda.get_device_name()
+        if device.type == "cuda"
+        else platform.processor() or "cpu",
+        "torch": torch.__version__,
+        "pyro": pyro.__version__,
+        "threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
 
 
 def print_header(args, device: torch.device) -> None:
@@ -184,9 +239,12 @@ def measure_paths(args, name: str, batch: int, device: torch.device) -> list[dic
     for path in sorted(args.paths, key=PATHS.index):
         torch.manual_seed(0)
         stack = Stack.from_config(presets.get(name, shape)).to(device, dtype)
-        x = torch.rand(batch, *shape, device=device, dtype=dtype)
-        step = make_step(path, stack, x, num_data=60000)
-        seconds, peak = measure(step, device, args.warmup, args.repeats, args.steps)
+        if path == "train":
+            seconds, peak = measure_training(stack, batch, device, args)
+        else:
+            x = torch.rand(batch, *shape, device=device, dtype=dtype)
+            step = make_step(path, stack, x, num_data=60000)
+            seconds, peak = measure(step, device, args.warmup, args.repeats, args.steps)
         timings[path] = seconds
         ratio = seconds / timings["hand"] if "hand" in timings and path != "score" else None
         rows.append(

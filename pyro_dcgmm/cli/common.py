@@ -90,6 +90,11 @@ def add_device_flag(parser: argparse.ArgumentParser, default: str | None = Train
     parser.add_argument("--device", default=default, choices=DEVICES, help="where to compute")
 
 
+def batch_size(text: str) -> int | str:
+    """``--batch-size``: a positive int, or ``auto``."""
+    return "auto" if text == "auto" else positive_int(text)
+
+
 def add_training_flags(parser: argparse.ArgumentParser, with_defaults: bool = False) -> None:
     """``--epochs``, ``--batch-size``, ``--lr``, ``--optimizer`` and ``--seed``, defaulting to
     :class:`~pyro_dcgmm.config.TrainConfig`'s defaults ``with_defaults``, else to ``None`` (the
@@ -100,7 +105,13 @@ def add_training_flags(parser: argparse.ArgumentParser, with_defaults: bool = Fa
         return None if defaults is None else getattr(defaults, name)
 
     parser.add_argument("-n", "--epochs", type=int, default=default("epochs"), help="passes over the data")
-    parser.add_argument("-b", "--batch-size", type=int, default=default("batch_size"), help="mini-batch size")
+    parser.add_argument(
+        "-b",
+        "--batch-size",
+        type=batch_size,
+        default=default("batch_size"),
+        help="mini-batch size, or auto (100 on a CPU, 2048 on a GPU)",
+    )
     parser.add_argument("--lr", type=float, default=default("lr"), help="learning rate of Adam and SGD")
     parser.add_argument("--optimizer", default=default("optimizer"), choices=OPTIMIZERS, help="optimiser")
     parser.add_argument("--seed", type=int, default=default("seed"), help="seed of all randomness")

@@ -61,7 +61,7 @@ class Checked:
             where = f"{self.section}.{spec.name}"
             value = _coerce(getattr(self, spec.name), hints[spec.name], where, self.error)
             bounds = spec.metadata.get("bounds")
-            if bounds and value is not None and not _within(value, bounds):
+            if bounds and isinstance(value, numbers.Real) and not _within(value, bounds):
                 finite = "" if math.isfinite(value) else "finite and "
                 self.fail(f"{where} must be {finite}{_bounds_text(bounds)}, got {value!r}")
             object.__setattr__(self, spec.name, value)

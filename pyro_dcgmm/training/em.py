@@ -37,6 +37,8 @@ gradient must then be the likelihood's alone, which the trainer's ``priors=False
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from pyro_dcgmm.errors import ConfigError
@@ -47,9 +49,25 @@ from pyro_dcgmm.model.tree import Tree
 TINY_MASS = 1e-12
 
 
-def step_size(t: int, offset: float, decay: float) -> float:
-    """``rho_t = (t + offset)^-decay``; ``decay = 0`` gives 1 (batch EM on full batches)."""
-    return (t + offset) ** -decay
+def step_size(t: int, offset: float, decay: float, batch_multiple: float = 1.0) -> float:
+    """Step size of step ``t`` on mini-batches of ``batch_multiple`` times the reference batch.
+
+    The reference schedule is ``rho_j = (j + offset)^-decay`` (``decay = 0`` gives 1: batch EM on
+    full batches).  A running average keeps ``prod (1 - rho_j)`` of what it held before steps j, so
+    a step on a larger batch takes the reference steps over the same samples at once: with
+    ``m = batch_multiple`` it covers ``[t m, (t + 1) m)`` and keeps ``prod_j (1 - rho_j)^o_j``, ``o_j``
+    the part of reference step ``j`` it covers.  Every sample then weighs in the statistics as it
+    would at the reference batch, and ``m = 1`` is the reference schedule itself.
+    """
+    start, end = t * batch_multiple, (t + 1) * batch_multiple
+    log_kept, j = 0.0, math.floor(start)
+    while j < end:
+        rho = (j + offset) ** -decay
+        if rho >= 1.0:
+            return 1.0
+        log_kept += (min(j + 1, end) - max(j, start)) * math.log1p(-rho)
+        j += 1
+    return -math.expm1(log_kept)
 
 
 class OnlineEM(torch.optim.Optimizer):
@@ -65,14 +83,22 @@ class OnlineEM(torch.optim.Optimizer):
     :param float step_decay: ``kappa`` of the step-size schedule.
     :param int num_data: size of the training set, which weighs the data against the priors of
         layers that have them (needed only then).
+    :param float batch_multiple: mini-batch size over the batch size the schedule is set for
+        (:func:`step_size`).
     """
 
     def __init__(
-        self, gmms: list[GMM], step_offset: float = 2.0, step_decay: float = 0.6, num_data: int | None = None
+        self,
+        gmms: list[GMM],
+        step_offset: float = 2.0,
+        step_decay: float = 0.6,
+        num_data: int | None = None,
+        batch_multiple: float = 1.0,
     ):
         groups = [{"params": list(gmm.parameters())} for gmm in gmms]
         super().__init__(groups, {"step_offset": step_offset, "step_decay": step_decay})
         self.gmms = list(gmms)
+        self.batch_multiple = batch_multiple
         if num_data is None and any(has_priors(gmm) for gmm in self.gmms):
             raise ConfigError("online EM with priors (MAP-EM) needs num_data, the training set's size")
         self.num_data = num_data
@@ -87,7 +113,7 @@ class OnlineEM(torch.optim.Optimizer):
                 state["step"] = 0
                 state["statistics"] = parameter_statistics(gmm)
             statistics = batch_statistics(gmm)
-            rho = step_size(state["step"], group["step_offset"], group["step_decay"])
+            rho = step_size(state["step"], group["step_offset"], group["step_decay"], self.batch_multiple)
             for running, new in zip(state["statistics"], statistics, strict=True):
                 running.add_(new - running, alpha=rho)
             state["step"] += 1
@@ -137,12 +163,14 @@ class JointOnlineEM(torch.optim.Optimizer):
     :param stack: the joint stack, trained through its closed-form objective.
     :param float step_offset: ``t0`` of the step-size schedule.
     :param float step_decay: ``kappa`` of the step-size schedule.
+    :param float batch_multiple: as for :class:`OnlineEM`.
     """
 
-    def __init__(self, stack, step_offset: float = 2.0, step_decay: float = 0.6):
+    def __init__(self, stack, step_offset: float = 2.0, step_decay: float = 0.6, batch_multiple: float = 1.0):
         groups = [{"params": list(layer.parameters())} for layer in stack.mixture_layers]
         super().__init__(groups, {"step_offset": step_offset, "step_decay": step_decay})
         self.stack = stack
+        self.batch_multiple = batch_multiple
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -157,7 +185,7 @@ class JointOnlineEM(torch.optim.Optimizer):
             if len(state.get("statistics", ())) != len(batch):  # joining the tree, or leaving its top
                 state.setdefault("step", 0)
                 state["statistics"] = self._current_statistics(layer, batch)
-            rho = step_size(state["step"], group["step_offset"], group["step_decay"])
+            rho = step_size(state["step"], group["step_offset"], group["step_decay"], self.batch_multiple)
             for running, new in zip(state["statistics"], batch, strict=True):
                 running.add_(new - running, alpha=rho)
             state["step"] += 1

@@ -68,6 +68,11 @@ def _gradient_optimizer(groups: list[dict], config: TrainConfig) -> torch.optim.
     return torch.optim.Adam(groups, lr=config.lr)
 
 
+def batch_multiple(config: TrainConfig) -> float:
+    """The mini-batch size over the one online EM's step sizes are set for."""
+    return config.batch_size / config.em_reference_batch
+
+
 def make_optimizer(stack, config: TrainConfig, num_data: int | None = None):
     """The optimiser ``config.optimizer`` names for ``stack``'s parameters.
 
@@ -89,9 +94,10 @@ def make_optimizer(stack, config: TrainConfig, num_data: int | None = None):
                 "online EM trains a joint stack through its closed-form objective (objective = "
                 "'closed_form'); the enumerated one serves Adam, SGD and inference"
             )
-        return JointOnlineEM(stack, config.em_step_offset, config.em_step_decay)
+        return JointOnlineEM(stack, config.em_step_offset, config.em_step_decay, batch_multiple(config))
     others = [layer for layer in trainable if not isinstance(layer, GMM)]
-    optimizers = [OnlineEM(stack.gmm_layers, config.em_step_offset, config.em_step_decay, num_data)]
+    schedule = (config.em_step_offset, config.em_step_decay)
+    optimizers = [OnlineEM(stack.gmm_layers, *schedule, num_data, batch_multiple(config))]
     if others:
         optimizers.append(_gradient_optimizer(_gradient_groups(others, config), config))
     return OptimizerChain(optimizers)

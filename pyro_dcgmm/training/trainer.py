@@ -37,6 +37,7 @@ from pyro_dcgmm.errors import (
     TrainingWarning,
 )
 from pyro_dcgmm.evaluation.metrics import held_out_log_likelihood
+from pyro_dcgmm.training.batches import BatchSource
 from pyro_dcgmm.training.checkpoint import load_checkpoint, load_state_into
 from pyro_dcgmm.training.diagnostics import learning_problems
 from pyro_dcgmm.training.distributed import broadcast_state, distributed_rank_and_size
@@ -96,11 +97,12 @@ class Trainer:
         """Train on ``images`` (N, C, H, W) (and class ``labels`` (N,)), scoring ``validation``
         after every epoch: tensors as :func:`train` (or ``DCGMM.fit``) checked them."""
         self.started, self.samples = time.perf_counter(), 0
-        place(self.stack, resolve_device(self.config.device))
+        device = resolve_device(self.config.device)
+        self.config = self.config.for_device(device.type)  # batch_size "auto" becomes a number
+        place(self.stack, device)
         require_trainable(self.stack, images, labels)
         parameter = next(self.stack.parameters())
-        self.images = images.to(parameter.device, parameter.dtype)
-        self.labels = None if labels is None else labels.to(parameter.device)
+        self.data = BatchSource(images, labels, parameter.device, parameter.dtype, self.config.data_placement)
         self.validation = validation
         self.optimizer = make_optimizer(self.stack, self.config, self.num_data)
         writes = distributed_rank_and_size()[0] == 0  # in a process group only rank 0 writes
@@ -124,7 +126,7 @@ class Trainer:
 
     @property
     def num_data(self) -> int:
-        return self.images.shape[0]
+        return self.data.num_data
 
     def _epoch(self, stop: Interruption) -> None:
         """Steps until the epoch or the run ends, or Ctrl-C; at the end of an epoch dead components
@@ -157,22 +159,24 @@ class Trainer:
         self.bar.update(1)
 
     def _next_batch(self) -> Batch:
-        index = self.state.next_batch(min(self.config.batch_size, self.num_data)).to(self.images.device)
-        self.samples += index.shape[0]
-        batch = self.images[index]
+        """This epoch's next mini-batch on the device; the one after it starts on its way."""
+        state, size = self.state, min(self.config.batch_size, self.num_data)
+        images, labels = self.data.batch(state.order, state.offset, size)
+        self.samples += state.next_batch(size).shape[0]
+        self.data.prefetch(state.order, state.offset, size)
         if self.config.dequantize_levels is not None:
-            batch = dequantize(batch, self.config.dequantize_levels, self.generator)
-        return Batch(batch, self.labels[index] if self.labels is not None else None, self.num_data)
+            images = dequantize(images, self.config.dequantize_levels, self.generator)
+        return Batch(images, labels, self.num_data)
 
     def layer_inputs(self, layer):
         """The inputs of ``layer`` for a random subsample of the training images (enough to
         initialise it), and the subsample's labels (``None`` without labels)."""
         count = min(self.num_data, images_needed(layer))
-        chosen = torch.randperm(self.num_data, generator=self.generator)[:count].to(self.images.device)
+        chosen = torch.randperm(self.num_data, generator=self.generator)[:count]
         with torch.no_grad():
-            chunks = self.images[chosen].split(1000)
-            inputs = torch.cat([self.stack.input_of(chunk, layer) for chunk in chunks])
-        return inputs, None if self.labels is None else self.labels[chosen]
+            images, labels = self.data.subset(chosen)
+            inputs = torch.cat([self.stack.input_of(chunk, layer) for chunk in images.split(1000)])
+        return inputs, labels
 
     def initialise_ready_layers(self, waiting: list) -> None:
         """Initialise, from their real inputs (and labels, for a layer split by class), the layers
