@@ -10,6 +10,7 @@ from pyro.infer import SVI, TraceEnum_ELBO
 from pyro.nn import PyroParam
 
 from pyro_dcgmm import DCGMM, GMM, Fold, JointStack, Stack
+from pyro_dcgmm.cli.inspect import layer_rows
 from pyro_dcgmm.config import TrainConfig
 from pyro_dcgmm.data.datasets import load_digits
 from pyro_dcgmm.errors import ArchitectureError, ConfigError, LayerConfigError
@@ -249,3 +250,10 @@ def test_what_priors_do_not_support_is_refused():
         OnlineEM([GMM(3, weight_concentration_prior=0.1)])
     with pytest.raises(ArchitectureError, match="not a joint stack"):
         JointStack([Fold(2, 2), GMM(4, weight_concentration_prior=0.1), Tree(3, block="full")], (1, 4, 4))
+
+
+def test_inspect_shows_the_priors_and_the_components_pruning_left():
+    stack, gmm = _stack(False, weight_concentration_prior=0.01)
+    gmm.prune_(torch.tensor([[False, False, True]] * 8 + [[False, True, True]]))
+    row = layer_rows(stack)[-1]
+    assert row[3:] == ["3 (1-2 left)", "per position", "Dirichlet(0.01, map)"]

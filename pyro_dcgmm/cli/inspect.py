@@ -25,20 +25,42 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def layer_rows(stack) -> list[list[str]]:
-    """One row per layer: index, type, output shape (C, H, W), components and how they are shared."""
-    rows = [["layer", "type", "output (C, H, W)", "K", "mixtures"]]
+    """One row per layer: index, type, output shape (C, H, W), components (and how many of them
+    pruning left), how they are shared, and the layer's priors."""
+    rows = [["layer", "type", "output (C, H, W)", "K", "mixtures", "priors"]]
     for index, layer in enumerate(stack.layers):
-        gmm = isinstance(layer, (GMM, Tree))
+        mixture = isinstance(layer, (GMM, Tree))
         rows.append(
             [
                 str(index),
                 type(layer).__name__,
                 "absorbed by the GMM above" if layer.output_shape is None else str(tuple(layer.output_shape)),
-                str(layer.components) if gmm else "",
-                ("shared" if layer.config.shared else "per position") if gmm else "",
+                component_count(layer) if mixture else "",
+                ("shared" if layer.config.shared else "per position") if mixture else "",
+                prior_names(layer) if isinstance(layer, GMM) else "",
             ]
         )
     return rows
+
+
+def component_count(layer) -> str:
+    """``K``, with the components left in every mixture when some were pruned."""
+    active = getattr(layer, "active", None)
+    if active is None or bool(active.all()):
+        return str(layer.components)
+    left = active.reshape(-1, layer.components).sum(-1)
+    spread = str(int(left[0])) if bool((left == left[0]).all()) else f"{int(left.min())}-{int(left.max())}"
+    return f"{layer.components} ({spread} left)"
+
+
+def prior_names(gmm: GMM) -> str:
+    """The GMM layer's priors in short (:mod:`pyro_dcgmm.model.priors`)."""
+    config, names = gmm.config, []
+    if config.weight_concentration_prior is not None:
+        names.append(f"Dirichlet({config.weight_concentration_prior:g}, {config.weight_posterior})")
+    if config.mean_precision_prior is not None:
+        names.append(f"Normal-Gamma(k0={config.mean_precision_prior:g})")
+    return ", ".join(names)
 
 
 def main(argv=None) -> dict:

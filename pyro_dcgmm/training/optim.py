@@ -80,6 +80,7 @@ def make_optimizer(stack, config: TrainConfig, num_data: int | None = None):
     ``num_data`` samples for layers with priors) and Adam (rate ``lr``) on the Readout; ``"adam"``
     and ``"sgd"``: that optimiser on every parameter (MAP through the stack's guide).
     """
+    config = config.for_device(next(stack.parameters()).device.type)  # batch_size "auto" as training has it
     trainable = [layer for layer in stack.layers if hasattr(layer, "parameter_groups")]
     if config.optimizer != "em":
         if any(gmm.config.weight_posterior == "mean_field" for gmm in stack.gmm_layers):
