@@ -202,6 +202,7 @@ def test_bench_times_the_training_loop_and_records_the_environment(tmp_path):
     rows = bench.main([*flags, "--json", str(record)])
     train_row = next(row for row in rows if row["path"] == "train")
     assert train_row["samples_per_second"] > 0 and train_row["ratio_to_hand"] > 0
+    assert train_row["svi_rate_fraction"] is None  # no svi row to compare with
     saved = json.loads(record.read_text())
     assert [row["path"] for row in saved] == ["hand", "train"]
     assert {"torch", "pyro", "threads", "device_name", "measured_at"} <= set(saved[0])

@@ -37,3 +37,16 @@ def test_training_on_cuda_improves_like_cpu():
     assert next(stack.parameters()).is_cuda
     after = evaluate(stack, data.test_images)
     assert after[0] > before[0] + 80.0
+
+
+def test_data_streamed_from_pinned_host_memory_train_as_data_on_the_device():
+    data = load_digits()
+    states = []
+    for placement in ("device", "host"):
+        torch.manual_seed(0)
+        stack = Stack.from_config(presets.get("digits", (1, 8, 8)))
+        config = TrainConfig(epochs=2, batch_size=64, progress=False, device="cuda", data_placement=placement)
+        train(stack, data.train_images, data.train_labels, config=config)
+        states.append(stack.state_dict())
+    for name, value in states[0].items():
+        torch.testing.assert_close(states[1][name], value, rtol=0, atol=0)

@@ -13,7 +13,8 @@ Paths:
 
 Every measurement runs ``--warmup`` steps, then ``--repeats`` timed blocks of ``--steps`` steps
 (CUDA synchronised around each block) and reports the median block (``train``: the mean step of
-its epoch).  ``--json`` writes one record per row, with the environment.
+its epoch).  ``--json`` writes one record per row, with the environment (and for ``train`` its rate
+as a fraction of the ``svi`` rate at the same batch).
 Examples::
 
     pyro-dcgmm bench --device cpu --preset E --quick
@@ -250,7 +251,8 @@ def measure_paths(args, name: str, batch: int, device: torch.device) -> list[dic
         rows.append(
             {"preset": name, "batch": batch, "path": path, "samples_per_second": batch / seconds,
              "ms_per_step": 1000 * seconds, "peak_mib": peak, "device": str(device), "dtype": args.dtype,
-             "tf32": args.tf32, "ratio_to_hand": ratio}
+             "tf32": args.tf32, "ratio_to_hand": ratio,
+             "svi_rate_fraction": timings["svi"] / seconds if path == "train" and "svi" in timings else None}
         )  # fmt: skip
         print(
             f"{name:>6} {batch:>6} {path:>9} {batch / seconds:>12,.0f} {1000 * seconds:>9.2f} "
