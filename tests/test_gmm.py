@@ -7,6 +7,7 @@ from torch.distributions import Normal
 
 from pyro_dcgmm import GMM, Fold, Stack
 from pyro_dcgmm.errors import ArchitectureError
+from pyro_dcgmm.model.outputs import layer_output
 from pyro_dcgmm.model.subnormal import SubnormalGradientFlushed
 
 
@@ -153,6 +154,24 @@ def test_pruned_components_have_no_weight_and_pass_zero():
         gmm.mixing_logits.copy_(torch.tensor([0.0, 0.0, 0.001, 1.0]).log())
     assert prune_dead(gmm) == 1 and gmm.active.tolist() == [False, False, False, True]
     assert prune_dead(gmm) == 0  # the heaviest component is never pruned
+
+
+@pytest.mark.parametrize("output", ["log_responsibilities", "log_probabilities", "likelihoods"])
+def test_a_layer_knows_when_it_has_pruned_components_and_outputs_the_same_without_them(output):
+    torch.manual_seed(0)
+    gmm = GMM(4, output=output)
+    Stack([Fold(3, 1), gmm], (1, 6, 6))
+    x = torch.rand(3, 1, 6, 6)
+    scores = gmm.log_scores(x).detach()
+    everything = torch.ones(1, 4, 1, 1, dtype=torch.bool)
+    assert not gmm.pruned  # the mask-free output is the masked one with every component active
+    assert torch.equal(gmm.output(scores), layer_output(output, scores, gmm.log_mixing_map(), everything))
+    fresh = GMM(4, output=output)
+    Stack([Fold(3, 1), fresh], (1, 6, 6))
+    gmm.prune_(torch.tensor([[False, True, False, False]]))
+    fresh.load_state_dict(gmm.state_dict())
+    assert gmm.pruned and fresh.pruned  # pruning and loading a pruned layer both note it
+    assert float(fresh.output(fresh.log_scores(x).detach())[:, 1].abs().max()) == 0.0
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])

@@ -115,6 +115,8 @@ class GMM(Layer):
         self.mixing_logits = torch.nn.Parameter(torch.zeros(shape[:-1]))
         self.register_buffer("initialised", torch.tensor(self.config.init == "random"))
         self.register_buffer("active", torch.ones(shape[:-1], dtype=torch.bool))
+        self.pruned = False  # whether ``active`` has a false entry (kept by prune_ and loading)
+        self.register_load_state_dict_post_hook(self._note_loaded_pruning)
         if self.config.mean_precision_prior is not None:  # the Normal-Gamma prior's centre and scale
             self.register_buffer("prior_mean", torch.zeros(*shape[:-2], 1, dim))
             self.register_buffer("prior_variance", torch.ones(*shape[:-2], 1, dim))
@@ -190,7 +192,13 @@ class GMM(Layer):
     def prune_(self, dead: torch.Tensor) -> int:
         """Remove the components where ``dead`` (P, K) is true; returns how many."""
         self.active.view(-1, self.components)[dead] = False
-        return int(dead.sum())
+        count = int(dead.sum())
+        self.pruned = self.pruned or count > 0
+        return count
+
+    def _note_loaded_pruning(self, module, incompatible_keys) -> None:
+        """After ``load_state_dict``: whether the loaded ``active`` mask has pruned components."""
+        self.pruned = not bool(self.active.all())
 
     def log_prob_table(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """Component log-densities ``log N(patch | mu_k, p_k)`` of shape (N, K, H', W').
@@ -214,7 +222,7 @@ class GMM(Layer):
     def output(self, scores: torch.Tensor) -> torch.Tensor:
         """What the layer passes upward from its log-scores (N, K, H', W'), by ``config.output``
         (:mod:`pyro_dcgmm.model.outputs`)."""
-        active = self._component_map(self.active)  # (1, K, 1 | H', 1 | W')
+        active = self._component_map(self.active) if self.pruned else None  # (1, K, 1 | H', 1 | W')
         return layer_output(self.config.output, scores, self.log_mixing_map(), active)
 
     def component_classes(self) -> torch.Tensor:
