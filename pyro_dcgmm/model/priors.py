@@ -201,25 +201,10 @@ def fit_hyperparameters_(gmm, x: torch.Tensor) -> None:
 
 
 @torch.no_grad()
-def maximise_posterior(gmm, counts: torch.Tensor, s1: torch.Tensor, s2: torch.Tensor, alive) -> None:
-    """MAP-EM's M-step from the data set's expected ``counts`` (..., K) and the covariance
-    structure's sums ``s1``, ``s2`` (diagonal: (..., K, D) of the vectors and their squares);
-    components not ``alive`` keep their parameters."""
-    if gmm.config.mean_precision_prior is not None:
-        _maximise_components(gmm, counts, s1, s2, alive)
-    else:
-        mass = counts.clamp_min(torch.finfo(counts.dtype).tiny)
-        gmm.covariance.maximise(mass, s1, s2, alive, gmm.means)
-    if gmm.config.weight_concentration_prior is None:
-        gmm.set_mixing_weights_(counts.clamp_min(torch.finfo(counts.dtype).tiny))
-    elif gmm.config.weight_posterior == "map":
-        _maximise_weights(gmm, counts)
-    else:
-        _mean_field_weights(gmm, counts)
-
-
-def _maximise_components(gmm, counts, s1, s2, alive) -> None:
-    """Normal-Gamma MAP of the means and diagonal precisions."""
+def maximise_components(gmm, counts: torch.Tensor, s1: torch.Tensor, s2: torch.Tensor, alive) -> None:
+    """MAP-EM's M-step of the means and diagonal precisions under the Normal-Gamma prior, from the
+    data set's expected ``counts`` (..., K) and sums ``s1``, ``s2`` (..., K, D) of the vectors and
+    their squares; components not ``alive`` keep their parameters."""
     k0, v0 = gmm.config.mean_precision_prior, degrees_of_freedom(gmm)
     m, s = gmm.prior_mean, gmm.prior_variance  # (..., 1, D)
     n = counts.unsqueeze(-1)  # (..., K, 1)
@@ -231,7 +216,17 @@ def _maximise_components(gmm, counts, s1, s2, alive) -> None:
     gmm.covariance.log_precision.copy_(torch.where(keep, log_precision, gmm.covariance.log_precision))
 
 
-def _maximise_weights(gmm, counts: torch.Tensor) -> None:
+@torch.no_grad()
+def maximise_weights(gmm, counts: torch.Tensor) -> None:
+    """MAP-EM's M-step of the weights under the Dirichlet prior, from the data set's expected
+    ``counts`` (..., K), by ``weight_posterior``."""
+    if gmm.config.weight_posterior == "map":
+        _weights_mode(gmm, counts)
+    else:
+        _mean_field_weights(gmm, counts)
+
+
+def _weights_mode(gmm, counts: torch.Tensor) -> None:
     """Dirichlet MAP weights; components whose mode is zero are pruned (never a mixture's heaviest)."""
     mode = (counts + gmm.config.weight_concentration_prior - 1.0).clamp_min(0.0)  # (..., K)
     heaviest = torch.nn.functional.one_hot(counts.argmax(-1), counts.shape[-1]).bool()

@@ -43,7 +43,7 @@ import torch
 
 from pyro_dcgmm.errors import ConfigError
 from pyro_dcgmm.model.gmm import GMM
-from pyro_dcgmm.model.priors import has_priors, maximise_posterior
+from pyro_dcgmm.model.priors import has_priors, maximise_components, maximise_weights
 from pyro_dcgmm.model.tree import Tree
 
 TINY_MASS = 1e-12
@@ -135,14 +135,18 @@ def parameter_statistics(gmm: GMM):
 
 def maximise(gmm: GMM, statistics, num_data: int | None = None) -> None:
     """M-step: set the parameters from the per-sample statistics; components without mass keep
-    theirs.  A layer with priors takes the posterior's M-step for a data set of ``num_data``."""
+    theirs.  The parameters with a prior take the posterior's M-step for a data set of
+    ``num_data`` (the expected counts ``num_data * s``)."""
     s0, s1, s2 = statistics
     alive = s0 > TINY_MASS * s0.sum(-1, keepdim=True)  # (..., K)
-    if has_priors(gmm):
-        maximise_posterior(gmm, num_data * s0, num_data * s1, num_data * s2, alive)
-        return
-    gmm.covariance.maximise(s0.clamp_min(TINY_MASS), s1, s2, alive, gmm.means)
-    gmm.set_mixing_weights_(s0.clamp_min(TINY_MASS * s0.sum(-1, keepdim=True)))
+    if gmm.config.mean_precision_prior is None:
+        gmm.covariance.maximise(s0.clamp_min(TINY_MASS), s1, s2, alive, gmm.means)
+    else:
+        maximise_components(gmm, num_data * s0, num_data * s1, num_data * s2, alive)
+    if gmm.config.weight_concentration_prior is None:
+        gmm.set_mixing_weights_(s0.clamp_min(TINY_MASS * s0.sum(-1, keepdim=True)))
+    else:
+        maximise_weights(gmm, num_data * s0)
 
 
 class JointOnlineEM(torch.optim.Optimizer):
