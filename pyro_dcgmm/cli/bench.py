@@ -132,11 +132,15 @@ def measure(step, device: torch.device, warmup: int, repeats: int, steps: int) -
         if cuda:
             torch.cuda.synchronize()
         blocks.append((time.perf_counter() - start) / steps)
-    if cuda:
-        peak = torch.cuda.max_memory_allocated() / 2**20
-    else:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return statistics.median(blocks), peak
+    return statistics.median(blocks), peak_mib(device)
+
+
+def peak_mib(device: torch.device) -> float:
+    """Peak memory so far in MiB: allocated on a GPU since the last reset, the process's peak RSS
+    on a CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def measure_training(stack: Stack, batch: int, device: torch.device, args) -> tuple[float, float]:
@@ -160,10 +164,7 @@ def measure_training(stack: Stack, batch: int, device: torch.device, args) -> tu
         Trainer(stack, config).fit(images, labels)
         if cuda:
             torch.cuda.synchronize()
-    seconds = (time.perf_counter() - start) / steps
-    if cuda:
-        return seconds, torch.cuda.max_memory_allocated() / 2**20
-    return seconds, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return (time.perf_counter() - start) / steps, peak_mib(device)
 
 
 def tf32_deviation(name: str, shape: tuple[int, int, int], device: torch.device) -> str:
@@ -224,10 +225,10 @@ def run_environment(device: torch.device) -> dict:
 
 def print_header(args, device: torch.device) -> None:
     header = " ".join(f"{c:>{w}}" for c, w in zip(COLUMNS, WIDTHS, strict=True))
+    env = run_environment(device)
     print(
-        f"device {device} ({torch.cuda.get_device_name() if device.type == 'cuda' else 'cpu'}), "
-        f"{args.dtype}{', tf32' if args.tf32 else ''}, torch {torch.__version__}, "
-        f"pyro {pyro.__version__}, {torch.get_num_threads()} threads"
+        f"device {device} ({env['device_name']}), {args.dtype}{', tf32' if args.tf32 else ''}, "
+        f"torch {env['torch']}, pyro {env['pyro']}, {env['threads']} threads"
     )
     print(header)
     print("-" * len(header))
