@@ -1,5 +1,6 @@
 import json
 import math
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -144,6 +145,15 @@ def test_sgd_scales_shared_layer_rate_by_positions():
     assert rates[3] == pytest.approx(0.5)  # second GMM: one position
 
 
+@pytest.mark.parametrize(("batch", "factor"), [(100, 1.0), (400, 2.0), (25, 0.5)])
+def test_the_readout_beside_online_em_learns_at_a_rate_set_for_the_reference_batch(batch, factor):
+    stack = small_stack()
+    optimizer = make_optimizer(stack, TrainConfig(lr=0.01, batch_size=batch, em_reference_batch=100))
+    em, readout = optimizer.optimizers
+    assert [group["lr"] for group in readout.param_groups] == [pytest.approx(0.01 * factor)]
+    assert em.batch_multiple == batch / 100
+
+
 def test_sgd_training_runs(digits):
     stack = small_stack()
     before = evaluate(stack, digits.test_images)
@@ -161,29 +171,85 @@ def test_non_finite_loss_stops_training_before_writing(tmp_path, digits):
     assert not (tmp_path / "checkpoint.pt").exists()
 
 
+def poison_gradient_at(stack, step: int) -> Callable:
+    """A callback that makes the gradient of the lowest GMM's precisions NaN at ``step``."""
+    at_step = [False]
+    stack.layers[1].covariance.log_precision.register_hook(
+        lambda grad: grad * float("nan") if at_step[0] else grad
+    )
+
+    def callback(trainer):
+        at_step[0] = trainer.state.step == step
+
+    return callback
+
+
 @pytest.mark.filterwarnings("ignore:Encountered NaN")
-def test_skip_policy_keeps_last_good_parameters(tmp_path, digits):
+@pytest.mark.parametrize("check_every", [1, 4])
+def test_skip_policy_keeps_last_good_parameters(tmp_path, digits, check_every):
     images = digits.train_images.clone()
     stack = small_stack()
-    calls = []
-
-    def poison_third_gradient(grad):
-        calls.append(1)
-        return grad * float("nan") if len(calls) == 3 else grad
-
-    stack.layers[1].covariance.log_precision.register_hook(poison_third_gradient)
-    config = quick(epochs=1, non_finite="skip", log_every=1)
+    config = quick(epochs=1, non_finite="skip", log_every=1, check_every=check_every)
     with pytest.warns(TrainingWarning, match="1 step was skipped for non-finite values"):
-        train(stack, images, None, config=config, files=tmp_path)
+        Trainer(stack, config, tmp_path, [poison_gradient_at(stack, 2)]).fit(images)
     records = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
     skipped = [r for r in records if r.get("event") == "skipped"]
-    assert [r["reason"] for r in skipped] == ["non-finite gradient"]
+    assert [(r["step"], r["reason"]) for r in skipped] == [(3, "non-finite gradient")]
     assert all(torch.isfinite(p).all() for p in stack.parameters())
     state = torch.load(tmp_path / "checkpoint.pt", weights_only=True)["state_dict"]
     assert all(torch.isfinite(v).all() for v in state.values() if torch.is_tensor(v))
 
 
 @pytest.mark.filterwarnings("ignore:Encountered NaN")
+@pytest.mark.filterwarnings("ignore:Encountered NaN")
+@pytest.mark.parametrize("non_finite", ["skip", "raise"])
+def test_steps_checked_in_windows_end_where_steps_checked_one_by_one_do(digits, monkeypatch, non_finite):
+    images, labels = digits.train_images[:600], digits.train_labels[:600]
+    project = Stack.project_
+
+    def project_or_fail(stack):  # an update that non-finite values break, as a failed factorisation would
+        if not all(bool(p.isfinite().all()) for p in stack.parameters()):
+            raise RuntimeError("the update met non-finite values")
+        project(stack)
+
+    monkeypatch.setattr(Stack, "project_", project_or_fail)
+    runs = []
+    for check_every in (1, 4, 7):  # 10 steps per epoch: windows end inside and at the epoch's end
+        stack = small_stack()
+        config = quick(epochs=3, check_every=check_every, non_finite=non_finite, dequantize_levels=17)
+        trainer = Trainer(stack, config, callbacks=[poison_gradient_at(stack, 13)])
+        if non_finite == "raise":
+            with pytest.raises(NonFiniteLossError, match="non-finite gradient at step 13 "):
+                trainer.fit(images, labels)
+        else:
+            with pytest.warns(TrainingWarning, match="1 step was skipped"):
+                runs.append((trainer.fit(images, labels).history, stack.state_dict()))
+        assert trainer.state.step == (14 if non_finite == "raise" else 30)
+    for history, state in runs[1:]:
+        assert without_times(history) == without_times(runs[0][0])
+        assert_same_state(state, runs[0][1])
+
+
+def without_times(history: list[dict]) -> list[dict]:
+    return [{key: value for key, value in record.items() if key != "seconds"} for record in history]
+
+
+def assert_same_state(state: dict, expected: dict) -> None:
+    for name, value in expected.items():
+        assert torch.equal(state[name], value) if torch.is_tensor(value) else state[name] == value, name
+
+
+def test_a_layer_that_anneals_is_checked_every_step(digits):
+    states = []
+    for check_every in (1, 6):
+        stack = small_stack(annealing=True)
+        initial = stack.layers[1].neighbourhood_width
+        train(stack, digits.train_images[:600], None, config=quick(epochs=3, check_every=check_every))
+        assert stack.layers[1].neighbourhood_width < initial  # its width shrank during the run
+        states.append(stack.state_dict())
+    assert_same_state(states[1], states[0])
+
+
 def test_skip_policy_gives_up_after_too_many_bad_steps(digits):
     stack = small_stack(init="random")  # data initialisation would overwrite the poisoned mean
     with torch.no_grad():

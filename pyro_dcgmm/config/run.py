@@ -55,14 +55,17 @@ class TrainConfig(Checked):
         the batch size (``em_reference_batch``).
     :param optimizer: ``"em"`` (default: online EM on the GMM layers, :mod:`pyro_dcgmm.training.em`, and
         Adam on a Readout), ``"adam"`` or ``"sgd"`` (plain SGD as in the paper).
-    :param lr: learning rate of Adam and SGD (with ``"em"``: of the Readout only).  For SGD the
-        rate of a shared GMM layer is divided by its number of positions, which reproduces the
-        paper's per-position mean loss.
+    :param lr: learning rate of Adam and SGD (with ``"em"``: of the Readout only, for batches of
+        ``em_reference_batch``, scaled by the square root of ``batch_size / em_reference_batch`` at
+        other sizes).  For SGD the rate of a shared GMM layer is divided by its number of
+        positions, which reproduces the paper's per-position mean loss.
     :param em_step_offset, em_step_decay: online EM's step sizes ``(t + offset)^-decay`` for
         mini-batches of ``em_reference_batch`` samples.
-    :param em_reference_batch: the batch size that schedule is set for; on other batch sizes a step
-        forgets as much as the reference steps over the same number of samples
-        (:func:`~pyro_dcgmm.training.em.step_size`), so a larger batch does not slow learning down.
+    :param em_reference_batch: the batch size that schedule (and the Readout's ``lr``) is set for;
+        on other batch sizes a step forgets as much as the reference steps over the same number of
+        samples (:func:`~pyro_dcgmm.training.em.step_size`), so a larger batch does not slow
+        learning down, and the Readout's rate follows the square root of the batch
+        (:func:`~pyro_dcgmm.training.optim.readout_rate`).
     :param momentum: SGD momentum.
     :param objective: ``"closed_form"`` trains the model with every component marginalised in a
         closed-form factor, ``"enumerated"`` with Pyro enumerating the component sites; both give
@@ -76,6 +79,11 @@ class TrainConfig(Checked):
         :class:`~pyro_dcgmm.errors.NonFiniteLossError` naming the layer and step, or ``"skip"`` the
         step (the parameters keep their last good values) and go on.
     :param max_skipped_steps: with ``"skip"``, raise after this many bad steps in a row.
+    :param check_every: steps whose losses the host reads and checks at once
+        (:mod:`pyro_dcgmm.training.window`): the steps in between run without waiting for the
+        device, and a window with a non-finite step is rewound and taken again step by step, so
+        that skipping and raising act on exactly the step they would at 1 (every step checked; also
+        what a layer that anneals gets, its schedule reading every step's loss).
     :param log_every: steps between JSON-lines log records and progress-bar updates.
     :param eval_batch_size: batch size for held-out evaluation.
     :param validate_args: keep Pyro's checks of distribution arguments on (slower).
@@ -107,6 +115,7 @@ class TrainConfig(Checked):
     max_steps: int | None = bounded(None, ge=1)
     non_finite: Literal["raise", "skip"] = "raise"
     max_skipped_steps: int = bounded(10, ge=0)
+    check_every: int = bounded(10, ge=1)
     log_every: int = bounded(20, ge=1)
     eval_batch_size: int = bounded(1000, ge=1)
     validate_args: bool = False

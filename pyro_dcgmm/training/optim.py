@@ -5,6 +5,9 @@ Every trainer follows the same ``TraceEnum_ELBO`` gradient; they differ in how a
 
 from __future__ import annotations
 
+import dataclasses
+import math
+
 import torch
 
 from pyro_dcgmm.config import TrainConfig
@@ -73,6 +76,14 @@ def batch_multiple(config: TrainConfig) -> float:
     return config.batch_size / config.em_reference_batch
 
 
+def readout_rate(config: TrainConfig) -> float:
+    """Adam's rate for the layers beside online EM (a Readout): ``lr`` is set for batches of
+    ``em_reference_batch`` and grows as the square root of the batch (the square-root rule for
+    adaptive optimisers), so that a larger batch, which takes fewer steps, still trains the Readout
+    (``docs/figures/batch-size/``)."""
+    return config.lr * math.sqrt(batch_multiple(config))
+
+
 def make_optimizer(stack, config: TrainConfig, num_data: int | None = None):
     """The optimiser ``config.optimizer`` names for ``stack``'s parameters.
 
@@ -100,5 +111,6 @@ def make_optimizer(stack, config: TrainConfig, num_data: int | None = None):
     schedule = (config.em_step_offset, config.em_step_decay)
     optimizers = [OnlineEM(stack.gmm_layers, *schedule, num_data, batch_multiple(config))]
     if others:
-        optimizers.append(_gradient_optimizer(_gradient_groups(others, config), config))
+        beside = dataclasses.replace(config, lr=readout_rate(config))
+        optimizers.append(_gradient_optimizer(_gradient_groups(others, beside), beside))
     return OptimizerChain(optimizers)

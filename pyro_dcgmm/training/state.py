@@ -57,12 +57,6 @@ class TrainingState:
         self.order, self.offset = torch.randperm(num_data, generator=generator), 0
         self.epoch_losses, self.epoch_steps = torch.zeros(self.layers, dtype=torch.float64), 0
 
-    def next_batch(self, batch_size: int) -> torch.Tensor:
-        """Indices of the next mini-batch of this epoch."""
-        index = self.order[self.offset : self.offset + batch_size]
-        self.offset += batch_size
-        return index
-
     SAVED = ("num_data", "epoch", "step", "history", "order", "offset", "epoch_losses", "epoch_steps")
 
     def state_dict(self) -> dict:

@@ -1,6 +1,7 @@
 """One SVI step: the loss of a global mini-batch, its gradients (summed over processes), the checks
 that every loss and gradient is finite, and the update with the projection back into the
-constraints.
+constraints; checked on the host at once (:func:`train_step`) or later, in a window of steps
+(:func:`unchecked_step`, :mod:`pyro_dcgmm.training.window`).
 
 Every component variable is summed out (by Pyro's enumeration, or in the equivalent closed-form
 factor that training uses by default) and every parameter is a point estimate, so the ELBO is the
@@ -85,11 +86,39 @@ def non_finite(stack, loss: float, layer_losses: list[float], gradient: float) -
 
 
 def train_step(stack, elbo, optimizer, batch: Batch, waiting, config: TrainConfig) -> StepOutcome:
-    """One SVI step on a global mini-batch: loss, gradients (summed over processes), checks, update.
+    """One checked SVI step on a global mini-batch: loss, gradients (summed over processes), checks
+    on the host, update.
 
     Layers in ``waiting`` get no gradient.  A step whose loss or gradient is not finite is not
     taken: its outcome names the problem and the parameters keep their values.
     """
+    outcome = step_outcome(stack, step_values(stack, elbo, optimizer, batch, waiting, config).tolist())
+    if outcome.problem is None:
+        outcome.problem = finite_update(stack, optimizer)
+    optimizer.zero_grad(set_to_none=True)
+    return outcome
+
+
+def unchecked_step(stack, elbo, optimizer, batch: Batch, waiting, config: TrainConfig) -> torch.Tensor:
+    """One SVI step whose update is taken without waiting for the device: its values stay there
+    for a later check (:mod:`pyro_dcgmm.training.window`), which undoes it if they are not finite."""
+    values = step_values(stack, elbo, optimizer, batch, waiting, config)
+    optimizer.step()
+    stack.project_()
+    optimizer.zero_grad(set_to_none=True)
+    return values
+
+
+def step_outcome(stack, values: list[float]) -> StepOutcome:
+    """A step's outcome from its values read on the host: what :func:`step_values` gives."""
+    loss, *layer_losses, gradient = values
+    return StepOutcome(loss, layer_losses, non_finite(stack, loss, layer_losses, gradient))
+
+
+def step_values(stack, elbo, optimizer, batch: Batch, waiting, config: TrainConfig) -> torch.Tensor:
+    """The loss and gradients of one step, summed over processes, without the update; the step's
+    values on the device: its mean loss, every objective's mean loss, and the sum of all gradients
+    (not finite when one of them is not).  Layers in ``waiting`` get no gradient."""
     rank, world = distributed_rank_and_size()
     size = batch.images.shape[0]
     enumerated, priors = config.objective == "enumerated", config.optimizer != "em"
@@ -105,12 +134,7 @@ def train_step(stack, elbo, optimizer, batch: Batch, waiting, config: TrainConfi
             p.grad = None
     gradients = [p.grad.sum() for p in stack.parameters() if p.grad is not None]
     gradient_sum = torch.stack(gradients).sum() if gradients else totals.new_zeros(())
-    loss_value, *layer_losses, gradient_value = torch.cat([totals, gradient_sum.reshape(1)]).tolist()
-    problem = non_finite(stack, loss_value, layer_losses, gradient_value)
-    if problem is None:
-        problem = finite_update(stack, optimizer)
-    optimizer.zero_grad(set_to_none=True)
-    return StepOutcome(loss_value, layer_losses, problem)
+    return torch.cat([totals, gradient_sum.reshape(1)])
 
 
 def finite_update(stack, optimizer) -> str | None:

@@ -1,7 +1,8 @@
 """Training a stack by SVI with ``TraceEnum_ELBO``: the :class:`Trainer`, which owns one run.
 
 A run is a loop of epochs; each draws a new order of the training set and takes one SVI step
-(:func:`~pyro_dcgmm.training.step.train_step`) per mini-batch.  A layer with components that starts
+(:mod:`~pyro_dcgmm.training.step`) per mini-batch, the steps checked for non-finite values in
+windows of ``check_every`` (:mod:`pyro_dcgmm.training.window`).  A layer with components that starts
 to train (its ``wait`` over) is first initialised from its real inputs
 (:mod:`pyro_dcgmm.training.initialisation`); at the end of every epoch dead components are re-seeded
 or pruned, the held-out data are scored and a checkpoint is written
@@ -14,8 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import signal
-import threading
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -26,12 +25,10 @@ from tqdm.auto import tqdm
 
 from pyro_dcgmm.config import TrainConfig
 from pyro_dcgmm.data.datasets import dequantize
-from pyro_dcgmm.data.validation import as_images, as_labels
 from pyro_dcgmm.device import resolve_device
 from pyro_dcgmm.errors import (
     CheckpointError,
     ConfigError,
-    DataError,
     NonFiniteLossError,
     TrainingInterrupted,
     TrainingWarning,
@@ -39,6 +36,7 @@ from pyro_dcgmm.errors import (
 from pyro_dcgmm.evaluation.metrics import held_out_log_likelihood
 from pyro_dcgmm.training.batches import BatchSource
 from pyro_dcgmm.training.checkpoint import load_checkpoint, load_state_into
+from pyro_dcgmm.training.data_checks import checked_data, require_trainable
 from pyro_dcgmm.training.diagnostics import learning_problems
 from pyro_dcgmm.training.distributed import broadcast_state, distributed_rank_and_size
 from pyro_dcgmm.training.initialisation import (
@@ -48,10 +46,12 @@ from pyro_dcgmm.training.initialisation import (
     prune_dead,
     reseed_dead,
 )
+from pyro_dcgmm.training.interruption import Interruption
 from pyro_dcgmm.training.optim import forget, make_optimizer
 from pyro_dcgmm.training.run_folder import CHECKPOINT_NAME, LOG_NAME, JsonLog, RunFiles
 from pyro_dcgmm.training.state import StepOutcome, TrainingState, TrainResult
-from pyro_dcgmm.training.step import Batch, make_elbo, train_step
+from pyro_dcgmm.training.step import Batch, make_elbo, step_outcome, train_step, unchecked_step
+from pyro_dcgmm.training.window import PendingStep, Position, StepWindow
 
 
 def train(
@@ -77,7 +77,9 @@ class Trainer:
     :param config: a :class:`~pyro_dcgmm.config.TrainConfig` (``None``: the defaults).
     :param files: a :class:`~pyro_dcgmm.training.run_folder.RunFiles` or an output folder.
     :param callbacks: functions called with the trainer before every step (the hook for progress
-        reports, fault injection in tests, or stopping early); :attr:`state` says where the run is.
+        reports, fault injection in tests, or stopping early), again before a step retaken after
+        its window was rewound; :attr:`state` says where the run is (its losses are booked when
+        the steps' window is checked, every ``check_every`` steps).
     """
 
     def __init__(
@@ -117,6 +119,8 @@ class Trainer:
     def _run(self) -> bool:
         """Resume if asked, then epochs until the run ends; whether Ctrl-C or SIGTERM stopped it."""
         self._resume()
+        self.uninitialised = [layer for layer in self.stack.mixture_layers if not bool(layer.initialised)]
+        self.window, self.retaking = StepWindow(), 0
         self.planned_steps, self.stop_step = planned_steps(self.config, self.num_data)
         self.bar = tqdm(total=self.stop_step, initial=self.state.step, disable=not self.config.progress)
         with self.bar, self.log, pyro.validation_enabled(self.config.validate_args), Interruption() as stop:
@@ -136,6 +140,7 @@ class Trainer:
             state.start_epoch(self.num_data, self.generator)
         while state.offset < self.num_data and state.step < self.stop_step and not stop.requested:
             self.step()
+        self.check_window()
         if state.offset >= self.num_data:
             self.reseed_dead_layers(final=state.step >= self.stop_step)
             self._end_epoch()
@@ -144,25 +149,86 @@ class Trainer:
             self.folder.save(self.stack, state, self.optimizer, self.generator, seconds)
 
     def step(self) -> None:
-        """Initialise the layers whose wait is over, then take one SVI step on the next mini-batch."""
+        """Initialise the layers whose wait is over, then take one SVI step on the next mini-batch:
+        checked at once, or unchecked in the current window of steps
+        (:mod:`pyro_dcgmm.training.window`), which is checked when it is full."""
         for callback in self.callbacks:
             callback(self)
         waiting = waiting_layers(self.stack, self.state.step / self.planned_steps)
-        self.initialise_ready_layers(waiting)
+        if any(layer not in waiting for layer in self.uninitialised):
+            self.check_window()  # initialisation draws from the generator a rewind would restore
+            self.initialise_ready_layers(waiting)
         if not self.config.joint_refinement:  # greedy: only the top of a joint stack's tree trains
             waiting = waiting + self.stack.layers_below_top()
-        outcome = train_step(self.stack, self.elbo, self.optimizer, self._next_batch(), waiting, self.config)
+        number, arguments = self.state.step, (self.stack, self.elbo, self.optimizer)
+        if self._checks_every_step():
+            outcome = train_step(*arguments, self._next_batch(), waiting, self.config)
+            self.state.step += 1
+            self._settle(number, outcome, waiting)
+            return
+        if not self.window:
+            self.window.open(self.stack, self.optimizer, self._position())
+        batch = self._next_batch()
+        self.state.step += 1
+        try:
+            values = unchecked_step(*arguments, batch, waiting, self.config)
+        except RuntimeError:  # e.g. an update that non-finite statistics broke: retaken checked
+            values = None
+        self.window.add(PendingStep(number, waiting, values))
+        if len(self.window) >= self.config.check_every or values is None:
+            self.check_window()
+
+    def _checks_every_step(self) -> bool:
+        """Whether this step is checked at once: when asked to, while a window is retaken, and
+        while a layer anneals (its schedule reads every step's loss)."""
+        return (
+            self.config.check_every == 1
+            or self.retaking > 0
+            or not all(gmm.annealing_finished for gmm in self.stack.gmm_layers)
+        )
+
+    def _position(self) -> Position:
+        state = self.state
+        return Position(state.step, state.offset, self.samples, self.generator.get_state())
+
+    def check_window(self) -> None:
+        """Read the pending steps' values on the host and book them; if one of them was not finite,
+        rewind to the window's start and take its steps again, each checked."""
+        if not self.window:
+            return
+        rows = self.window.read(self.stack)
+        if rows is None:
+            self._retake_window()
+            return
+        for pending, values in zip(self.window.pending, rows, strict=True):
+            self._settle(pending.step, step_outcome(self.stack, values), pending.waiting)
+        self.window.close()
+
+    def _retake_window(self) -> None:
+        """Rewind to the window's start and take its steps again, each checked."""
+        count, state = len(self.window), self.state
+        position = self.window.rewind(self.stack, self.optimizer)
+        state.step, state.offset, self.samples = position.step, position.offset, position.samples
+        self.generator.set_state(position.generator)
+        self.retaking = count
+        for _ in range(count):
+            self.step()
+            self.retaking -= 1
+
+    def _settle(self, number: int, outcome: StepOutcome, waiting: list) -> None:
+        """Book step ``number``: skipped (or raised) if it was not finite, else recorded."""
         if outcome.problem is not None:
-            self._skip(outcome)
+            self._skip(number, outcome)
         else:
-            self._record_step(outcome, waiting)
+            self._record_step(number, outcome, waiting)
         self.bar.update(1)
 
     def _next_batch(self) -> Batch:
         """This epoch's next mini-batch on the device; the one after it starts on its way."""
         state, size = self.state, min(self.config.batch_size, self.num_data)
         images, labels = self.data.batch(state.order, state.offset, size)
-        self.samples += state.next_batch(size).shape[0]
+        state.offset += size
+        self.samples += images.shape[0]
         self.data.prefetch(state.order, state.offset, size)
         if self.config.dequantize_levels is not None:
             images = dequantize(images, self.config.dequantize_levels, self.generator)
@@ -182,9 +248,10 @@ class Trainer:
         """Initialise, from their real inputs (and labels, for a layer split by class), the layers
         with components that start training now.  Every process of a data-parallel run draws the
         same subsample; rank 0's result is broadcast so all processes start from identical values."""
-        for layer in self.stack.mixture_layers:
-            if bool(layer.initialised) or layer in waiting:
+        for layer in list(self.uninitialised):
+            if layer in waiting:
                 continue
+            self.uninitialised.remove(layer)
             self.bar.set_description(f"initialising layer {self.stack.number_of(layer)}")
             inputs, labels = self.layer_inputs(layer)
             initialise_layer(layer, inputs, self.generator, labels)
@@ -234,32 +301,31 @@ class Trainer:
         self.state.started_at = self.state.step
         self.log.truncate(self.state.step)
 
-    def _skip(self, outcome: StepOutcome) -> None:
-        """Count a step that was not taken; raise once the policy says so."""
+    def _skip(self, number: int, outcome: StepOutcome) -> None:
+        """Count step ``number``, which was not taken; raise once the policy says so."""
         state, config = self.state, self.config
         state.skipped_in_a_row += 1
         state.skipped += 1
         if config.non_finite == "raise" or state.skipped_in_a_row > config.max_skipped_steps:
             in_a_row = f", {state.skipped_in_a_row} steps in a row" if state.skipped_in_a_row > 1 else ""
             raise NonFiniteLossError(
-                f"{outcome.problem} at step {state.step} (epoch {state.epoch}){in_a_row}; the parameters "
+                f"{outcome.problem} at step {number} (epoch {state.epoch}){in_a_row}; the parameters "
                 "were not updated. Lower the learning rate, raise precision_floor, or check the data"
             )
-        state.step += 1
-        self.log.write({"event": "skipped", "step": state.step, "reason": outcome.problem})
+        self.log.write({"event": "skipped", "step": number + 1, "reason": outcome.problem})
 
-    def _record_step(self, outcome: StepOutcome, waiting: list) -> None:
-        """Book-keeping after a taken step: annealing schedules, epoch sums, log and progress bar."""
+    def _record_step(self, number: int, outcome: StepOutcome, waiting: list) -> None:
+        """Book-keeping after taken step ``number``: annealing schedules, epoch sums, log and
+        progress bar."""
         state, stack = self.state, self.stack
         state.skipped_in_a_row = 0
         stack.update_schedules(outcome.layer_losses, waiting)
         state.epoch_losses += torch.tensor(outcome.layer_losses, dtype=torch.float64)
         state.epoch_steps += 1
-        state.step += 1
-        if state.step % self.config.log_every == 0:
+        if (number + 1) % self.config.log_every == 0:
             names = stack.objective_names
             self.bar.set_postfix({n: f"{v:.4g}" for n, v in zip(names, outcome.layer_losses, strict=True)})
-            record = {"step": state.step, "epoch": state.epoch + 1}  # epoch records count finished ones
+            record = {"step": number + 1, "epoch": state.epoch + 1}  # epoch records count finished ones
             record |= {"loss": outcome.loss, "layer_loss": outcome.layer_losses}
             self.log.write(record | {"width": [g.neighbourhood_width for g in stack.gmm_layers]})
 
@@ -308,40 +374,6 @@ def waiting_layers(stack, progress: float) -> list:
     return [layer for layer in stack.layers if getattr(layer.config, "wait", 0.0) > progress]
 
 
-def checked_data(stack, images, labels, validation):
-    """The training images, labels and validation images, checked against ``stack``."""
-    images = as_images(images, stack.input_shape, stack.data_range, "images")
-    labels = as_labels(labels, images.shape[0], stack.num_classes)
-    if validation is not None:
-        validation = as_images(validation, stack.input_shape, stack.data_range, "validation")
-    return images, labels, validation
-
-
-def require_trainable(stack, images: torch.Tensor, labels) -> None:
-    """What training needs of its data: two images at least, and labels for layers split by class."""
-    if images.shape[0] < 2:
-        raise DataError(f"images holds {images.shape[0]} sample; training needs at least 2")
-    split = [n for n, layer in enumerate(stack.mixture_layers) if layer.config.classes]
-    if labels is None and split:
-        raise DataError(f"layer(s) {split} split their components by class: training needs labels")
-    warn_of_uninformative_data(images, labels)
-
-
-def warn_of_uninformative_data(images: torch.Tensor, labels) -> None:
-    """Data a run can learn nothing from train, with a warning: identical images, one class."""
-    if bool((images == images[:1]).all()):
-        warnings.warn(
-            "every training image is the same: the model can learn nothing", TrainingWarning, stacklevel=5
-        )
-    if labels is not None and int(labels.unique().numel()) < 2:
-        only = int(labels[0])
-        warnings.warn(
-            f"every label is {only}: a classifier learns nothing from one class",
-            TrainingWarning,
-            stacklevel=5,
-        )
-
-
 def place(stack, device: torch.device) -> None:
     """Move the stack to ``device``; in a process group, start every process from rank 0's values."""
     stack.to(device)
@@ -365,29 +397,3 @@ def planned_steps(config: TrainConfig, num_data: int) -> tuple[int, int]:
     """Steps of ``config.epochs`` epochs (what ``wait`` is a fraction of), and where to stop."""
     planned = config.epochs * math.ceil(num_data / min(config.batch_size, num_data))
     return planned, planned if config.max_steps is None else min(planned, config.max_steps)
-
-
-class Interruption:
-    """Within its ``with`` block, the first Ctrl-C (SIGINT) or SIGTERM (what ``kill`` and job
-    schedulers send) only sets :attr:`requested`, so that training stops between two steps and saves;
-    a second one acts at once.  Off outside the main thread and in a process group (every process
-    must stop at the same step)."""
-
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-    def __enter__(self) -> Interruption:
-        self.requested = False
-        self._previous = {}
-        alone = distributed_rank_and_size()[1] == 1
-        if alone and threading.current_thread() is threading.main_thread():
-            self._previous = {number: signal.signal(number, self._request) for number in self.SIGNALS}
-        return self
-
-    def _request(self, signum, frame) -> None:
-        self.requested = True
-        for number, previous in self._previous.items():
-            signal.signal(number, previous)
-
-    def __exit__(self, *exc) -> None:
-        for number, previous in self._previous.items():
-            signal.signal(number, previous)
