@@ -23,14 +23,27 @@ def separated_clusters(n=600, seed=0):
     return x.clamp(0, 1).view(n, 1, 2, 2), centres
 
 
+def test_the_host_copy_of_initialised_follows_the_buffer_through_loading():
+    def layers():
+        return Stack([Fold(None), GMM(3), GMM(2, init="random")], (1, 2, 2)).mixture_layers
+
+    trained, fresh = layers(), layers()
+    assert [layer.is_initialised for layer in fresh] == [False, True]  # random init needs no data
+    trained[0].mark_initialised_()
+    fresh[0].load_state_dict(trained[0].state_dict())
+    assert fresh[0].is_initialised and bool(fresh[0].initialised)
+    fresh[0].load_state_dict(layers()[0].state_dict())
+    assert not fresh[0].is_initialised
+
+
 @pytest.mark.parametrize("rule", ["kmeans", "data"])
 def test_initialisation_uses_real_inputs(rule):
     images, centres = separated_clusters()
     stack = Stack([Fold(None), GMM(3, init=rule, init_vectors=600, precision_ceiling=1e5)], (1, 2, 2))
     gmm = stack.layers[1]
-    assert not bool(gmm.initialised)
+    assert not bool(gmm.initialised) and not gmm.is_initialised
     initialise(gmm, images, torch.Generator().manual_seed(0))
-    assert bool(gmm.initialised)
+    assert bool(gmm.initialised) and gmm.is_initialised
     distance = torch.cdist(gmm.means.detach(), centres)  # (K, 3)
     if rule == "kmeans":  # every centre found, with its weight and its own small variance
         assert distance.min(0).values.max() < 0.01

@@ -42,7 +42,7 @@ def tiny_stack(shared=True, covariance="diag", classes=0, leaf_components=2, see
             eye = torch.eye(4, dtype=torch.float64)
             stack.leaf.covariance.precision_matrix.copy_(5.0 * eye + factor @ factor.transpose(-1, -2))
         for layer in stack.mixture_layers:
-            layer.initialised.fill_(True)
+            layer.mark_initialised_()
     return stack
 
 

@@ -44,7 +44,7 @@ def test_plain_svi_trains_a_joint_stack():
     torch.manual_seed(0)
     stack = Stack.from_config(presets.get("Jdigits", (1, 8, 8)))
     for layer in stack.mixture_layers:  # every layer joined: the whole tree trains from the start
-        layer.initialised.fill_(True)
+        layer.mark_initialised_()
     with torch.no_grad():
         stack.leaf.means.uniform_(0.0, 1.0)
     elbo = TraceEnum_ELBO(max_plate_nesting=stack.max_plate_nesting, strict_enumeration_warning=False)

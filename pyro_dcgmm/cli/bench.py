@@ -147,7 +147,7 @@ def measure_training(stack: Stack, batch: int, device: torch.device, args) -> tu
     """Seconds per step of ``Trainer.fit`` over one epoch of ``args.repeats * args.steps`` batches
     (after a warm-up fit of ``args.warmup`` steps), and peak memory as :func:`measure` gives it."""
     for layer in stack.mixture_layers:
-        layer.initialised.fill_(True)  # no k-means: the loop itself is timed
+        layer.mark_initialised_()  # no k-means: the loop itself is timed
     steps = args.repeats * args.steps
     images = torch.rand(batch * steps, *stack.input_shape)
     labels = None if stack.num_classes is None else torch.randint(stack.num_classes, (len(images),))

@@ -113,7 +113,7 @@ class GMM(Layer):
         )
         self.covariance.build(math.log(start))
         self.mixing_logits = torch.nn.Parameter(torch.zeros(shape[:-1]))
-        self.register_buffer("initialised", torch.tensor(self.config.init == "random"))
+        self.register_initialised(self.config.init == "random")
         self.register_buffer("active", torch.ones(shape[:-1], dtype=torch.bool))
         self.pruned = False  # whether ``active`` has a false entry (kept by prune_ and loading)
         self.register_load_state_dict_post_hook(self._note_loaded_pruning)
@@ -183,10 +183,6 @@ class GMM(Layer):
         means = means.reshape(current.shape)
         current.copy_(means if where is None else torch.where(where.unsqueeze(-1), means, current))
         self.covariance.assign_(covariance_values, where=where)
-
-    @torch.no_grad()
-    def mark_initialised_(self) -> None:
-        self.initialised.fill_(True)
 
     @torch.no_grad()
     def prune_(self, dead: torch.Tensor) -> int:

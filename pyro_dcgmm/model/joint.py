@@ -128,7 +128,7 @@ class JointStack(Stack):
     def root_level(self) -> int:
         """The top of the tree grown so far: the highest initialised layer (the top layer before
         any is initialised)."""
-        started = [level for level, layer in enumerate(self.mixture_layers) if bool(layer.initialised)]
+        started = [level for level, layer in enumerate(self.mixture_layers) if layer.is_initialised]
         return max(started) if started else len(self.mixture_layers) - 1
 
     @property

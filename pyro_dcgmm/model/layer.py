@@ -127,6 +127,11 @@ def local_params(model):
     return wrapper
 
 
+def _note_loaded_initialisation(layer, incompatible_keys) -> None:
+    """After ``load_state_dict``: the host copy of the loaded ``initialised`` buffer."""
+    layer.is_initialised = bool(layer.initialised)
+
+
 class Layer(SviModule):
     """Base class: shape bookkeeping plus the upward pass and the Pyro model of one layer.
 
@@ -158,6 +163,20 @@ class Layer(SviModule):
 
     def _init_state(self) -> None:
         """Create what the layer derives from its config before it is built (nothing by default)."""
+
+    def register_initialised(self, value: bool) -> None:
+        """Register the buffer ``initialised`` (whether the parameters were initialised from data;
+        saved with them) and its host copy :attr:`is_initialised`, which training reads before
+        every step without waiting for the device; :meth:`mark_initialised_` and loading a state
+        keep the two equal."""
+        self.register_buffer("initialised", torch.tensor(value))
+        self.is_initialised = value
+        self.register_load_state_dict_post_hook(_note_loaded_initialisation)
+
+    @torch.no_grad()
+    def mark_initialised_(self) -> None:
+        self.initialised.fill_(True)
+        self.is_initialised = True
 
     def build(self, input_shape: Shape) -> Shape:
         """Check ``input_shape`` (C, H, W), create parameters, return the output shape."""

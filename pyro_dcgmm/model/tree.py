@@ -83,7 +83,7 @@ class Tree(Layer):
         check_parameter_memory(math.prod(lead) * k * (offsets * children + 1), f"Tree with J={k}")
         self.transition_logits = torch.nn.Parameter(torch.zeros(*lead, offsets, k, children))
         self.mixing_logits = torch.nn.Parameter(torch.zeros(*lead, k))
-        self.register_buffer("initialised", torch.tensor(False))
+        self.register_initialised(False)
         self.input_shape = input_shape
         self.output_shape = (k, out_h, out_w)
         present = self.slots(torch.ones(1, 1, height, width))[0, ..., 0] > 0.5  # (H', W', O)

@@ -25,7 +25,7 @@ def learning_problems(stack, history: list[dict], skipped_steps: int) -> list[st
         f"layer {n} was never trained: its wait ({layer.config.wait:g} of the planned steps) did not end "
         "before the run stopped; raise the step budget (max_steps, epochs) or lower its wait"
         for n, layer in enumerate(stack.mixture_layers)
-        if not bool(layer.initialised)
+        if not layer.is_initialised
     ]
     for j, gmm in enumerate(stack.gmm_layers):
         if gmm.config.annealing and not gmm.annealing_finished:

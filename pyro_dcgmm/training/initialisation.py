@@ -249,4 +249,4 @@ def initialise_tree(tree: Tree, posteriors: torch.Tensor, generator: torch.Gener
     transitions = counts.view(positions, tree.components, tree.offsets, -1).transpose(1, 2)  # (P, O, J, K)
     lead = () if tree.config.shared else tree.output_shape[1:]
     tree.assign_(transitions.reshape(*lead, *transitions.shape[1:]), sizes.reshape(*lead, -1) + 1.0)
-    tree.initialised.fill_(True)
+    tree.mark_initialised_()

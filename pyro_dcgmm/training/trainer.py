@@ -119,7 +119,7 @@ class Trainer:
     def _run(self) -> bool:
         """Resume if asked, then epochs until the run ends; whether Ctrl-C or SIGTERM stopped it."""
         self._resume()
-        self.uninitialised = [layer for layer in self.stack.mixture_layers if not bool(layer.initialised)]
+        self.uninitialised = [layer for layer in self.stack.mixture_layers if not layer.is_initialised]
         self.window, self.retaking = StepWindow(), 0
         self.planned_steps, self.stop_step = planned_steps(self.config, self.num_data)
         self.bar = tqdm(total=self.stop_step, initial=self.state.step, disable=not self.config.progress)
@@ -268,7 +268,7 @@ class Trainer:
         (online EM's running statistics)."""
         for gmm in self.stack.reseedable_layers():
             reseeding = not gmm.config.prunes_dead
-            if not bool(gmm.initialised) or (reseeding and final) or not bool(dead_components(gmm).any()):
+            if not gmm.is_initialised or (reseeding and final) or not bool(dead_components(gmm).any()):
                 continue
             if reseeding:
                 inputs, labels = self.layer_inputs(gmm)
