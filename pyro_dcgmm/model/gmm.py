@@ -287,8 +287,9 @@ class GMM(Layer):
         if labels is not None and self.config.classes:
             table = table + self.class_log_likelihood(labels).permute(0, 2, 3, 1)  # within the class
         _, out_h, out_w = self.output_shape
+        log_p = (table.detach() if enumerated else table).logsumexp(-1)  # (N, H', W'): factor and record
         with self._position_plate("h", out_h, -2), self._position_plate("w", out_w, -1):
-            record(self.site("objective"), table.detach().logsumexp(-1))  # (N, H', W')
+            record(self.site("objective"), log_p.detach())
             if enumerated:
                 log_mixing = self.log_mixing()  # (K,) or (H', W', K)
                 z = pyro.sample(
@@ -298,7 +299,7 @@ class GMM(Layer):
                 )  # (K, 1, 1, 1) when enumerated
                 pyro.factor(self.site("obs"), Vindex(table - log_mixing)[..., z])  # (K, N, H', W')
             else:
-                pyro.factor(self.site("obs"), table.logsumexp(-1))  # (N, H', W')
+                pyro.factor(self.site("obs"), log_p)
         return self.output(scores.detach())
 
     def generate(
