@@ -12,6 +12,7 @@ from pyro_dcgmm.config import TrainConfig
 from pyro_dcgmm.data.datasets import load_digits
 from pyro_dcgmm.errors import CheckpointError, ConfigError, DataError, NonFiniteLossError, TrainingWarning
 from pyro_dcgmm.evaluation.metrics import held_out_log_likelihood as evaluate
+from pyro_dcgmm.training import step as step_module
 from pyro_dcgmm.training.checkpoint import load_checkpoint, save_checkpoint, stack_from_checkpoint
 from pyro_dcgmm.training.diagnostics import learning_problems
 from pyro_dcgmm.training.optim import make_optimizer
@@ -228,6 +229,31 @@ def test_steps_checked_in_windows_end_where_steps_checked_one_by_one_do(digits, 
     for history, state in runs[1:]:
         assert without_times(history) == without_times(runs[0][0])
         assert_same_state(state, runs[0][1])
+
+
+def test_a_window_never_keeps_the_update_of_a_step_whose_loss_alone_is_not_finite(digits, monkeypatch):
+    # a loss that is infinite while its gradients are finite (as a Readout's can be): a checked
+    # step skips the update, so a window must not keep it either
+    original, at_step = step_module.step_values, [False]
+
+    def infinite_loss_at_step(*args):
+        values = original(*args)
+        return torch.cat([values[:1] + float("inf"), values[1:]]) if at_step[0] else values
+
+    def callback(trainer):
+        at_step[0] = trainer.state.step == 5
+
+    monkeypatch.setattr(step_module, "step_values", infinite_loss_at_step)
+    states = []
+    for check_every in (1, 4):
+        stack = small_stack()
+        with pytest.warns(TrainingWarning, match="1 step was skipped"):
+            config = quick(epochs=1, check_every=check_every, non_finite="skip")
+            Trainer(stack, config, callbacks=[callback]).fit(
+                digits.train_images[:600], digits.train_labels[:600]
+            )
+        states.append(stack.state_dict())
+    assert_same_state(states[1], states[0])
 
 
 def without_times(history: list[dict]) -> list[dict]:

@@ -63,15 +63,16 @@ class StepWindow:
 
     def read(self, stack) -> list[list[float]] | None:
         """Every pending step's values on the host (one synchronisation), or ``None`` when a step
-        failed or left a parameter non-finite; the window is then to be rewound."""
+        failed, had a non-finite value or left a parameter non-finite: its update must not stand,
+        and the window is to be rewound."""
         if any(p.values is None for p in self.pending):
             return None
         values = torch.stack([p.values for p in self.pending])  # (steps, values)
-        finite = torch.cat([p.detach().flatten() for p in stack.parameters()]).isfinite().all()
-        *host, parameters_finite = torch.cat([values.flatten(), finite.to(values.dtype).reshape(1)]).tolist()
+        parameters = torch.cat([p.detach().flatten() for p in stack.parameters()])
+        finite = values.isfinite().all() & parameters.isfinite().all()
+        *host, all_finite = torch.cat([values.flatten(), finite.to(values.dtype).reshape(1)]).tolist()
         width = values.shape[1]
-        rows = [host[start : start + width] for start in range(0, len(host), width)]
-        return rows if parameters_finite == 1.0 else None
+        return [host[start : start + width] for start in range(0, len(host), width)] if all_finite else None
 
     def rewind(self, stack, optimizer) -> Position:
         """Put the stack and the optimiser back as they were when the window opened; where the
