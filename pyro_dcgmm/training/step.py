@@ -137,6 +137,12 @@ def step_values(stack, elbo, optimizer, batch: Batch, waiting, config: TrainConf
     return torch.cat([totals, gradient_sum.reshape(1)])
 
 
+def all_finite(parameters) -> torch.Tensor:
+    """Whether every entry of ``parameters`` is finite, as a boolean tensor on their device (read
+    it on the host when it is needed: that waits for the device)."""
+    return torch.cat([p.detach().flatten() for p in parameters]).isfinite().all()
+
+
 def finite_update(stack, optimizer) -> str | None:
     """Take the optimiser step and project every parameter back inside its constraints
     (``stack.project_()``); if that left any parameter NaN or infinite (a learning rate far too
@@ -145,7 +151,7 @@ def finite_update(stack, optimizer) -> str | None:
     before = [p.detach().clone() for p in parameters]
     optimizer.step()
     stack.project_()
-    if bool(torch.cat([p.detach().flatten() for p in parameters]).isfinite().all()):
+    if bool(all_finite(parameters)):
         return None
     with torch.no_grad():
         for parameter, value in zip(parameters, before, strict=True):

@@ -119,7 +119,6 @@ class Trainer:
     def _run(self) -> bool:
         """Resume if asked, then epochs until the run ends; whether Ctrl-C or SIGTERM stopped it."""
         self._resume()
-        self.uninitialised = [layer for layer in self.stack.mixture_layers if not layer.is_initialised]
         self.window, self.retaking = StepWindow(), 0
         self.planned_steps, self.stop_step = planned_steps(self.config, self.num_data)
         self.bar = tqdm(total=self.stop_step, initial=self.state.step, disable=not self.config.progress)
@@ -155,23 +154,24 @@ class Trainer:
         for callback in self.callbacks:
             callback(self)
         waiting = waiting_layers(self.stack, self.state.step / self.planned_steps)
-        if any(layer not in waiting for layer in self.uninitialised):
+        ready = [
+            layer for layer in self.stack.mixture_layers if not layer.is_initialised and layer not in waiting
+        ]
+        if ready:
             self.check_window()  # initialisation draws from the generator a rewind would restore
-            self.initialise_ready_layers(waiting)
+            self.initialise_layers(ready)
         if not self.config.joint_refinement:  # greedy: only the top of a joint stack's tree trains
             waiting = waiting + self.stack.layers_below_top()
-        number, arguments = self.state.step, (self.stack, self.elbo, self.optimizer)
-        if self._checks_every_step():
-            outcome = train_step(*arguments, self._next_batch(), waiting, self.config)
-            self.state.step += 1
-            self._settle(number, outcome, waiting)
-            return
-        if not self.window:
+        number, checked = self.state.step, self._checks_every_step()
+        if not checked and not self.window:
             self.window.open(self.stack, self.optimizer, self._position())
-        batch = self._next_batch()
+        arguments = (self.stack, self.elbo, self.optimizer, self._next_batch(), waiting, self.config)
         self.state.step += 1
+        if checked:
+            self._settle(number, train_step(*arguments), waiting)
+            return
         try:
-            values = unchecked_step(*arguments, batch, waiting, self.config)
+            values = unchecked_step(*arguments)
         except RuntimeError:  # e.g. an update that non-finite statistics broke: retaken checked
             values = None
         self.window.add(PendingStep(number, waiting, values))
@@ -244,14 +244,11 @@ class Trainer:
             inputs = torch.cat([self.stack.input_of(chunk, layer) for chunk in images.split(1000)])
         return inputs, labels
 
-    def initialise_ready_layers(self, waiting: list) -> None:
-        """Initialise, from their real inputs (and labels, for a layer split by class), the layers
-        with components that start training now.  Every process of a data-parallel run draws the
-        same subsample; rank 0's result is broadcast so all processes start from identical values."""
-        for layer in list(self.uninitialised):
-            if layer in waiting:
-                continue
-            self.uninitialised.remove(layer)
+    def initialise_layers(self, layers: list) -> None:
+        """Initialise ``layers`` (layers with components that start training now) from their real
+        inputs (and labels, for a layer split by class).  Every process of a data-parallel run draws
+        the same subsample; rank 0's result is broadcast so all processes start from identical values."""
+        for layer in layers:
             self.bar.set_description(f"initialising layer {self.stack.number_of(layer)}")
             inputs, labels = self.layer_inputs(layer)
             initialise_layer(layer, inputs, self.generator, labels)

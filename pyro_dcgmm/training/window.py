@@ -20,6 +20,8 @@ from dataclasses import dataclass
 
 import torch
 
+from pyro_dcgmm.training.step import all_finite
+
 
 @dataclass
 class PendingStep:
@@ -68,11 +70,10 @@ class StepWindow:
         if any(p.values is None for p in self.pending):
             return None
         values = torch.stack([p.values for p in self.pending])  # (steps, values)
-        parameters = torch.cat([p.detach().flatten() for p in stack.parameters()])
-        finite = values.isfinite().all() & parameters.isfinite().all()
-        *host, all_finite = torch.cat([values.flatten(), finite.to(values.dtype).reshape(1)]).tolist()
+        finite = values.isfinite().all() & all_finite(stack.parameters())
+        *host, usable = torch.cat([values.flatten(), finite.to(values.dtype).reshape(1)]).tolist()
         width = values.shape[1]
-        return [host[start : start + width] for start in range(0, len(host), width)] if all_finite else None
+        return [host[start : start + width] for start in range(0, len(host), width)] if usable else None
 
     def rewind(self, stack, optimizer) -> Position:
         """Put the stack and the optimiser back as they were when the window opened; where the
