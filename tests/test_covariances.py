@@ -43,11 +43,23 @@ def reference_table(gmm, patches):
 
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("shared", [True, False])
-def test_table_equals_multivariate_normal(kind, shared):
-    _, gmm = random_stack(kind, shared)
-    x = torch.rand(5, 2, 7, 6, dtype=torch.float64)
+@pytest.mark.parametrize("channels", [1, 2])  # a diagonal table of one channel convolves [x, x^2] at once
+def test_table_equals_multivariate_normal(kind, shared, channels):
+    _, gmm = random_stack(kind, shared, channels=channels)
+    x = torch.rand(5, channels, 7, 6, dtype=torch.float64)
     expected = reference_table(gmm, patches_of(x, (3, 3), (2, 1)))
     torch.testing.assert_close(gmm.log_prob_table(x), expected, rtol=1e-9, atol=1e-8)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("shared", [True, False])
+@pytest.mark.parametrize("masked", [False, True])
+def test_log_scores_add_the_log_weights_at_every_position(kind, shared, masked):
+    _, gmm = random_stack(kind, shared)  # the weights go into the table's bias where it has one
+    x = torch.rand(3, 2, 7, 6, dtype=torch.float64)
+    mask = torch.rand(3, 2, 7, 6) > 0.4 if masked else None
+    expected = gmm.log_prob_table(x, mask) + gmm.log_mixing_map()
+    torch.testing.assert_close(gmm.log_scores(x, mask), expected, rtol=1e-12, atol=1e-10)
 
 
 @pytest.mark.parametrize("kind", KINDS)

@@ -41,6 +41,7 @@ from pyro_dcgmm.model.layer import (
     record,
     window_output_size,
 )
+from pyro_dcgmm.model.logsumexp import component_logsumexp
 from pyro_dcgmm.model.outputs import layer_output, output_range
 from pyro_dcgmm.model.subnormal import SubnormalGradientFlushed
 
@@ -196,19 +197,21 @@ class GMM(Layer):
         """After ``load_state_dict``: whether the loaded ``active`` mask has pruned components."""
         self.pruned = not bool(self.active.all())
 
-    def log_prob_table(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Component log-densities ``log N(patch | mu_k, p_k)`` of shape (N, K, H', W').
+    def log_prob_table(self, x: torch.Tensor, mask=None, offset=None) -> torch.Tensor:
+        """Component log-densities ``log N(patch | mu_k, p_k)`` of shape (N, K, H', W'), laid out
+        with the components last in memory (channels-last), so that every operation over the
+        components reads contiguous memory and the layer above convolves channels-last inputs.
 
-        With a boolean ``mask`` (N, C, H, W) of observed entries, the missing ones are marginalised.
+        With a boolean ``mask`` (N, C, H, W) of observed entries, the missing ones are marginalised;
+        ``offset`` (K,) or (H', W', K) is added at every position (in the table's bias).
         """
         self._require_built()
-        return self.covariance.log_prob_table(x, self.means, mask)
+        table = self.covariance.log_prob_table(x, self.means, mask, offset)
+        return table.contiguous(memory_format=torch.channels_last)
 
     def log_scores(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        """``log pi_k + log N(patch | mu_k, p_k)`` of shape (N, K, H', W'), whose gradients on CPU
-        leave out subnormal numbers (:class:`SubnormalGradientFlushed`)."""
-        scores = self.log_prob_table(x, mask) + self.log_mixing_map()  # (N, K, H', W')
-        return SubnormalGradientFlushed.apply(scores)
+        """``log pi_k + log N(patch | mu_k, p_k)`` of shape (N, K, H', W'), channels-last."""
+        return self.log_prob_table(x, mask, self.log_mixing())
 
     def log_mixing_map(self) -> torch.Tensor:
         """``log pi`` laid out like a table, (1, K, 1 | H', 1 | W'): log-scores minus it are the
@@ -246,21 +249,22 @@ class GMM(Layer):
 
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
         """Per-sample log-likelihood (N,): the sum over positions of ``log p(patch)``."""
-        return self.log_scores(x).logsumexp(dim=1).sum((1, 2))
+        return component_logsumexp(self.log_scores(x).permute(0, 2, 3, 1)).sum((1, 2))
 
     def annealed_log_scores(self, x: torch.Tensor, annealed: bool = True):
         """Log-scores (N, K, H', W') and the table the objective uses, (N, H', W', K).
 
         The table is the log-score table smoothed by the torus neighbourhood while annealing runs
-        (and ``annealed`` is true), the log-score table itself otherwise.
+        (and ``annealed`` is true; the scores' gradients then flushed of subnormal numbers, which
+        :func:`~pyro_dcgmm.model.logsumexp.component_logsumexp` does otherwise), the log-score table
+        itself otherwise.
         """
         scores = self.log_scores(x)  # (N, K, H', W')
-        table = scores.permute(0, 2, 3, 1)  # (N, H', W', K)
-        if annealed and not self.annealing_finished:
-            table = (
-                table @ self.schedule.neighbourhood(self.components, table.dtype, table.device).T
-            )  # (N, H', W', K)
-        return scores, table
+        if not annealed or self.annealing_finished:
+            return scores, scores.permute(0, 2, 3, 1)  # (N, H', W', K)
+        table = SubnormalGradientFlushed.apply(scores).permute(0, 2, 3, 1)
+        neighbourhood = self.schedule.neighbourhood(self.components, table.dtype, table.device)
+        return scores, table @ neighbourhood.T  # (N, H', W', K)
 
     def model(
         self, x: torch.Tensor, *, labels=None, annealed: bool = True, enumerated: bool = True
@@ -287,7 +291,7 @@ class GMM(Layer):
         if labels is not None and self.config.classes:
             table = table + self.class_log_likelihood(labels).permute(0, 2, 3, 1)  # within the class
         _, out_h, out_w = self.output_shape
-        log_p = (table.detach() if enumerated else table).logsumexp(-1)  # (N, H', W'): factor and record
+        log_p = component_logsumexp(table.detach() if enumerated else table)  # (N, H', W'): factor, record
         with self._position_plate("h", out_h, -2), self._position_plate("w", out_w, -1):
             record(self.site("objective"), log_p.detach())
             if enumerated:

@@ -21,16 +21,16 @@ RESPONSIBILITY_FLOOR = 1e-4  # log-responsibilities below log(1e-4) carry no inf
 def standardise(values: torch.Tensor, active: torch.Tensor | None) -> torch.Tensor:
     """``values`` (N, K, H', W') centred and scaled over the active components at every position;
     inactive components give zero.  ``active=None``: every component is active (two passes over
-    the table fewer, the same numbers)."""
+    the table fewer, the same numbers).  The table keeps its memory layout."""
     if active is None:
-        count = values.shape[1]
+        count = values.new_tensor(values.shape[1])
         centred = values - values.sum(1, keepdim=True) / count
     else:
-        count = active.sum(1, keepdim=True).clamp_min(1)
+        count = active.sum(1, keepdim=True).clamp_min(1).to(values.dtype)
         values = values.masked_fill(~active, 0.0)
         centred = (values - values.sum(1, keepdim=True) / count).masked_fill(~active, 0.0)
-    spread = (centred.square().sum(1, keepdim=True) / count).sqrt().clamp_min(1e-6)
-    return centred / spread
+    spread = torch.linalg.vector_norm(centred, dim=1, keepdim=True) / count.sqrt()
+    return centred * spread.clamp_min(1e-6).reciprocal()
 
 
 def layer_output(kind: str, scores: torch.Tensor, log_mixing: torch.Tensor, active: torch.Tensor | None):
@@ -38,16 +38,23 @@ def layer_output(kind: str, scores: torch.Tensor, log_mixing: torch.Tensor, acti
     mask of active components laid out like them ((1, K, 1 | H', 1 | W'); ``None`` when every
     component is active)."""
     if kind == "responsibilities":
-        return torch.softmax(scores, dim=1)
+        return over_components(torch.softmax, scores)
+    if kind == "log_responsibilities":
+        values = over_components(torch.log_softmax, scores).clamp_min(math.log(RESPONSIBILITY_FLOOR))
+        return standardise(values, active)
     log_densities = scores - log_mixing
     if kind == "likelihoods":
         masked = log_densities if active is None else log_densities.masked_fill(~active, PRUNED_LOGIT)
-        return torch.softmax(masked, dim=1)
-    if kind == "log_responsibilities":
-        values = torch.log_softmax(scores, dim=1).clamp_min(math.log(RESPONSIBILITY_FLOOR))
-    else:
-        values = log_densities
-    return standardise(values, active)
+        return over_components(torch.softmax, masked)
+    return standardise(log_densities, active)
+
+
+def over_components(normalise, table: torch.Tensor) -> torch.Tensor:
+    """``normalise(table, dim=1)`` (``torch.softmax`` or ``torch.log_softmax``) of a (N, K, H', W')
+    table, taken over the components laid out last in memory (the channels-last layout of
+    :meth:`~pyro_dcgmm.model.gmm.GMM.log_prob_table`, where it reads contiguous memory; other
+    layouts are copied to it), so the result is channels-last and the same in either layout."""
+    return normalise(table.permute(0, 2, 3, 1), dim=-1).permute(0, 3, 1, 2)
 
 
 def output_range(kind: str, components: int) -> tuple[float, float]:

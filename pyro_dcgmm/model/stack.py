@@ -19,6 +19,7 @@ from pyro_dcgmm.model.building import check_layer_list, checked_input_shape, cla
 from pyro_dcgmm.model.fold import Fold
 from pyro_dcgmm.model.gmm import GMM
 from pyro_dcgmm.model.layer import Layer, local_params
+from pyro_dcgmm.model.logsumexp import component_logsumexp
 from pyro_dcgmm.model.readout import Readout
 from pyro_dcgmm.model.tree import Tree
 
@@ -243,7 +244,7 @@ class Stack(PyroModule):
         def step(layer, h):
             if isinstance(layer, GMM):
                 scores, table = layer.annealed_log_scores(h, annealed)  # (N, K, H', W'), (N, H', W', K)
-                totals.append(-table.logsumexp(-1).sum())
+                totals.append(-component_logsumexp(table).sum())
                 return layer.output(scores.detach())
             if isinstance(layer, Readout):
                 logits = layer.logits(h)  # (N, num_classes)

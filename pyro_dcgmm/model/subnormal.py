@@ -1,21 +1,44 @@
-"""Subnormal gradients, which x86 CPUs compute many times slower than normal numbers, flushed."""
+"""Subnormal numbers, which x86 CPUs compute many times slower than normal ones, kept out of the
+tables' gradients on CPU.
+
+The gradient of a layer's log-likelihood with respect to its log-score table is the
+responsibilities, and those of components some 90 nats less likely than the best are subnormal in
+float32: zeroing them makes training on CPU up to ten times faster (``scripts/bench_subnormals.py``)
+and changes trained parameters only at the level of float32 rounding.  Unlike
+``torch.set_flush_denormal``, which sets the calling thread only, it holds on every worker thread.
+GPUs take subnormals at full speed: there nothing is flushed.
+"""
 
 from __future__ import annotations
 
+import functools
+
 import torch
+import torch.nn.functional as F
+
+
+def flushed(tensor: torch.Tensor) -> bool:
+    """Whether subnormal numbers are flushed from ``tensor``'s computations: on CPU only."""
+    return tensor.device.type == "cpu"
+
+
+def flush_subnormals(gradient: torch.Tensor) -> torch.Tensor:
+    """``gradient`` with its subnormal entries (magnitude below the dtype's smallest normal number)
+    set to zero, in one pass, where :func:`flushed`; unchanged elsewhere."""
+    if not flushed(gradient):
+        return gradient
+    return F.hardshrink(gradient, largest_subnormal(gradient.dtype))
+
+
+@functools.cache
+def largest_subnormal(dtype: torch.dtype) -> float:
+    """The largest subnormal number of ``dtype``: what ``hardshrink`` keeps magnitudes above."""
+    tiny = torch.tensor(torch.finfo(dtype).tiny, dtype=dtype)
+    return float(torch.nextafter(tiny, torch.zeros((), dtype=dtype)))
 
 
 class SubnormalGradientFlushed(torch.autograd.Function):
-    """The identity, whose backward pass on CPU sets subnormal gradient entries (magnitude below
-    the dtype's smallest normal number) to zero.
-
-    The gradient of a layer's log-likelihood with respect to its log-score table is the
-    responsibilities, and those of components some 90 nats less likely than the best are subnormal
-    in float32, which x86 CPUs multiply many times slower than normal numbers: zeroing them makes
-    training on CPU up to ten times faster (``scripts/bench_subnormals.py``) and changes trained
-    parameters only at the level of float32 rounding.  Unlike ``torch.set_flush_denormal``, which
-    sets the calling thread only, it holds on every worker thread.  GPUs take subnormals at full
-    speed: there the gradient passes unchanged."""
+    """The identity, whose backward pass flushes subnormal gradient entries (:func:`flush_subnormals`)."""
 
     @staticmethod
     def forward(ctx, table: torch.Tensor) -> torch.Tensor:
@@ -23,6 +46,4 @@ class SubnormalGradientFlushed(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, gradient: torch.Tensor) -> torch.Tensor:
-        if gradient.device.type != "cpu":
-            return gradient
-        return gradient.masked_fill(gradient.abs() < torch.finfo(gradient.dtype).tiny, 0.0)
+        return flush_subnormals(gradient)

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from pyro_dcgmm.model.layer import SviModule, window_output_size
+from pyro_dcgmm.model.layer import SviModule, component_map, window_output_size
 
 Statistics = tuple[torch.Tensor, torch.Tensor]
 
@@ -70,18 +70,21 @@ class Covariance(SviModule):
         """Create the parameters, every precision ``exp(log_precision)``."""
         raise NotImplementedError
 
-    def log_prob_table(self, x: torch.Tensor, means: torch.Tensor, mask: torch.Tensor | None = None):
+    def log_prob_table(self, x: torch.Tensor, means: torch.Tensor, mask=None, offset=None) -> torch.Tensor:
         """``log N(patch | mu_k, Sigma_k)`` for every patch of ``x`` (N, C, H, W): (N, K, H', W').
 
         With a boolean ``mask`` (N, C, H, W) of observed entries, each patch's missing entries are
-        marginalised out exactly.
+        marginalised out exactly.  ``offset`` (K,) or (H', W', K), per-component values such as the
+        log mixing weights, is added to every position (where the table's bias is, in the
+        structures that have one: no pass over the table of its own).
         """
         if mask is None:
-            return self.table(x, means)
-        return masked_table(x, mask, means, self.covariance_matrix(), self.geometry)
+            return self.table(x, means, offset)
+        table = masked_table(x, mask, means, self.covariance_matrix(), self.geometry)
+        return table if offset is None else table + component_map(offset, self.geometry.shared)
 
-    def table(self, x: torch.Tensor, means: torch.Tensor) -> torch.Tensor:
-        """The unmasked table (N, K, H', W')."""
+    def table(self, x: torch.Tensor, means: torch.Tensor, offset=None) -> torch.Tensor:
+        """The unmasked table (N, K, H', W') plus ``offset``."""
         raise NotImplementedError
 
     def distribution(self, loc: torch.Tensor, select, divisor: float):

@@ -48,7 +48,7 @@ def _features(x: torch.Tensor, mask: torch.Tensor | None, dim: int) -> torch.Ten
     return torch.cat([x, x * x, observed], dim=dim)
 
 
-def diagonal_log_prob_shared(x, means, precision, stride, mask=None) -> torch.Tensor:
+def diagonal_log_prob_shared(x, means, precision, stride, mask=None, offset=None) -> torch.Tensor:
     """Log-density of every patch of ``x`` under every component, parameters shared over positions.
 
     :param torch.Tensor x: images of shape (N, C, H, W).
@@ -56,48 +56,63 @@ def diagonal_log_prob_shared(x, means, precision, stride, mask=None) -> torch.Te
     :param torch.Tensor precision: diagonal precisions, shape (K, C, ph, pw).
     :param stride: (vertical, horizontal) step between patches.
     :param torch.Tensor mask: optional boolean (N, C, H, W), true where ``x`` is observed.
-    :returns: table of shape (N, K, H', W').
+    :param torch.Tensor offset: optional (K,) added to every position (in the convolution's bias).
+    :returns: table of shape (N, K, H', W'), channels-last (the convolution's fast layout).
     """
     linear, quadratic, constant = gaussian_terms(means, precision)  # (K, C, ph, pw) each
-    if mask is None:
-        weight = torch.cat([linear, quadratic], dim=1)  # (K, 2C, ph, pw)
-        bias = constant.flatten(1).sum(-1)  # (K,)
-    else:
-        weight = torch.cat([linear, quadratic, constant], dim=1)  # (K, 3C, ph, pw)
-        bias = None
-    return F.conv2d(_features(x, mask, 1), weight, bias, stride=stride)  # (N, K, H', W')
+    bias = _plus(constant.flatten(1).sum(-1) if mask is None else None, offset)  # (K,) or None
+    if mask is None and x.shape[1] > 1:  # two convolutions: no (N, 2C, H, W) input to write
+        x = x.contiguous(memory_format=torch.channels_last)  # no copy when it is already
+        return F.conv2d(x, linear, bias, stride=stride) + F.conv2d(x * x, quadratic, stride=stride)
+    # one channel has no layout of its own, which a convolution would answer in NCHW: [x, x^2] has
+    terms = [linear, quadratic] if mask is None else [linear, quadratic, constant]
+    features = _features(x, mask, 1).contiguous(memory_format=torch.channels_last)
+    return F.conv2d(features, torch.cat(terms, dim=1), bias, stride=stride)  # (N, K, H', W')
 
 
-def diagonal_log_prob_per_position(x, means, precision, patch, stride, mask=None) -> torch.Tensor:
+def diagonal_log_prob_per_position(x, means, precision, geometry, mask=None, offset=None) -> torch.Tensor:
     """Log-density of every patch of ``x`` under the components of its own position.
 
     :param torch.Tensor x: images of shape (N, C, H, W).
     :param torch.Tensor means: shape (H', W', K, D) with D = C * ph * pw.
     :param torch.Tensor precision: diagonal precisions, shape (H', W', K, D).
+    :param Geometry geometry: the patches' size and stride.
     :param torch.Tensor mask: optional boolean (N, C, H, W), true where ``x`` is observed.
-    :returns: table of shape (N, K, H', W').
+    :param torch.Tensor offset: optional (H', W', K) added to the table.
+    :returns: table of shape (N, K, H', W'), channels-last.
     """
     out_h, out_w, k, dim = means.shape
+    patch, stride = geometry.patch, geometry.stride
     patches = F.unfold(x, patch, stride=stride)  # (N, D, L)
     observed = None if mask is None else F.unfold(mask.to(x.dtype), patch, stride=stride) > 0.5
     inputs = _features(patches, observed, 1).permute(2, 0, 1)  # (L, N, 2D or 3D)
     means, precision = means.reshape(-1, k, dim), precision.reshape(-1, k, dim)  # (L, K, D)
     linear, quadratic, constant = gaussian_terms(means, precision)  # (L, K, D) each
-    if mask is None:
-        weight = torch.cat([linear, quadratic], dim=-1)  # (L, K, 2D)
-        table = torch.baddbmm(constant.sum(-1).unsqueeze(1), inputs, weight.transpose(1, 2))  # (L, N, K)
-    else:
-        weight = torch.cat([linear, quadratic, constant], dim=-1)  # (L, K, 3D)
-        table = torch.bmm(inputs, weight.transpose(1, 2))  # (L, N, K)
-    return table.permute(1, 2, 0).reshape(x.shape[0], k, out_h, out_w)  # (N, K, H', W')
+    terms = [linear, quadratic] if mask is None else [linear, quadratic, constant]
+    weight = torch.cat(terms, dim=-1).transpose(1, 2)  # (L, 2D or 3D, K)
+    offset = None if offset is None else offset.reshape(-1, k)  # (L, K)
+    bias = _plus(constant.sum(-1) if mask is None else None, offset)  # (L, K) or None
+    table = inputs @ weight if bias is None else torch.baddbmm(bias.unsqueeze(1), inputs, weight)  # (L, N, K)
+    table = table.transpose(0, 1).reshape(x.shape[0], out_h, out_w, k)  # (N, H', W', K)
+    return table.permute(0, 3, 1, 2)  # (N, K, H', W')
 
 
-def diagonal_table(x, means, precision, geometry, mask=None) -> torch.Tensor:
-    """The (N, K, H', W') table of diagonal Gaussians with ``means`` and ``precision`` (..., K, D)."""
+def _plus(a: torch.Tensor | None, b: torch.Tensor | None) -> torch.Tensor | None:
+    """``a + b`` where either may be absent (``None``)."""
+    if a is None or b is None:
+        return b if a is None else a
+    return a + b
+
+
+def diagonal_table(x, means, precision, geometry, mask=None, offset=None) -> torch.Tensor:
+    """The (N, K, H', W') table of diagonal Gaussians with ``means`` and ``precision`` (..., K, D),
+    plus ``offset`` (..., K) when given."""
     if geometry.shared:
         kernel = (geometry.components, geometry.channels, *geometry.patch)
-        return diagonal_log_prob_shared(x, means.view(kernel), precision.view(kernel), geometry.stride, mask)
-    return diagonal_log_prob_per_position(x, means, precision, geometry.patch, geometry.stride, mask)
+        return diagonal_log_prob_shared(
+            x, means.view(kernel), precision.view(kernel), geometry.stride, mask, offset
+        )
+    return diagonal_log_prob_per_position(x, means, precision, geometry, mask, offset)
 
 
 class DiagonalCovariance(Covariance):
@@ -118,8 +133,8 @@ class DiagonalCovariance(Covariance):
         """Diagonal precisions (1 / variance), (..., K, D)."""
         return self.log_precision.exp()
 
-    def log_prob_table(self, x, means, mask=None) -> torch.Tensor:
-        return diagonal_table(x, means, self.precision, self.geometry, mask)
+    def log_prob_table(self, x, means, mask=None, offset=None) -> torch.Tensor:
+        return diagonal_table(x, means, self.precision, self.geometry, mask, offset)
 
     def distribution(self, loc, select, divisor: float):
         return dist.Normal(loc, select(self.precision).rsqrt() / divisor).to_event(1)

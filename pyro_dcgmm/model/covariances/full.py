@@ -60,7 +60,7 @@ class FullCovariance(Covariance):
         """The symmetric precision matrices (..., K, D, D)."""
         return symmetric(self.precision_matrix)
 
-    def table(self, x, means) -> torch.Tensor:
+    def table(self, x, means, offset=None) -> torch.Tensor:
         geometry = self.geometry
         k, dim = geometry.components, geometry.dim
         factor = (
@@ -75,6 +75,8 @@ class FullCovariance(Covariance):
         log_det = factor.diagonal(dim1=-2, dim2=-1).log().sum(-1)  # (P, K)
         table = log_det.unsqueeze(1) - 0.5 * dim * LOG_2PI - 0.5 * whitened.square().sum(-1)  # (P, M, K)
         out_h, out_w = geometry.output_size(*x.shape[2:])
+        if offset is not None:
+            table = table + offset.reshape(-1, 1, k)  # (P, M, K)
         if geometry.shared:
             return table.view(n, places, k).transpose(1, 2).reshape(n, k, out_h, out_w)
         return table.permute(1, 2, 0).reshape(n, k, out_h, out_w)

@@ -135,12 +135,12 @@ class StationaryCovariance(Covariance):
         """Fourier coefficients ``T v`` of vectors (..., D)."""
         return vectors @ self.structure(vectors).basis.T
 
-    def table(self, x, means) -> torch.Tensor:
+    def table(self, x, means, offset=None) -> torch.Tensor:
         geometry = self.geometry
         filters = self.structure(x).basis.reshape(geometry.dim, geometry.channels, *geometry.patch)
         y = torch.nn.functional.conv2d(x, filters, stride=geometry.stride)  # (N, D, H', W')
         coefficients = Geometry(geometry.dim, (1, 1), (1, 1), geometry.components, geometry.lead)
-        return diagonal_table(y, self.coefficients(means), self.precision, coefficients)
+        return diagonal_table(y, self.coefficients(means), self.precision, coefficients, offset=offset)
 
     def distribution(self, loc, select, divisor: float):
         scale = select(self.precision).rsqrt() / divisor
