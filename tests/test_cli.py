@@ -1,6 +1,7 @@
 import importlib
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -106,6 +107,27 @@ def test_preset_e_one_epoch_on_fashion_mnist(tmp_path):
     )
     before, after = summary["test_log_likelihood_before"], summary["test_log_likelihood_after"]
     assert after[0] > before[0]
+
+
+@pytest.mark.skipif(not FASHION_MNIST_ROOT.exists(), reason="needs dataset-fashion-mnist")
+def test_the_prepared_gpu_session_runs_its_steps_small_on_a_cpu(tmp_path):
+    carried = tmp_path / "carried"
+    carried.mkdir()
+    (carried / "fashion-mnist").symlink_to(FASHION_MNIST_ROOT)
+    out = tmp_path / "out"
+    settings = {"DEVICE": "cpu", "EPOCHS": "1", "TRAIN_LIMIT": "300", "BATCHES": "32"}
+    paths = {"CARRIED": str(carried), "OUT": str(out), "PYTHON": sys.executable}
+    environment = {**os.environ, **settings, **paths}
+    command = ["bash", str(ROOT / "scripts/gpu_session.sh")]
+    subprocess.run(command, cwd=ROOT, env=environment, check=True, capture_output=True)
+    rows = json.loads((out / "bench.json").read_text())
+    assert {(row["preset"], row["path"]) for row in rows} == {
+        (preset, path) for preset in ("E", "digits") for path in ("hand", "svi", "score", "train")
+    }
+    for name, batch in (("default", "auto"), ("batch100", 100)):
+        summary = json.loads((out / f"{name}.json").read_text())
+        assert summary["training"]["batch_size"] == batch and summary["steps"] == 3
+    assert "torch" in (out / "device.txt").read_text() and "skipped" in (out / "tests.txt").read_text()
 
 
 def test_per_position_applies_to_the_layers_a_config_lists():
