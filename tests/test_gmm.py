@@ -175,10 +175,12 @@ def test_a_layer_knows_when_it_has_pruned_components_and_outputs_the_same_withou
     assert float(fresh.output(fresh.log_scores(x).detach())[:, 1].abs().max()) == 0.0
 
 
+@pytest.mark.parametrize("covariance", ["diag", "full", "stationary"])
 @pytest.mark.parametrize("shared", [True, False])
-def test_tables_and_outputs_keep_the_components_last_in_memory_up_the_stack(shared):
+def test_tables_and_outputs_keep_the_components_last_in_memory_up_the_stack(covariance, shared):
     # channels-last: reductions over the components read contiguous memory, convolutions run fast
-    stack = Stack([Fold(3, 1), GMM(5, shared=shared), Fold(2, 2), GMM(4, shared=shared)], (1, 9, 9))
+    first, second = (GMM(k, shared=shared, covariance=covariance) for k in (5, 4))
+    stack = Stack([Fold(3, 1), first, Fold(2, 2), second], (1, 9, 9))
     x = torch.rand(6, 1, 9, 9)
     for layer in stack.mixture_layers:
         scores = layer.log_scores(x)

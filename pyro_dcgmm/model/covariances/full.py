@@ -77,9 +77,8 @@ class FullCovariance(Covariance):
         out_h, out_w = geometry.output_size(*x.shape[2:])
         if offset is not None:
             table = table + offset.reshape(-1, 1, k)  # (P, M, K)
-        if geometry.shared:
-            return table.view(n, places, k).transpose(1, 2).reshape(n, k, out_h, out_w)
-        return table.permute(1, 2, 0).reshape(n, k, out_h, out_w)
+        table = table.view(n, places, k) if geometry.shared else table.transpose(0, 1)  # (N, L, K)
+        return table.reshape(n, out_h, out_w, k).permute(0, 3, 1, 2)  # (N, K, H', W'), channels-last
 
     def distribution(self, loc, select, divisor: float):
         return dist.MultivariateNormal(loc, precision_matrix=select(self.precision) * divisor**2)
