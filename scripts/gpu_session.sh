@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The GPU figures of docs/figures/batch-size/ in one call of the device tool (a few minutes on an
 # H100 or H200), written to $OUT: device.txt, bench.txt and bench.json (hand/svi/score/train of
-# presets E and digits at batches 1024-32768), default.json and batch100.json (the summaries of
-# preset E trained on Fashion-MNIST with the GPU's default batch and with batch 100), tests.txt.
+# presets E and digits at batches 1024-32768), default.json, batch1024.json and batch100.json (the
+# summaries of preset E trained on Fashion-MNIST with the GPU's default batch, 1024 and 100), tests.txt.
 #
 # The device has PyTorch but neither pyro-ppl nor the data and cannot fetch them; prepare them
 # here first (into .device/, which git ignores), then carry that folder:
@@ -57,6 +57,7 @@ train() {  # train NAME [flags]: preset E on Fashion-MNIST, its summary kept as 
     cp "$runs/$name/summary.json" "$OUT/$name.json"
 }
 train default
+train batch1024 --batch-size 1024
 train batch100 --batch-size 100
 
 "$PYTHON" -m pytest -q -p no:cacheprovider tests/test_gpu.py > "$OUT/tests.txt" 2>&1 || true
