@@ -175,6 +175,25 @@ def test_a_layer_knows_when_it_has_pruned_components_and_outputs_the_same_withou
     assert float(fresh.output(fresh.log_scores(x).detach())[:, 1].abs().max()) == 0.0
 
 
+@pytest.mark.parametrize(
+    "output", ["responsibilities", "likelihoods", "log_responsibilities", "log_probabilities"]
+)
+@pytest.mark.parametrize("pruned", [False, True])
+def test_outputs_made_in_place_equal_those_that_carry_a_gradient(output, pruned):
+    # training's detached outputs overwrite their own temporaries; the scores stay untouched
+    torch.manual_seed(0)
+    gmm = GMM(4, output=output)
+    Stack([Fold(3, 1), gmm], (1, 6, 6))
+    if pruned:
+        gmm.prune_(torch.tensor([[False, True, False, False]]))
+    scores = gmm.log_scores(torch.rand(3, 1, 6, 6))
+    kept = scores.detach().clone()
+    detached = gmm.output(scores.detach())
+    differentiable = gmm.output(scores)
+    assert differentiable.requires_grad and torch.equal(scores.detach(), kept)
+    assert torch.equal(detached, differentiable.detach())
+
+
 @pytest.mark.parametrize("covariance", ["diag", "full", "stationary"])
 @pytest.mark.parametrize("shared", [True, False])
 def test_tables_and_outputs_keep_the_components_last_in_memory_up_the_stack(covariance, shared):

@@ -21,16 +21,26 @@ RESPONSIBILITY_FLOOR = 1e-4  # log-responsibilities below log(1e-4) carry no inf
 def standardise(values: torch.Tensor, active: torch.Tensor | None) -> torch.Tensor:
     """``values`` (N, K, H', W') centred and scaled over the active components at every position;
     inactive components give zero.  ``active=None``: every component is active (two passes over
-    the table fewer, the same numbers).  The table keeps its memory layout."""
+    the table fewer, the same numbers).  The table keeps its memory layout.
+
+    ``values`` must be a table made for this call: it is overwritten (:func:`_reused`)."""
     if active is None:
         count = values.new_tensor(values.shape[1])
-        centred = values - values.sum(1, keepdim=True) / count
     else:
         count = active.sum(1, keepdim=True).clamp_min(1).to(values.dtype)
-        values = values.masked_fill(~active, 0.0)
-        centred = (values - values.sum(1, keepdim=True) / count).masked_fill(~active, 0.0)
+        values = _reused(values, "masked_fill", ~active, 0.0)
+    centred = _reused(values, "sub", values.sum(1, keepdim=True) / count)
+    if active is not None:
+        centred = _reused(centred, "masked_fill", ~active, 0.0)
     spread = torch.linalg.vector_norm(centred, dim=1, keepdim=True) / count.sqrt()
-    return centred * spread.clamp_min(1e-6).reciprocal()
+    return _reused(centred, "mul", spread.clamp_min(1e-6).reciprocal())
+
+
+def _reused(table: torch.Tensor, operation: str, *args) -> torch.Tensor:
+    """``table.<operation>(*args)``, in place (``<operation>_``) when ``table`` needs no gradient
+    (as in training, whose outputs are detached): on a CPU a new table costs more than the pass
+    over it, its memory pages being fresh.  Only for tables the caller made and no one else holds."""
+    return getattr(table, operation if table.requires_grad else f"{operation}_")(*args)
 
 
 def layer_output(kind: str, scores: torch.Tensor, log_mixing: torch.Tensor, active: torch.Tensor | None):
@@ -40,8 +50,8 @@ def layer_output(kind: str, scores: torch.Tensor, log_mixing: torch.Tensor, acti
     if kind == "responsibilities":
         return over_components(torch.softmax, scores)
     if kind == "log_responsibilities":
-        values = over_components(torch.log_softmax, scores).clamp_min(math.log(RESPONSIBILITY_FLOOR))
-        return standardise(values, active)
+        values = over_components(torch.log_softmax, scores)
+        return standardise(_reused(values, "clamp_min", math.log(RESPONSIBILITY_FLOOR)), active)
     log_densities = scores - log_mixing
     if kind == "likelihoods":
         masked = log_densities if active is None else log_densities.masked_fill(~active, PRUNED_LOGIT)

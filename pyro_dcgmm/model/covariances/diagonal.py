@@ -63,7 +63,8 @@ def diagonal_log_prob_shared(x, means, precision, stride, mask=None, offset=None
     bias = _plus(constant.flatten(1).sum(-1) if mask is None else None, offset)  # (K,) or None
     if mask is None and x.shape[1] > 1:  # two convolutions: no (N, 2C, H, W) input to write
         x = x.contiguous(memory_format=torch.channels_last)  # no copy when it is already
-        return F.conv2d(x, linear, bias, stride=stride) + F.conv2d(x * x, quadratic, stride=stride)
+        table = F.conv2d(x, linear, bias, stride=stride)  # a convolution keeps no output for its gradient:
+        return table.add_(F.conv2d(x * x, quadratic, stride=stride))  # the sum may take its place
     # one channel has no layout of its own, which a convolution would answer in NCHW: [x, x^2] has
     terms = [linear, quadratic] if mask is None else [linear, quadratic, constant]
     features = _features(x, mask, 1).contiguous(memory_format=torch.channels_last)
