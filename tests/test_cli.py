@@ -125,7 +125,7 @@ def test_the_prepared_gpu_session_runs_its_steps_small_on_a_cpu(tmp_path):
         (preset, path) for preset in ("E", "digits") for path in ("hand", "svi", "score", "train")
     }
     for name, batch in (("default", "auto"), ("batch1024", 1024), ("batch100", 100)):
-        summary = json.loads((out / f"{name}.json").read_text())
+        summary = json.loads((out / f"{name}-seed0.json").read_text())
         assert summary["training"]["batch_size"] == batch and summary["steps"] == (1 if batch == 1024 else 3)
     assert "torch" in (out / "device.txt").read_text() and "skipped" in (out / "tests.txt").read_text()
 
