@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from pyro_dcgmm.data.validation import as_images, as_tensor, check_positive_int
 from pyro_dcgmm.errors import ArchitectureError, DataError
 from pyro_dcgmm.model.gmm import GMM
+from pyro_dcgmm.model.logsumexp import table_log_likelihood
 
 Chunk = Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor]
 
@@ -130,16 +131,14 @@ def map_components(stack, x, layer: int, batch_size: int, mask=None) -> torch.Te
 def layer_log_probs(stack, x, batch_size: int, mask=None) -> torch.Tensor:
     def all_layers(chunk, chunk_mask):
         scores = upward_scores(stack, chunk, chunk_mask)
-        return torch.stack([s.logsumexp(dim=1).sum((1, 2)) for _, s in scores], dim=1)
+        return torch.stack([table_log_likelihood(s) for _, s in scores], dim=1)
 
     return query(stack, x, all_layers, batch_size, mask)
 
 
 def log_prob(stack, x, layer: int, batch_size: int, mask=None) -> torch.Tensor:
     gmm = stack.mixture_layer(layer)
-    return query(
-        stack, x, lambda c, m: scores_at(stack, c, gmm, m).logsumexp(dim=1).sum((1, 2)), batch_size, mask
-    )
+    return query(stack, x, lambda c, m: table_log_likelihood(scores_at(stack, c, gmm, m)), batch_size, mask)
 
 
 def predict_proba(stack, x, batch_size: int) -> torch.Tensor:

@@ -41,7 +41,7 @@ from pyro_dcgmm.model.layer import (
     record,
     window_output_size,
 )
-from pyro_dcgmm.model.logsumexp import component_logsumexp
+from pyro_dcgmm.model.logsumexp import component_logsumexp, table_log_likelihood
 from pyro_dcgmm.model.outputs import layer_output, output_range
 from pyro_dcgmm.model.subnormal import SubnormalGradientFlushed
 
@@ -249,7 +249,7 @@ class GMM(Layer):
 
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
         """Per-sample log-likelihood (N,): the sum over positions of ``log p(patch)``."""
-        return component_logsumexp(self.log_scores(x).permute(0, 2, 3, 1)).sum((1, 2))
+        return table_log_likelihood(self.log_scores(x))
 
     def annealed_log_scores(self, x: torch.Tensor, annealed: bool = True):
         """Log-scores (N, K, H', W') and the table the objective uses, (N, H', W', K).

@@ -47,3 +47,9 @@ class ComponentLogSumExp(torch.autograd.Function):
 def component_logsumexp(table: torch.Tensor) -> torch.Tensor:
     """``torch.logsumexp(table, -1)`` with :class:`ComponentLogSumExp`'s backward pass."""
     return ComponentLogSumExp.apply(table)
+
+
+def table_log_likelihood(scores: torch.Tensor) -> torch.Tensor:
+    """Per-sample log-likelihood (N,) of a (N, K, H', W') log-score table: the log-sum-exp over its
+    components at every position, summed over the positions."""
+    return component_logsumexp(scores.permute(0, 2, 3, 1)).sum((1, 2))

@@ -148,6 +148,11 @@ class Covariance(SviModule):
         raise NotImplementedError
 
 
+def table_from_rows(rows: torch.Tensor, out_h: int, out_w: int) -> torch.Tensor:
+    """The (N, K, H', W') table, channels-last, of rows (N, H' W', K) of every patch's values."""
+    return rows.reshape(rows.shape[0], out_h, out_w, rows.shape[-1]).permute(0, 3, 1, 2)
+
+
 def weighted_moments(x: torch.Tensor, weights: torch.Tensor, means: torch.Tensor):
     """Weighted mass (P, K) and mean-centred second moments (P, K, D) of vectors (P, M, D)."""
     mass = weights.sum(1).clamp_min(torch.finfo(x.dtype).tiny)  # (P, K)
@@ -182,7 +187,7 @@ def masked_table(x, mask, means, covariance, geometry: Geometry) -> torch.Tensor
         sigma = covariance[place][:, dims][:, :, dims]  # (K, O, O)
         marginal = torch.distributions.MultivariateNormal(means[place][:, dims], sigma)
         table[rows] = marginal.log_prob(vectors[rows][:, dims].unsqueeze(1))  # (rows, K)
-    return table.reshape(n, places, k).transpose(1, 2).reshape(n, k, out_h, out_w)
+    return table_from_rows(table.view(n, places, k), out_h, out_w)
 
 
 def gaussian_conditional(x, seen, centres, precision) -> torch.Tensor:

@@ -21,7 +21,7 @@ import pyro.distributions as dist
 import torch
 import torch.nn.functional as F
 
-from pyro_dcgmm.model.covariances.base import Covariance, weighted_moments
+from pyro_dcgmm.model.covariances.base import Covariance, table_from_rows, weighted_moments
 
 LOG_2PI = math.log(2.0 * math.pi)
 
@@ -94,8 +94,7 @@ def diagonal_log_prob_per_position(x, means, precision, geometry, mask=None, off
     offset = None if offset is None else offset.reshape(-1, k)  # (L, K)
     bias = _plus(constant.sum(-1) if mask is None else None, offset)  # (L, K) or None
     table = inputs @ weight if bias is None else torch.baddbmm(bias.unsqueeze(1), inputs, weight)  # (L, N, K)
-    table = table.transpose(0, 1).reshape(x.shape[0], out_h, out_w, k)  # (N, H', W', K)
-    return table.permute(0, 3, 1, 2)  # (N, K, H', W')
+    return table_from_rows(table.transpose(0, 1), out_h, out_w)  # (N, K, H', W')
 
 
 def _plus(a: torch.Tensor | None, b: torch.Tensor | None) -> torch.Tensor | None:

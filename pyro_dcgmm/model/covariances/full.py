@@ -21,7 +21,7 @@ import pyro.distributions as dist
 import torch
 import torch.nn.functional as F
 
-from pyro_dcgmm.model.covariances.base import Covariance
+from pyro_dcgmm.model.covariances.base import Covariance, table_from_rows
 from pyro_dcgmm.model.covariances.diagonal import LOG_2PI
 
 
@@ -78,7 +78,7 @@ class FullCovariance(Covariance):
         if offset is not None:
             table = table + offset.reshape(-1, 1, k)  # (P, M, K)
         table = table.view(n, places, k) if geometry.shared else table.transpose(0, 1)  # (N, L, K)
-        return table.reshape(n, out_h, out_w, k).permute(0, 3, 1, 2)  # (N, K, H', W'), channels-last
+        return table_from_rows(table, out_h, out_w)  # (N, K, H', W')
 
     def distribution(self, loc, select, divisor: float):
         return dist.MultivariateNormal(loc, precision_matrix=select(self.precision) * divisor**2)
