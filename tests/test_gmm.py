@@ -157,6 +157,14 @@ def test_pruned_components_have_no_weight_and_pass_zero():
     assert prune_dead(gmm) == 0  # the heaviest component is never pruned
 
 
+def test_pruning_keeps_each_mixtures_heaviest_component_by_the_weights_it_is_given():
+    gmm = GMM(3, shared=False)
+    Stack([Fold(2, 2), gmm], (1, 4, 4))  # a mixture at each of 2 x 2 positions
+    weights = torch.tensor([[0.1, 0.5, 0.4]] * 3 + [[0.6, 0.3, 0.1]])
+    assert gmm.prune_(torch.ones(4, 3, dtype=torch.bool), weights) == 8
+    assert gmm.active.reshape(4, 3).tolist() == [[False, True, False]] * 3 + [[True, False, False]]
+
+
 @pytest.mark.parametrize("output", ["log_responsibilities", "log_probabilities", "likelihoods"])
 def test_a_layer_knows_when_it_has_pruned_components_and_outputs_the_same_without_them(output):
     torch.manual_seed(0)

@@ -137,6 +137,7 @@ def test_a_small_weight_concentration_prunes_unused_components_but_never_the_hea
     optimizer = OnlineEM([layer], step_offset=1.0, step_decay=0.0, num_data=1)  # counts below 1 - a0
     train_step(single, elbo, optimizer, Batch(x[:1], None, 1), [], TrainConfig(device="cpu"))
     assert layer.active.tolist() == [True, False, False]
+    assert float(layer.mixing_weights()[0]) == pytest.approx(1.0)  # the kept one weighs its counts
 
 
 def test_plain_svi_with_autodelta_is_map_from_the_layers_parameters():
@@ -255,6 +256,7 @@ def test_what_priors_do_not_support_is_refused():
 
 def test_inspect_shows_the_priors_and_the_components_pruning_left():
     stack, gmm = _stack(False, weight_concentration_prior=0.01)
-    gmm.prune_(torch.tensor([[False, False, True]] * 8 + [[False, True, True]]))
+    first_heaviest = torch.tensor([[1.0, 0.0, 0.0]]).expand(9, 3)
+    gmm.prune_(torch.tensor([[False, False, True]] * 8 + [[False, True, True]]), first_heaviest)
     row = layer_rows(stack)[-1]
     assert row[3:] == ["3 (1-2 left)", "per position", "Dirichlet(0.01, map)"]

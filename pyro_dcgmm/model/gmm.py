@@ -105,14 +105,10 @@ class GMM(Layer):
         self.covariance = make_covariance(self.config.covariance, geometry, self.log_precision_bounds)
         count = math.prod(shape) + math.prod(shape[:-1]) + self.covariance.parameter_count()
         check_parameter_memory(count, f"GMM with K={k} {self.config.covariance} components on D={dim}")
-        scale = self.config.mean_init_scale
-        self.means = torch.nn.Parameter(
-            self.covariance.project_means((2.0 * torch.rand(shape) - 1.0) * scale)
-        )
-        start = min(
-            max(self.config.precision_init, self.config.precision_floor), self.config.precision_ceiling
-        )
-        self.covariance.build(math.log(start))
+        means = (2.0 * torch.rand(shape) - 1.0) * self.config.mean_init_scale
+        self.means = torch.nn.Parameter(self.covariance.project_means(means))
+        start = max(self.config.precision_init, self.config.precision_floor)
+        self.covariance.build(math.log(min(start, self.config.precision_ceiling)))
         self.mixing_logits = torch.nn.Parameter(torch.zeros(shape[:-1]))
         self.register_initialised(self.config.init == "random")
         self.register_buffer("active", torch.ones(shape[:-1], dtype=torch.bool))
@@ -186,8 +182,12 @@ class GMM(Layer):
         self.covariance.assign_(covariance_values, where=where)
 
     @torch.no_grad()
-    def prune_(self, dead: torch.Tensor) -> int:
-        """Remove the components where ``dead`` (P, K) is true; returns how many."""
+    def prune_(self, dead: torch.Tensor, weights: torch.Tensor | None = None) -> int:
+        """Remove the components where ``dead`` (P, K) is true but each mixture's heaviest by
+        ``weights`` (P, K; the mixing weights by default), so that no mixture is left without
+        components; returns how many were removed."""
+        weights = self.mixing_weights().view(-1, self.components) if weights is None else weights
+        dead = dead & ~torch.nn.functional.one_hot(weights.argmax(-1), self.components).bool()
         self.active.view(-1, self.components)[dead] = False
         count = int(dead.sum())
         self.pruned = self.pruned or count > 0

@@ -229,9 +229,8 @@ def maximise_weights(gmm, counts: torch.Tensor) -> None:
 def _weights_mode(gmm, counts: torch.Tensor) -> None:
     """Dirichlet MAP weights; components whose mode is zero are pruned (never a mixture's heaviest)."""
     mode = (counts + gmm.config.weight_concentration_prior - 1.0).clamp_min(0.0)  # (..., K)
-    heaviest = torch.nn.functional.one_hot(counts.argmax(-1), counts.shape[-1]).bool()
-    gmm.prune_(((mode <= 0) & gmm.active & ~heaviest).reshape(-1, gmm.components))
-    mode = torch.where(heaviest & (mode <= 0), counts, mode)
+    gmm.prune_(((mode <= 0) & gmm.active).reshape(-1, gmm.components), counts.reshape(-1, gmm.components))
+    mode = torch.where((mode <= 0) & gmm.active, counts, mode)  # the heaviest, which pruning keeps
     gmm.set_mixing_weights_(mode.clamp_min(torch.finfo(counts.dtype).tiny))
 
 

@@ -189,10 +189,9 @@ def dead_components(gmm: GMM) -> torch.Tensor:
 
 
 def prune_dead(gmm: GMM) -> int:
-    """Remove every dead component but each mixture's heaviest; returns how many were removed."""
-    dead = dead_components(gmm)  # (P, K)
-    heaviest = F.one_hot(gmm.mixing_weights().detach().reshape(-1, gmm.components).argmax(-1), gmm.components)
-    return gmm.prune_(dead & ~heaviest.bool())
+    """Remove every dead component (but each mixture's heaviest: :meth:`GMM.prune_`); returns how
+    many were removed."""
+    return gmm.prune_(dead_components(gmm))
 
 
 def reseed_dead(gmm: GMM, inputs: torch.Tensor, generator: torch.Generator, labels=None) -> int:
