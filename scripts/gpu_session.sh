@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The GPU figures of docs/figures/batch-size/ in one call of the device tool (a few minutes on an
 # H100 or H200), written to $OUT: device.txt, bench.txt and bench.json (hand/svi/score/train of
-# presets E and digits at batches 1024-32768), default-seed0.json, batch1024-seed0.json and
-# batch100-seed0.json (the summaries of preset E trained on Fashion-MNIST with the GPU's default
-# batch, 1024 and 100), tests.txt.  A second call with BATCHES= SEEDS="1 2" adds two seeds without
+# presets E and digits at batches 1024-32768; bench.txt ends with E's step with TF32 at the
+# largest batch and scripts/tf32_emulation.py on the default run), default-seed0.json,
+# batch1024-seed0.json and batch100-seed0.json (the summaries of preset E trained on Fashion-MNIST
+# with the GPU's default batch, 1024 and 100), tests.txt.  A second call with BATCHES= SEEDS="1 2" adds two seeds without
 # the bench (the device returns at most 8 files).
 #
 # The device has PyTorch but neither pyro-ppl nor the data and cannot fetch them; prepare them
@@ -12,8 +13,8 @@
 #   bash scripts/gpu_session.sh --prepare
 #   device run: command "bash scripts/gpu_session.sh", carry [".device"], timeout_s 540
 #
-# DEVICE=cpu EPOCHS=1 TRAIN_LIMIT=300 BATCHES=32 runs the same steps small on a CPU (tests/test_cli.py);
-# CARRIED names another folder of wheels and data, PYTHON another interpreter.
+# DEVICE=cpu EPOCHS=1 TRAIN_LIMIT=300 BATCHES=32 TF32_IMAGES=100 runs the same steps small on a CPU
+# (tests/test_cli.py); CARRIED names another folder of wheels and data, PYTHON another interpreter.
 set -euo pipefail
 
 CARRIED=${CARRIED:-.device}
@@ -66,6 +67,15 @@ for seed in $SEEDS; do
     train "batch1024-seed$seed" --batch-size 1024 --seed "$seed"
     train "batch100-seed$seed" --batch-size 100 --seed "$seed"
 done
+
+if [[ -n "$BATCHES" ]]; then  # TF32: the speed it buys, and how far it moves the trained default's LLs
+    {
+        "$PYTHON" -m pyro_dcgmm bench --device "$DEVICE" --preset E --batch-sizes "${BATCHES##* }" \
+            --paths hand svi --tf32
+        "$PYTHON" scripts/tf32_emulation.py "$runs/default-seed${SEEDS%% *}/checkpoint.pt" \
+            --root "$CARRIED/fashion-mnist" --device "$DEVICE" --images "${TF32_IMAGES:-10000}"
+    } >> "$OUT/bench.txt"
+fi
 
 "$PYTHON" -m pytest -q -p no:cacheprovider tests/test_gpu.py > "$OUT/tests.txt" 2>&1 || true
 tail -n 3 "$OUT/tests.txt"

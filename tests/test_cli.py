@@ -115,7 +115,7 @@ def test_the_prepared_gpu_session_runs_its_steps_small_on_a_cpu(tmp_path):
     carried.mkdir()
     (carried / "fashion-mnist").symlink_to(FASHION_MNIST_ROOT)
     out = tmp_path / "out"
-    settings = {"DEVICE": "cpu", "EPOCHS": "1", "TRAIN_LIMIT": "300", "BATCHES": "32"}
+    settings = {"DEVICE": "cpu", "EPOCHS": "1", "TRAIN_LIMIT": "300", "BATCHES": "32", "TF32_IMAGES": "100"}
     paths = {"CARRIED": str(carried), "OUT": str(out), "PYTHON": sys.executable}
     environment = {**os.environ, **settings, **paths}
     command = ["bash", str(ROOT / "scripts/gpu_session.sh")]
@@ -128,6 +128,7 @@ def test_the_prepared_gpu_session_runs_its_steps_small_on_a_cpu(tmp_path):
         summary = json.loads((out / f"{name}-seed0.json").read_text())
         assert summary["training"]["batch_size"] == batch and summary["steps"] == (1 if batch == 1024 else 3)
     assert "torch" in (out / "device.txt").read_text() and "skipped" in (out / "tests.txt").read_text()
+    assert "tf32" in (out / "bench.txt").read_text() and "TF32 truncated" in (out / "bench.txt").read_text()
 
 
 def test_per_position_applies_to_the_layers_a_config_lists():

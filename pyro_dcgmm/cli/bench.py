@@ -40,7 +40,7 @@ from pyro.infer import TraceEnum_ELBO
 from pyro_dcgmm import Stack, presets
 from pyro_dcgmm.cli.common import add_device_flag, make_parser, positive_int
 from pyro_dcgmm.config import TrainConfig
-from pyro_dcgmm.device import resolve_device
+from pyro_dcgmm.device import float32_precision, resolve_device
 from pyro_dcgmm.errors import TrainingWarning
 from pyro_dcgmm.training.files import atomic_write
 from pyro_dcgmm.training.trainer import Trainer
@@ -75,7 +75,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     parser.add_argument("--steps", type=positive_int, help="steps per timed block (default: 5; --quick: 2)")
     parser.add_argument("--input-size", type=int, default=28, help="height and width of the images")
-    parser.add_argument("--tf32", action="store_true", help="allow TF32 matmuls and convolutions")
+    parser.add_argument(
+        "--tf32", action="store_true", help="allow TF32 matmuls and convolutions (train: training.tf32)"
+    )
     parser.add_argument(
         "--quick", action="store_true", help="batch 100, 1 warm-up, 3 blocks of 2 steps (flags given win)"
     )
@@ -151,7 +153,7 @@ def measure_training(stack: Stack, batch: int, device: torch.device, args) -> tu
     steps = args.repeats * args.steps
     images = torch.rand(batch * steps, *stack.input_shape)
     labels = None if stack.num_classes is None else torch.randint(stack.num_classes, (len(images),))
-    config = TrainConfig(batch_size=batch, epochs=1, device=device.type, progress=False)
+    config = TrainConfig(batch_size=batch, epochs=1, device=device.type, tf32=args.tf32, progress=False)
     cuda = device.type == "cuda"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", TrainingWarning)  # short runs leave waiting layers untrained
@@ -174,9 +176,8 @@ def tf32_deviation(name: str, shape: tuple[int, int, int], device: torch.device)
     x = torch.rand(512, *shape, device=device)
     values = []
     for allowed in (False, True):
-        torch.backends.cuda.matmul.allow_tf32 = allowed
-        torch.backends.cudnn.allow_tf32 = allowed
-        values.append(stack.layer_log_probs(x))
+        with float32_precision(allowed):
+            values.append(stack.layer_log_probs(x))
     change = (values[1] - values[0]).abs().amax(0)
     scale = values[0].abs().amax(0)
     return ", ".join(
@@ -188,12 +189,9 @@ def tf32_deviation(name: str, shape: tuple[int, int, int], device: torch.device)
 def main(argv=None) -> list[dict]:
     args = parse_args(argv)
     device = resolve_device(args.device)
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = args.tf32
-        torch.backends.cudnn.allow_tf32 = args.tf32
     print_header(args, device)
     results = []
-    with pyro.validation_enabled(False):
+    with pyro.validation_enabled(False), float32_precision(args.tf32):
         for name in args.preset:
             shape = (1, args.input_size, args.input_size)
             for batch in args.batch_sizes:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from pyro_dcgmm.config import DataConfig, TrainConfig
 from pyro_dcgmm.config.run import NAMED_DATASETS
+from pyro_dcgmm.device import float32_precision
 from pyro_dcgmm.errors import ArchitectureError, CheckpointError, ConfigError, DataError, NonFiniteLossError
 from pyro_dcgmm.training.files import writing_into
 
@@ -124,12 +125,15 @@ def format_table(rows: list[list[str]]) -> str:
 
 
 def run_script(main: Callable[[], object], name: str | None = None) -> None:
-    """Run a command's ``main``.  What a user can cause (a bad setting or file, data that do not fit,
-    training that diverged) ends it with one line on stderr and exit code 2; Ctrl-C with the line
-    that says how to resume and exit code 130.  Anything else is a bug and keeps its traceback."""
+    """Run a command's ``main`` in full float32 precision on CUDA (training takes its
+    ``training.tf32``, :func:`~pyro_dcgmm.device.float32_precision`).  What a user can cause (a bad
+    setting or file, data that do not fit, training that diverged) ends it with one line on stderr
+    and exit code 2; Ctrl-C with the line that says how to resume and exit code 130.  Anything else
+    is a bug and keeps its traceback."""
     name = name or Path(sys.argv[0]).name
     try:
-        main()
+        with float32_precision(tf32=False):
+            main()
     except USER_ERRORS as error:
         print(f"{name}: error: {error}", file=sys.stderr)
         sys.exit(2)

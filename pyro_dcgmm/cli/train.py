@@ -73,6 +73,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add_training_flags(parser)
     add_device_flag(parser, default=None)
     parser.add_argument("--max-steps", type=int, help="stop after this many optimiser steps")
+    parser.add_argument(
+        "--tf32", action="store_true", help="train with TF32 matmuls and convolutions on CUDA (training.tf32)"
+    )
     parser.add_argument("--out", type=Path, required=True, help="output folder")
     parser.add_argument("--resume", type=Path, help="checkpoint to continue from")
     parser.add_argument("--overwrite", action="store_true", help="replace a run that --out already holds")
@@ -96,6 +99,8 @@ def resolve_config(args: argparse.Namespace) -> RunConfig:
     training = {name: getattr(args, name) for name in TRAIN_FLAGS if getattr(args, name) is not None}
     if args.no_progress:
         training["progress"] = False
+    if args.tf32:
+        training["tf32"] = True
     data = {name: getattr(args, name) for name in DATA_FLAGS if getattr(args, name) is not None}
     if "classes" in data:
         data["classes"] = tuple(data["classes"])

@@ -72,6 +72,9 @@ class TrainConfig(Checked):
         ``TraceEnum_ELBO`` identical losses and gradients, the closed form is faster.
     :param seed: seeds parameter initialisation, shuffling and dequantisation noise.
     :param device: ``"auto"`` (CUDA when available), ``"cpu"`` or ``"cuda"``.
+    :param tf32: let CUDA's float32 matmuls and convolutions run on TF32 tensor cores during
+        training (:func:`~pyro_dcgmm.device.float32_precision`); off, the default, they run in full
+        float32, whose log-likelihoods match the CPU's (TF32 moves them by nats per image).
     :param max_steps: stop after this many optimiser steps (``None``: run all epochs).  Schedules
         (``wait``) stay planned over ``epochs``, so a run stopped this way and resumed from its
         checkpoint ends exactly where an uninterrupted run does.
@@ -112,6 +115,7 @@ class TrainConfig(Checked):
     objective: Literal["closed_form", "enumerated"] = "closed_form"
     seed: int = bounded(0, ge=0, le=2**63 - 1)  # what torch's generators take
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    tf32: bool = False
     max_steps: int | None = bounded(None, ge=1)
     non_finite: Literal["raise", "skip"] = "raise"
     max_skipped_steps: int = bounded(10, ge=0)

@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from pyro_dcgmm.config import TrainConfig
 from pyro_dcgmm.data.datasets import dequantize
-from pyro_dcgmm.device import resolve_device
+from pyro_dcgmm.device import float32_precision, resolve_device
 from pyro_dcgmm.errors import (
     CheckpointError,
     ConfigError,
@@ -110,7 +110,7 @@ class Trainer:
         writes = distributed_rank_and_size()[0] == 0  # in a process group only rank 0 writes
         self.folder = self.files.folder(self.config.keep_epoch_checkpoints) if writes else None
         self.log = JsonLog(None if self.folder is None else self.folder.path / LOG_NAME)
-        with self.folder or contextlib.nullcontext():
+        with self.folder or contextlib.nullcontext(), float32_precision(self.config.tf32):
             stopped = self._run()
         if stopped:
             raise self._interrupted()
