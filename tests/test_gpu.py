@@ -8,6 +8,8 @@ from pyro_dcgmm import Stack, presets
 from pyro_dcgmm.config import TrainConfig
 from pyro_dcgmm.data.datasets import load_digits
 from pyro_dcgmm.evaluation.metrics import held_out_log_likelihood as evaluate
+from pyro_dcgmm.training.optim import make_optimizer
+from pyro_dcgmm.training.step import Batch, make_elbo, unchecked_step
 from pyro_dcgmm.training.trainer import train
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
@@ -50,3 +52,23 @@ def test_data_streamed_from_pinned_host_memory_train_as_data_on_the_device():
         states.append(stack.state_dict())
     for name, value in states[0].items():
         torch.testing.assert_close(states[1][name], value, rtol=0, atol=0)
+
+
+def test_a_training_step_on_cuda_never_waits_for_the_device():
+    # the host reads a window's values once (training/window.py); nothing inside a step may read
+    torch.manual_seed(0)
+    stack = Stack.from_config(presets.get("E", (1, 28, 28))).cuda()
+    for layer in stack.mixture_layers:
+        layer.mark_initialised_()
+    config = TrainConfig(batch_size=64, device="cuda")
+    optimizer = make_optimizer(stack, config, num_data=6400)
+    labels = torch.randint(10, (64,), device="cuda")
+    batch = Batch(torch.rand(64, 1, 28, 28, device="cuda"), labels, 6400)
+    elbo = make_elbo(stack, config)
+    unchecked_step(stack, elbo, optimizer, batch, [], config)  # the optimiser makes its state
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        unchecked_step(stack, elbo, optimizer, batch, [], config)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")

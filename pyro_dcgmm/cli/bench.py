@@ -2,8 +2,9 @@
 
 Paths:
   hand       one training step on the loss written in plain torch (``Stack.loss``: same math, no Pyro)
-  svi        one full training step as ``train`` runs it: TraceEnum_ELBO on the stack's model with
-             the components marginalised in closed form, backward, Adam step
+  svi        one full training step as ``train`` runs it: TraceEnum_ELBO (training's, which reads
+             nothing from the device) on the stack's model with the components marginalised in
+             closed form, backward, Adam step
   svi-enum   the same with Pyro enumerating every component site (``objective="enumerated"``)
   score      forward-only log-likelihood of every GMM layer (``Stack.log_prob``), no gradients
   train      the whole training loop as a user runs it: ``Trainer.fit`` (online EM, the default
@@ -35,7 +36,6 @@ from pathlib import Path
 
 import pyro
 import torch
-from pyro.infer import TraceEnum_ELBO
 
 from pyro_dcgmm import Stack, presets
 from pyro_dcgmm.cli.common import add_device_flag, make_parser, positive_int
@@ -43,6 +43,7 @@ from pyro_dcgmm.config import TrainConfig
 from pyro_dcgmm.device import float32_precision, resolve_device
 from pyro_dcgmm.errors import TrainingWarning
 from pyro_dcgmm.training.files import atomic_write
+from pyro_dcgmm.training.step import make_elbo
 from pyro_dcgmm.training.trainer import Trainer
 
 FULL = {"batch_sizes": [100, 1000], "warmup": 3, "repeats": 5, "steps": 5}  # what is timed by default
@@ -95,9 +96,7 @@ def make_step(path: str, stack: Stack, x: torch.Tensor, num_data: int):
     if path == "score":
         return lambda: stack.layer_log_probs(x, batch_size=x.shape[0])
     optimizer = torch.optim.Adam(stack.parameters(), lr=1e-4)
-    elbo = TraceEnum_ELBO(
-        max_plate_nesting=stack.max_plate_nesting, strict_enumeration_warning=path == "svi-enum"
-    )
+    elbo = make_elbo(stack, TrainConfig(objective="enumerated" if path == "svi-enum" else "closed_form"))
 
     def loss():
         if path == "hand":

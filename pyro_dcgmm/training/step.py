@@ -10,9 +10,11 @@ likelihood; for layers with priors the stack's guide is a ``Delta`` at their par
 ELBO the negative log posterior (MAP), except under online EM, whose gradient is the likelihood's
 alone (its M-step adds the prior, :mod:`pyro_dcgmm.model.priors`).  Following Pyro's
 ``ELBOModule`` idiom, the loss is ``TraceEnum_ELBO(max_plate_nesting=...).differentiable_loss(
-stack.model, stack.guide, ...)`` and the parameters are the stack's own (module-local) ``torch``
-parameters, stepped by a ``torch.optim`` optimiser.  That keeps per-layer learning rates, layer
-freezing (``wait``) and checkpointing in plain PyTorch, and several models per process independent.
+stack.model, stack.guide, ...)`` (computed without reading the device:
+:class:`~pyro_dcgmm.training.elbo.TraceEnumELBO`) and the parameters are the stack's own
+(module-local) ``torch`` parameters, stepped by a ``torch.optim`` optimiser.  That keeps per-layer
+learning rates, layer freezing (``wait``) and checkpointing in plain PyTorch, and several models
+per process independent.
 """
 
 from __future__ import annotations
@@ -22,10 +24,10 @@ from dataclasses import dataclass
 
 import torch
 from pyro import poutine
-from pyro.infer import TraceEnum_ELBO
 
 from pyro_dcgmm.config import TrainConfig
 from pyro_dcgmm.training.distributed import distributed_rank_and_size, sum_over_processes
+from pyro_dcgmm.training.elbo import TraceEnumELBO
 from pyro_dcgmm.training.state import StepOutcome
 
 
@@ -45,8 +47,10 @@ class Batch:
         return Batch(self.images[part], labels, self.num_data)
 
 
-def make_elbo(stack, config: TrainConfig) -> TraceEnum_ELBO:
-    return TraceEnum_ELBO(
+def make_elbo(stack, config: TrainConfig) -> TraceEnumELBO:
+    """The ELBO a step differentiates: ``TraceEnum_ELBO``'s, reading nothing from the device
+    (:mod:`pyro_dcgmm.training.elbo`)."""
+    return TraceEnumELBO(
         max_plate_nesting=stack.max_plate_nesting,
         strict_enumeration_warning=config.objective == "enumerated",  # the closed form has no sites
     )
