@@ -25,14 +25,14 @@ def standardise(values: torch.Tensor, active: torch.Tensor | None) -> torch.Tens
 
     ``values`` must be a table made for this call: it is overwritten (:func:`_reused`)."""
     if active is None:
-        count = values.new_tensor(values.shape[1])
+        count = float(values.shape[1])  # a number: on a GPU a new tensor would be a copy to it
     else:
         count = active.sum(1, keepdim=True).clamp_min(1).to(values.dtype)
         values = _reused(values, "masked_fill", ~active, 0.0)
     centred = _reused(values, "sub", values.sum(1, keepdim=True) / count)
     if active is not None:
         centred = _reused(centred, "masked_fill", ~active, 0.0)
-    spread = torch.linalg.vector_norm(centred, dim=1, keepdim=True) / count.sqrt()
+    spread = torch.linalg.vector_norm(centred, dim=1, keepdim=True) / count**0.5
     return _reused(centred, "mul", spread.clamp_min(1e-6).reciprocal())
 
 
