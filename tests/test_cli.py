@@ -124,9 +124,9 @@ def test_the_prepared_gpu_session_runs_its_steps_small_on_a_cpu(tmp_path):
     assert {(row["preset"], row["path"]) for row in rows} == {
         (preset, path) for preset in ("E", "digits") for path in ("hand", "svi", "score", "train")
     }
-    for name, batch in (("default", "auto"), ("batch1024", 1024), ("batch100", 100)):
+    for name, batch in (("default", "auto"), ("batch2048", 2048), ("batch100", 100)):
         summary = json.loads((out / f"{name}-seed0.json").read_text())
-        assert summary["training"]["batch_size"] == batch and summary["steps"] == (1 if batch == 1024 else 3)
+        assert summary["training"]["batch_size"] == batch and summary["steps"] == (1 if batch == 2048 else 3)
     assert "torch" in (out / "device.txt").read_text() and "skipped" in (out / "tests.txt").read_text()
     assert "tf32" in (out / "bench.txt").read_text() and "TF32 truncated" in (out / "bench.txt").read_text()
 
@@ -163,6 +163,21 @@ def test_subnormal_bench_trains_and_samples_the_same_either_way(tmp_path, capsys
     assert trained[0][3:] == trained[1][3:]  # the same validation log-likelihoods
     sampled = [line.split() for line in lines if line.startswith(checkpoint)]
     assert [row[1] for row in sampled] == ["kept", "zeroed"] and sampled[0][3] == sampled[1][3] == "0"
+
+
+def test_the_readout_optimum_fits_the_readouts_own_loss_at_least_as_well(tmp_path, capsys):
+    train_svi.main(["--config", "digits", "--epochs", "1", "--out", str(tmp_path / "run"), "--no-progress"])
+    spec = importlib.util.spec_from_file_location("readout_optimum", ROOT / "scripts/readout_optimum.py")
+    optimum = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(optimum)
+    capsys.readouterr()
+    checkpoint = str(tmp_path / "run" / "checkpoint.pt")
+    optimum.main([checkpoint])
+    row = capsys.readouterr().out.splitlines()[-1].split()
+    assert row[0] == checkpoint
+    accuracies, (trained, best) = [float(v) for v in row[1:4]], [float(v) for v in row[4:]]
+    assert all(0.5 < accuracy <= 1.0 for accuracy in accuracies)  # ten digits: chance is 0.1
+    assert best <= trained + 1e-4  # the optimum of the Readout's loss on the images it trained on
 
 
 def run(argv, capsys) -> tuple[int, str, str]:

@@ -111,7 +111,7 @@ def add_training_flags(parser: argparse.ArgumentParser, with_defaults: bool = Fa
         "--batch-size",
         type=batch_size,
         default=default("batch_size"),
-        help="mini-batch size, or auto (100 on a CPU, 2048 on a GPU)",
+        help="mini-batch size, or auto (100 on a CPU, 1024 on a GPU)",
     )
     parser.add_argument("--lr", type=float, default=default("lr"), help="learning rate of Adam and SGD")
     parser.add_argument("--optimizer", default=default("optimizer"), choices=OPTIMIZERS, help="optimiser")
