@@ -149,13 +149,24 @@ def test_a_failed_config_check_leaves_no_folder(tmp_path):
     assert not (tmp_path / "x").exists()
 
 
-def test_subnormal_bench_trains_and_samples_the_same_either_way(tmp_path, capsys):
+def load_script(name: str):
+    """``scripts/<name>.py`` as a module."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def digits_checkpoint(tmp_path) -> str:
+    """The checkpoint of a one-epoch run of the digits configuration."""
     train_svi.main(["--config", "digits", "--epochs", "1", "--out", str(tmp_path / "run"), "--no-progress"])
-    spec = importlib.util.spec_from_file_location("bench_subnormals", ROOT / "scripts/bench_subnormals.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    return str(tmp_path / "run" / "checkpoint.pt")
+
+
+def test_subnormal_bench_trains_and_samples_the_same_either_way(tmp_path, capsys):
+    checkpoint = digits_checkpoint(tmp_path)
+    bench = load_script("bench_subnormals")
     capsys.readouterr()
-    checkpoint = str(tmp_path / "run" / "checkpoint.pt")
     bench.main(["--dataset", "digits", "--components", "4", "--steps", "3", "--checkpoints", checkpoint])
     lines = capsys.readouterr().out.splitlines()
     trained = [line.split() for line in lines if line.split()[:1] == ["4"]]  # first-layer K 4
@@ -166,13 +177,9 @@ def test_subnormal_bench_trains_and_samples_the_same_either_way(tmp_path, capsys
 
 
 def test_the_readout_optimum_fits_the_readouts_own_loss_at_least_as_well(tmp_path, capsys):
-    train_svi.main(["--config", "digits", "--epochs", "1", "--out", str(tmp_path / "run"), "--no-progress"])
-    spec = importlib.util.spec_from_file_location("readout_optimum", ROOT / "scripts/readout_optimum.py")
-    optimum = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(optimum)
+    checkpoint = digits_checkpoint(tmp_path)
     capsys.readouterr()
-    checkpoint = str(tmp_path / "run" / "checkpoint.pt")
-    optimum.main([checkpoint])
+    load_script("readout_optimum").main([checkpoint])
     row = capsys.readouterr().out.splitlines()[-1].split()
     assert row[0] == checkpoint
     accuracies, (trained, best) = [float(v) for v in row[1:4]], [float(v) for v in row[4:]]
