@@ -4,8 +4,8 @@
 # presets E and digits at batches 1024-32768; bench.txt ends with E's step with TF32 at the
 # largest batch and scripts/tf32_emulation.py on the default run), default-seed0.json,
 # batch2048-seed0.json and batch100-seed0.json (the summaries of preset E trained on Fashion-MNIST
-# with the GPU's default batch, 2048 and 100), tests.txt.  A second call with BATCHES= SEEDS="1 2" adds two seeds without
-# the bench (the device returns at most 8 files).
+# with the GPU's default batch, 2048 and 100), tests.txt.  A second call with BATCHES= SEEDS="1 2"
+# adds two seeds without the bench (the device returns at most 8 files).
 #
 # The device has PyTorch but neither pyro-ppl nor the data and cannot fetch them; prepare them
 # here first (into .device/, which git ignores), then carry that folder:

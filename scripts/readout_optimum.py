@@ -23,10 +23,9 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import accuracy_score, log_loss
 
 from pyro_dcgmm.cli.common import format_table, make_parser, run_script
-from pyro_dcgmm.cli.train import held_out
+from pyro_dcgmm.cli.train import held_out, run_data
 from pyro_dcgmm.config import RunConfig
 from pyro_dcgmm.config.checked import from_dict
-from pyro_dcgmm.data.datasets import load_dataset, split_validation
 from pyro_dcgmm.errors import ArchitectureError, CheckpointError
 from pyro_dcgmm.inference.queries import query
 from pyro_dcgmm.training.checkpoint import load_checkpoint, stack_from_checkpoint
@@ -40,21 +39,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def readout_features(stack, x: torch.Tensor) -> np.ndarray:
-    """The Readout's input for images ``x``, flattened: (N, features)."""
+def readout_features(stack, x: torch.Tensor) -> torch.Tensor:
+    """The Readout's input for images ``x``: (N, C, H, W)."""
     if stack.readout is None:
         raise ArchitectureError("this stack has no Readout layer")
-    features = query(stack, x, lambda chunk, _: stack.input_of(chunk, stack.readout).flatten(1), EVAL_BATCH)
-    return features.double().numpy()
+    return query(stack, x, lambda chunk, _: stack.input_of(chunk, stack.readout), EVAL_BATCH)
 
 
-def readout_probabilities(stack, features: np.ndarray) -> np.ndarray:
-    """The trained Readout's class probabilities of ``features``."""
-    weight, bias = (p.detach().double().numpy() for p in (stack.readout.weight, stack.readout.bias))
-    logits = features @ weight.T + bias
-    logits -= logits.max(1, keepdims=True)
-    probabilities = np.exp(logits)
-    return probabilities / probabilities.sum(1, keepdims=True)
+def flat(features: torch.Tensor) -> np.ndarray:
+    """Features (N, C, H, W) as scikit-learn takes them: (N, C H W), float64."""
+    return features.flatten(1).double().numpy()
 
 
 def run_split(state: dict) -> tuple:
@@ -62,10 +56,7 @@ def run_split(state: dict) -> tuple:
     if state["run_config"] is None:
         raise CheckpointError("this checkpoint records no run configuration: write it with pyro-dcgmm train")
     run = from_dict(RunConfig, state["run_config"], "run_config")
-    dataset = load_dataset(run.data, seed=run.training.seed)
-    train_x, train_y, val_x, val_y = split_validation(
-        dataset.train_images, dataset.train_labels, run.data.validation_fraction, run.training.seed
-    )
+    dataset, train_x, train_y, val_x, val_y = run_data(run)
     test = (held_out(dataset.test_images, dataset, run), dataset.test_labels)
     return (train_x, train_y), (held_out(val_x, dataset, run), val_y), test
 
@@ -75,13 +66,15 @@ def comparison_row(path: Path) -> list[str]:
     stack = stack_from_checkpoint(state)
     (train_x, train_y), validation, test = run_split(state)
     features = readout_features(stack, train_x)
-    optimum = LogisticRegression(C=np.inf, max_iter=1000).fit(features, train_y.numpy())
+    optimum = LogisticRegression(C=np.inf, max_iter=1000).fit(flat(features), train_y.numpy())
     labels = np.arange(stack.readout.num_classes)
 
-    def probabilities(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def probabilities(x: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        """The trained Readout's class probabilities of features ``x`` and the optimum's."""
         best = np.zeros((len(x), len(labels)))
-        best[:, optimum.classes_] = optimum.predict_proba(x)  # classes absent in training: 0
-        return readout_probabilities(stack, x), best
+        best[:, optimum.classes_] = optimum.predict_proba(flat(x))  # classes absent: 0
+        with torch.no_grad():
+            return torch.softmax(stack.readout.logits(x).double(), -1).numpy(), best
 
     trained, best = probabilities(features)
     val_trained = probabilities(readout_features(stack, validation[0]))[0]

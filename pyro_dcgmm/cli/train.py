@@ -150,10 +150,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     config = resolve_config(args)
-    dataset = load_dataset(config.data, seed=config.training.seed)
-    train_x, train_y, val_x, _ = split_validation(
-        dataset.train_images, dataset.train_labels, config.data.validation_fraction, config.training.seed
-    )
+    dataset, train_x, train_y, val_x, _ = run_data(config)
     resolve_device(config.training.device)  # refused before anything is written
     rank = init_distributed(config.training.device)
     options = {"shared": False} if args.per_position else {}
@@ -183,6 +180,14 @@ def main(argv: list[str] | None = None) -> dict:
     if dist.is_initialized():
         dist.destroy_process_group()
     return summary
+
+
+def run_data(config: RunConfig) -> tuple:
+    """A run's data set and its split: ``(dataset, train_x, train_y, val_x, val_y)``, the training
+    images held out for validation drawn with the run's seed."""
+    dataset = load_dataset(config.data, seed=config.training.seed)
+    fraction, seed = config.data.validation_fraction, config.training.seed
+    return dataset, *split_validation(dataset.train_images, dataset.train_labels, fraction, seed)
 
 
 def held_out(images: torch.Tensor, dataset, config: RunConfig) -> torch.Tensor:
