@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The GPU figures of docs/figures/batch-size/ in one call of the device tool (a few minutes on an
 # H100 or H200), written to $OUT: device.txt, bench.txt and bench.json (hand/svi/score/train of
-# presets E and digits at batches 1024-32768; bench.txt ends with E's step with TF32 at the
-# largest batch and scripts/tf32_emulation.py on the default run), default-seed0.json,
+# presets E and digits at batch 1, a step's fixed cost of host work and kernel launches, and at
+# batches 1024-32768; bench.txt ends with E's step with TF32 at the largest batch and
+# scripts/tf32_emulation.py on the default run), default-seed0.json,
 # batch2048-seed0.json and batch100-seed0.json (the summaries of preset E trained on Fashion-MNIST
 # with the GPU's default batch, 2048 and 100), tests.txt.  A second call with BATCHES= SEEDS="1 2"
 # adds two seeds without the bench (the device returns at most 8 files).
@@ -29,7 +30,7 @@ fi
 
 DEVICE=${DEVICE:-cuda}
 OUT=${OUT:-runs/gpu-session}
-BATCHES=${BATCHES-1024 2048 8192 32768}  # set empty: no bench
+BATCHES=${BATCHES-1 1024 2048 8192 32768}  # set empty: no bench; the last is TF32's
 SEEDS=${SEEDS:-0}  # rounding alone moves a run by the quality targets' tolerance: several seeds tell
 PYTHON=${PYTHON:-python3}
 mkdir -p "$OUT"

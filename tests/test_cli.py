@@ -115,14 +115,17 @@ def test_the_prepared_gpu_session_runs_its_steps_small_on_a_cpu(tmp_path):
     carried.mkdir()
     (carried / "fashion-mnist").symlink_to(FASHION_MNIST_ROOT)
     out = tmp_path / "out"
-    settings = {"DEVICE": "cpu", "EPOCHS": "1", "TRAIN_LIMIT": "300", "BATCHES": "32", "TF32_IMAGES": "100"}
+    settings = {"DEVICE": "cpu", "EPOCHS": "1", "TRAIN_LIMIT": "300", "BATCHES": "1 32", "TF32_IMAGES": "100"}
     paths = {"CARRIED": str(carried), "OUT": str(out), "PYTHON": sys.executable}
     environment = {**os.environ, **settings, **paths}
     command = ["bash", str(ROOT / "scripts/gpu_session.sh")]
     subprocess.run(command, cwd=ROOT, env=environment, check=True, capture_output=True)
     rows = json.loads((out / "bench.json").read_text())
-    assert {(row["preset"], row["path"]) for row in rows} == {
-        (preset, path) for preset in ("E", "digits") for path in ("hand", "svi", "score", "train")
+    assert {(row["preset"], row["batch"], row["path"]) for row in rows} == {
+        (preset, batch, path)
+        for preset in ("E", "digits")
+        for batch in (1, 32)
+        for path in ("hand", "svi", "score", "train")
     }
     for name, batch in (("default", "auto"), ("batch2048", 2048), ("batch100", 100)):
         summary = json.loads((out / f"{name}-seed0.json").read_text())

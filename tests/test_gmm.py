@@ -174,7 +174,7 @@ def test_a_layer_knows_when_it_has_pruned_components_and_outputs_the_same_withou
     scores = gmm.log_scores(x).detach()
     everything = torch.ones(1, 4, 1, 1, dtype=torch.bool)
     assert not gmm.pruned  # the mask-free output is the masked one with every component active
-    assert torch.equal(gmm.output(scores), layer_output(output, scores, gmm.log_mixing_map(), everything))
+    assert torch.equal(gmm.output(scores), layer_output(output, scores, gmm.log_mixing_map, everything))
     fresh = GMM(4, output=output)
     Stack([Fold(3, 1), fresh], (1, 6, 6))
     gmm.prune_(torch.tensor([[False, True, False, False]]))

@@ -222,7 +222,7 @@ class GMM(Layer):
         """What the layer passes upward from its log-scores (N, K, H', W'), by ``config.output``
         (:mod:`pyro_dcgmm.model.outputs`)."""
         active = self._component_map(self.active) if self.pruned else None  # (1, K, 1 | H', 1 | W')
-        return layer_output(self.config.output, scores, self.log_mixing_map(), active)
+        return layer_output(self.config.output, scores, self.log_mixing_map, active)
 
     def component_classes(self) -> torch.Tensor:
         """The class of every component (K,) of a layer split by class (``config.classes`` = C):

@@ -43,16 +43,17 @@ def _reused(table: torch.Tensor, operation: str, *args) -> torch.Tensor:
     return getattr(table, operation if table.requires_grad else f"{operation}_")(*args)
 
 
-def layer_output(kind: str, scores: torch.Tensor, log_mixing: torch.Tensor, active: torch.Tensor | None):
-    """The output of kind ``kind`` from log-scores (N, K, H', W'), the log mixing weights and the
-    mask of active components laid out like them ((1, K, 1 | H', 1 | W'); ``None`` when every
-    component is active)."""
+def layer_output(kind: str, scores: torch.Tensor, log_mixing, active: torch.Tensor | None):
+    """The output of kind ``kind`` from log-scores (N, K, H', W') and the mask of active components
+    laid out like them ((1, K, 1 | H', 1 | W'); ``None`` when every component is active).
+    ``log_mixing()`` gives the log mixing weights laid out the same way; only the kinds made from
+    log-densities call it (a training step's outputs then compute no mixing weights)."""
     if kind == "responsibilities":
         return over_components(torch.softmax, scores)
     if kind == "log_responsibilities":
         values = over_components(torch.log_softmax, scores)
         return standardise(_reused(values, "clamp_min", math.log(RESPONSIBILITY_FLOOR)), active)
-    log_densities = scores - log_mixing
+    log_densities = scores - log_mixing()
     if kind == "likelihoods":
         masked = log_densities if active is None else log_densities.masked_fill(~active, PRUNED_LOGIT)
         return over_components(torch.softmax, masked)
