@@ -10,6 +10,7 @@ components pass zero.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 
@@ -43,7 +44,9 @@ def _reused(table: torch.Tensor, operation: str, *args) -> torch.Tensor:
     return getattr(table, operation if table.requires_grad else f"{operation}_")(*args)
 
 
-def layer_output(kind: str, scores: torch.Tensor, log_mixing, active: torch.Tensor | None):
+def layer_output(
+    kind: str, scores: torch.Tensor, log_mixing: Callable[[], torch.Tensor], active: torch.Tensor | None
+):
     """The output of kind ``kind`` from log-scores (N, K, H', W') and the mask of active components
     laid out like them ((1, K, 1 | H', 1 | W'); ``None`` when every component is active).
     ``log_mixing()`` gives the log mixing weights laid out the same way; only the kinds made from
