@@ -1,8 +1,21 @@
+import importlib.util
+from pathlib import Path
+
 import pyro
 import pytest
 import torch
 
 from pyro_dcgmm import GMM, Fold, Readout, Stack
+
+SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+
+
+def load_script(name: str):
+    """``scripts/<name>.py`` as a module."""
+    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def digits_stack(lower: int, upper: int, wait: float = 0.2, seed: int = 0, **gmm_options) -> Stack:

@@ -1,5 +1,4 @@
 import importlib
-import importlib.util
 import json
 import os
 import subprocess
@@ -8,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import load_script
 
 import pyro_dcgmm
 from pyro_dcgmm.cli import main as cli
@@ -150,14 +150,6 @@ def test_a_failed_config_check_leaves_no_folder(tmp_path):
     with pytest.raises(ConfigError, match=r"training\.epochs must be >= 1, got 0"):
         train_svi.main(["--config", "digits", "--epochs", "0", "--out", str(tmp_path / "x"), "--no-progress"])
     assert not (tmp_path / "x").exists()
-
-
-def load_script(name: str):
-    """``scripts/<name>.py`` as a module."""
-    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def digits_checkpoint(tmp_path) -> str:

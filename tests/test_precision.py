@@ -1,11 +1,9 @@
 """Float32 precision on CUDA: full float32 unless a run asks for TF32, and the emulation of TF32
 that says why (``scripts/tf32_emulation.py``).  The flags are set and read on a CPU as well."""
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 import torch
+from conftest import load_script
 
 from pyro_dcgmm import Stack, presets
 from pyro_dcgmm.cli import train as train_command
@@ -14,8 +12,6 @@ from pyro_dcgmm.config import TrainConfig
 from pyro_dcgmm.device import float32_precision
 from pyro_dcgmm.training.checkpoint import save_checkpoint
 from pyro_dcgmm.training.trainer import Trainer
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def flags() -> tuple[bool, bool]:
@@ -58,15 +54,8 @@ def test_commands_run_in_full_float32_and_train_takes_tf32_from_its_flag(pytorch
     assert not train_command.resolve_config(train_command.parse_args(["--out", "x"])).training.tf32
 
 
-def load_emulation():
-    spec = importlib.util.spec_from_file_location("tf32_emulation", ROOT / "scripts/tf32_emulation.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_tf32_keeps_ten_mantissa_bits_rounded_or_truncated():
-    emulation = load_emulation()
+    emulation = load_script("tf32_emulation")
     step = 2.0**-10  # TF32's spacing in [1, 2)
     x = torch.tensor([1.0, 1.0 + step, 1.0 + 0.49 * step, 1.0 + 0.51 * step, -(1.0 + 0.51 * step), 3.3e-30])
     rounded = emulation.to_tf32(x, rounded=True)
@@ -81,7 +70,8 @@ def test_the_emulation_moves_the_log_likelihoods_more_than_float32_does(tmp_path
     torch.manual_seed(0)
     stack = Stack.from_config(presets.get("digits", (1, 8, 8)))
     save_checkpoint(tmp_path / "checkpoint.pt", stack)
-    load_emulation().main([str(tmp_path / "checkpoint.pt"), "--dataset", "digits", "--images", "50"])
+    emulation = load_script("tf32_emulation")
+    emulation.main([str(tmp_path / "checkpoint.pt"), "--dataset", "digits", "--images", "50"])
     rows = [line.split() for line in capsys.readouterr().out.splitlines()[2:]]
     first_layer = {" ".join(row[2:-4]): float(row[-4]) for row in rows if row[0] == "0"}
     assert set(first_layer) == {"float32", "TF32 rounded", "TF32 truncated"}
