@@ -46,6 +46,7 @@ from pyro_dcgmm.evaluation.metrics import bits_per_dimension, held_out_log_likel
 from pyro_dcgmm.figures.plots import plot_prototypes, plot_training_curve, read_log
 from pyro_dcgmm.model.joint import JointStack
 from pyro_dcgmm.training.checkpoint import load_checkpoint
+from pyro_dcgmm.training.distributed import leave_process_group
 from pyro_dcgmm.training.files import atomic_write
 from pyro_dcgmm.training.run_folder import LOG_NAME, RunFiles
 from pyro_dcgmm.training.trainer import train
@@ -173,13 +174,8 @@ def main(argv: list[str] | None = None) -> dict:
         validation=val_x if val_x.shape[0] else None,
         files=RunFiles(args.out, args.resume, args.overwrite, config, OUTPUTS),
     )
-    if rank != 0:
-        dist.destroy_process_group()
-        return {}
-    summary = write_outputs(args, config, stack, dataset, result, (test_x, before))
-    if dist.is_initialized():
-        dist.destroy_process_group()
-    return summary
+    leave_process_group()
+    return write_outputs(args, config, stack, dataset, result, (test_x, before)) if rank == 0 else {}
 
 
 def run_data(config: RunConfig) -> tuple:

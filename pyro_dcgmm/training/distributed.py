@@ -21,6 +21,17 @@ def distributed_rank_and_size() -> tuple[int, int]:
     return 0, 1
 
 
+def leave_process_group() -> None:
+    """Leave the ``torch.distributed`` process group, if there is one, together with every other process.
+
+    The barrier keeps one process from tearing its connections down while another still finishes its
+    last collective or writes its results: a gloo process doing so was once seen aborting (SIGABRT).
+    """
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def broadcast_state(module: torch.nn.Module) -> None:
     """In a process group, give every process rank 0's values of ``module``'s tensors."""
     if distributed_rank_and_size()[1] > 1:

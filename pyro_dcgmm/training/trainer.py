@@ -107,8 +107,8 @@ class Trainer:
         self.data = BatchSource(images, labels, parameter.device, parameter.dtype, self.config.data_placement)
         self.validation = validation
         self.optimizer = make_optimizer(self.stack, self.config, self.num_data)
-        writes = distributed_rank_and_size()[0] == 0  # in a process group only rank 0 writes
-        self.folder = self.files.folder(self.config.keep_epoch_checkpoints) if writes else None
+        self.leads = distributed_rank_and_size()[0] == 0  # only rank 0 writes, evaluates, shows progress
+        self.folder = self.files.folder(self.config.keep_epoch_checkpoints) if self.leads else None
         self.log = JsonLog(None if self.folder is None else self.folder.path / LOG_NAME)
         with self.folder or contextlib.nullcontext(), float32_precision(self.config.tf32):
             stopped = self._run()
@@ -121,7 +121,8 @@ class Trainer:
         self._resume()
         self.window, self.retaking = StepWindow(), 0
         self.planned_steps, self.stop_step = planned_steps(self.config, self.num_data)
-        self.bar = tqdm(total=self.stop_step, initial=self.state.step, disable=not self.config.progress)
+        shown = self.config.progress and self.leads
+        self.bar = tqdm(total=self.stop_step, initial=self.state.step, disable=not shown)
         with self.bar, self.log, pyro.validation_enabled(self.config.validate_args), Interruption() as stop:
             while self.state.step < self.stop_step and not stop.requested:
                 self._epoch(stop)
@@ -337,7 +338,7 @@ class Trainer:
             "width": [g.neighbourhood_width for g in self.stack.gmm_layers],
             "seconds": state.seconds + time.perf_counter() - self.started,
         }
-        if self.validation is not None and distributed_rank_and_size()[0] == 0:
+        if self.validation is not None and self.leads:
             batch_size = self.config.eval_batch_size
             record["validation_log_likelihood"] = held_out_log_likelihood(
                 self.stack, self.validation, batch_size
